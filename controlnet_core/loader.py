@@ -1,0 +1,198 @@
+"""Load any common ControlNet checkpoint into our `ControlNet`.
+
+    loaded = load_controlnet("models/controlnet/control_v11p_sd15_canny.pth")
+    loaded.family   # "SD1.x"
+    loaded.layout   # "original"
+    residuals = loaded.model(x, hint, timesteps, context)
+
+The model is built on the meta device and each tensor is read from the file (lazily for
+safetensors), converted to the target dtype and device, and assigned: at no point are two full
+copies of the weights held.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import torch
+
+from . import formats
+from .config import ControlNetConfig, config_from_state_dict
+from .errors import ControlNetError, ControlNetFileError, ControlNetFormatError
+from .files import WeightFile, find_diffusers_weights, open_weights, read_diffusers_config
+from .model import TORCH_OPS, ControlNet
+
+# A source of base U-Net weights in original naming without prefix ("input_blocks.1.0...").
+BaseWeights = Mapping[str, torch.Tensor]
+SHUFFLE_SUFFIXES = ("_shuffle", "_shuffle_fp16")  # ComfyUI's rule for global average pooling
+
+
+@dataclass
+class LoadedControlNet:
+    model: ControlNet
+    layout: str
+    path: str
+
+    @property
+    def config(self) -> ControlNetConfig:
+        return self.model.config
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+
+def inspect_controlnet(path: str) -> tuple[str, ControlNetConfig | None]:
+    """(layout, config) without reading any tensor data (config is None for layouts that need
+    the base model to know their shape)."""
+    weights = open_weights(_weights_path(path))
+    layout = _detect(weights)
+    if layout in (formats.CONTROL_LORA, formats.T2I_ADAPTER, formats.DIFFUSERS_UNION):
+        return layout, None
+    sources = _sources(weights, layout)
+    cfg = config_from_state_dict({k: weights.shapes[v] for k, v in sources.items()}, _heads(weights), _name(weights))
+    return layout, cfg
+
+
+def load_controlnet(
+    path: str,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    ops: Any = TORCH_OPS,
+    base_unet: BaseWeights | None = None,
+) -> LoadedControlNet:
+    """Load a ControlNet file or diffusers folder. `base_unet` (the base model's U-Net weights in
+    original naming) is needed for "difference" files."""
+    weights = open_weights(_weights_path(path))
+    layout = _detect(weights)
+    name = _name(weights)
+    if layout == formats.CONTROL_LORA:
+        raise ControlNetFormatError(
+            f"{name} is a Control-LoRA (SDXL): it is built from the base model at sampling time and cannot be "
+            "loaded on its own. Use 'Load ControlNet (with model)', which passes the base model"
+        )
+    if layout in (formats.T2I_ADAPTER, formats.DIFFUSERS_UNION):
+        kind = "T2I-Adapter" if layout == formats.T2I_ADAPTER else "ControlNet Union/ProMax"
+        raise ControlNetFormatError(
+            f"{name} is a {kind}; ControlNet Suite does not load this kind yet. ComfyUI's built-in "
+            "'Load ControlNet Model' node loads it"
+        )
+    sources = _sources(weights, layout)
+    shapes = {k: weights.shapes[v] for k, v in sources.items()}
+    if layout == formats.DIFFERENCE:
+        if base_unet is None:
+            raise ControlNetFormatError(
+                f"{name} is a \"difference\" ControlNet: it stores ControlNet minus the base U-Net and needs the "
+                "base model to be loaded. Use 'Load ControlNet (with model)' and connect the model it was made for"
+            )
+        # Deltas below 1e-6 may have been dropped from the file: the base fills those in.
+        shapes = {**{k: tuple(v.shape) for k, v in base_unet.items() if k.startswith(formats.UNET_ENCODER_MODULES)}, **shapes}
+        read = _difference_reader(weights, sources, base_unet)
+    else:
+        read = lambda key: weights[sources[key]]  # noqa: E731
+    cfg = config_from_state_dict(shapes, _heads(weights), name)
+    cfg = replace(cfg, **_options(weights, path))
+
+    return LoadedControlNet(build_model(cfg, read, dtype, device, ops, name), layout, path)
+
+
+def build_model(
+    cfg: ControlNetConfig,
+    read: Callable[[str], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    ops: Any = TORCH_OPS,
+    source: str = "the file",
+) -> ControlNet:
+    """Build on the meta device, then assign each tensor read(key) in the target dtype/device."""
+    with torch.device("meta"):
+        model = ControlNet(cfg, ops=ops, dtype=dtype)
+    state = {}
+    for key, meta in model.state_dict().items():
+        try:
+            tensor = read(key)
+        except KeyError:
+            raise ControlNetFormatError(
+                f"{source} lacks the weight '{key}' that this ControlNet needs: the file is incomplete or was "
+                "converted wrongly"
+            ) from None
+        if tuple(tensor.shape) != tuple(meta.shape):
+            raise ControlNetFormatError(
+                f"{source}: weight '{key}' has shape {tuple(tensor.shape)}, expected {tuple(meta.shape)}"
+            )
+        state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _weights_path(path: str) -> str:
+    return find_diffusers_weights(path) if os.path.isdir(path) else path
+
+
+def _name(weights: WeightFile) -> str:
+    return f"'{os.path.basename(weights.path)}'"
+
+
+def _detect(weights: WeightFile) -> str:
+    try:
+        return formats.detect_layout(weights.shapes)
+    except ControlNetFormatError as exc:
+        raise ControlNetFormatError(f"'{os.path.basename(weights.path)}': {exc}") from None
+
+
+def _sources(weights: WeightFile, layout: str) -> dict[str, str]:
+    """{our key: file key}."""
+    if layout == formats.DIFFUSERS:
+        return formats.diffusers_to_original_keys(weights.shapes)
+    original_layout = formats.ORIGINAL_BARE if "zero_convs.0.0.weight" in weights.shapes else formats.ORIGINAL
+    return formats.original_controlnet_keys(weights.shapes, original_layout)
+
+
+def _heads(weights: WeightFile) -> dict | None:
+    """Head split from a diffusers config.json beside the file (None: the family default)."""
+    config = read_diffusers_config(weights.path)
+    if not config:
+        return None
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
+    widths = config.get("block_out_channels")
+    if heads is None or widths is None:
+        return None
+    if not isinstance(heads, list):
+        return {"num_heads": int(heads)}  # diffusers' attention_head_dim is a head *count* (known misnomer)
+    head_channels = {width // count for width, count in zip(widths, heads)}
+    if len(head_channels) != 1:
+        raise ControlNetFormatError(f"{_name(weights)}: config.json head counts {heads} do not give one head width")
+    return {"head_channels": head_channels.pop()}
+
+
+def _options(weights: WeightFile, path: str) -> dict:
+    config = read_diffusers_config(weights.path) or {}
+    stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+    return {
+        "global_average_pooling": bool(config.get("global_pool_conditions")) or stem.endswith(SHUFFLE_SUFFIXES),
+        "bgr_hint": config.get("controlnet_conditioning_channel_order") == "bgr",
+    }
+
+
+def _difference_reader(weights: WeightFile, sources: dict[str, str], base: BaseWeights) -> Callable[[str], torch.Tensor]:
+    """A difference file stores W_control − W_base for U-Net keys (tiny deltas may be dropped)."""
+
+    def read(key: str) -> torch.Tensor:
+        in_unet = key.startswith(formats.UNET_ENCODER_MODULES)
+        if key in sources:
+            stored = weights[sources[key]]
+            if not in_unet:
+                return stored
+            if key not in base:
+                raise ControlNetError(f"the base model has no '{key}': it is not the model this difference file is for")
+            return stored.float() + base[key].to(stored.device).float()
+        if in_unet and key in base:
+            return base[key]
+        raise KeyError(key)
+
+    return read
+
+
+__all__ = ["LoadedControlNet", "load_controlnet", "inspect_controlnet", "build_model", "ControlNetFileError"]
