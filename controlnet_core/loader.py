@@ -69,10 +69,12 @@ def load_controlnet(
     layout = _detect(weights)
     name = _name(weights)
     if layout == formats.CONTROL_LORA:
-        raise ControlNetFormatError(
-            f"{name} is a Control-LoRA (SDXL): it is built from the base model at sampling time and cannot be "
-            "loaded on its own. Use 'Load ControlNet (with model)', which passes the base model"
-        )
+        if base_unet is None:
+            raise ControlNetFormatError(
+                f"{name} is a Control-LoRA: it holds low-rank changes to the base model and cannot be loaded on its "
+                "own. Use 'Load ControlNet (with model)' and connect the model it was made for"
+            )
+        return LoadedControlNet(_build_control_lora(weights, base_unet, dtype, device, ops), layout, path)
     if layout in (formats.T2I_ADAPTER, formats.DIFFUSERS_UNION):
         kind = "T2I-Adapter" if layout == formats.T2I_ADAPTER else "ControlNet Union/ProMax"
         raise ControlNetFormatError(
@@ -193,6 +195,29 @@ def _difference_reader(weights: WeightFile, sources: dict[str, str], base: BaseW
         raise KeyError(key)
 
     return read
+
+
+def _build_control_lora(
+    weights: WeightFile, base: BaseWeights, dtype: torch.dtype, device: torch.device | str, ops: Any
+) -> ControlNet:
+    """Control-LoRA (Stability): the ControlNet has the base U-Net's shape; each layer is either
+    stored in full (hint encoder, zero convs, norms...), stored as a low-rank pair
+    `<module>.up`/`<module>.down` with W = W_base + up·down, or taken from the base as it is."""
+    encoder_shapes = {k: tuple(v.shape) for k, v in base.items() if k.startswith(formats.UNET_ENCODER_MODULES)}
+    full = {k: weights.shapes[k] for k in weights.shapes if k.startswith(formats.CONTROLNET_MODULES)}
+    cfg = config_from_state_dict({**encoder_shapes, **full}, None, _name(weights))
+
+    def read(key: str) -> torch.Tensor:
+        if key in weights.shapes:
+            return weights[key]
+        module, _, param = key.rpartition(".")
+        if param == "weight" and f"{module}.up" in weights.shapes:
+            base_weight = base[key].float()
+            up, down = weights[f"{module}.up"].float(), weights[f"{module}.down"].float()
+            return base_weight + (up.flatten(1) @ down.flatten(1)).reshape(base_weight.shape)
+        return base[key]
+
+    return build_model(cfg, read, dtype, device, ops, _name(weights))
 
 
 __all__ = ["LoadedControlNet", "load_controlnet", "inspect_controlnet", "build_model", "ControlNetFileError"]
