@@ -6,11 +6,11 @@ Plain PyTorch; nothing here imports ComfyUI.
 from .config import SD1, SD2, SDXL, BlockSpec, ControlNetConfig, config_from_state_dict, sd_config
 from .errors import ControlNetError, ControlNetFileError, ControlNetFormatError, FamilyMismatchError
 from .formats import detect_layout
-from .loader import LoadedControlNet, inspect_controlnet, load_controlnet
+from .loader import LoadedControlNet, load_controlnet
 from .model import ControlNet
 
 __all__ = [
     "SD1", "SD2", "SDXL", "BlockSpec", "ControlNetConfig", "config_from_state_dict", "sd_config",
     "ControlNetError", "ControlNetFileError", "ControlNetFormatError", "FamilyMismatchError",
-    "detect_layout", "LoadedControlNet", "inspect_controlnet", "load_controlnet", "ControlNet",
+    "detect_layout", "LoadedControlNet", "load_controlnet", "ControlNet",
 ]

@@ -44,18 +44,6 @@ class LoadedControlNet:
         return self.config.family
 
 
-def inspect_controlnet(path: str) -> tuple[str, ControlNetConfig | None]:
-    """(layout, config) without reading any tensor data (config is None for layouts that need
-    the base model to know their shape)."""
-    weights = open_weights(_weights_path(path))
-    layout = _detect(weights)
-    if layout in (formats.CONTROL_LORA, formats.T2I_ADAPTER, formats.DIFFUSERS_UNION):
-        return layout, None
-    sources = _sources(weights, layout)
-    cfg = config_from_state_dict({k: weights.shapes[v] for k, v in sources.items()}, _heads(weights), _name(weights))
-    return layout, cfg
-
-
 def load_controlnet(
     path: str,
     dtype: torch.dtype = torch.float32,
@@ -220,4 +208,4 @@ def _build_control_lora(
     return build_model(cfg, read, dtype, device, ops, _name(weights))
 
 
-__all__ = ["LoadedControlNet", "load_controlnet", "inspect_controlnet", "build_model", "ControlNetFileError"]
+__all__ = ["LoadedControlNet", "load_controlnet", "build_model"]

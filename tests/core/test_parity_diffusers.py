@@ -86,7 +86,13 @@ def test_original_layout_matches_diffusers(family, suffix, tmp_path):
     loaded = load_controlnet(str(path))
     assert loaded.layout == "original"
     assert loaded.family == family
-    assert_residuals_equal(our_residuals(loaded.model, reference, family), diffusers_residuals(reference, family))
+    ours = our_residuals(loaded.model, reference, family)
+    assert_residuals_equal(ours, diffusers_residuals(reference, family))
+
+    # The same weights through the diffusers layout give the very same model.
+    reference.save_pretrained(tmp_path / "same_weights")
+    again = our_residuals(load_controlnet(str(tmp_path / "same_weights")).model, reference, family)
+    assert all(torch.equal(a, b) for a, b in zip(ours, again))
 
 
 def load_controlnet_shapes(diffusers_model: ControlNetModel, tmp_path):
