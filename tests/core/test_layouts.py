@@ -284,3 +284,19 @@ def test_broken_diffusers_config(tmp_path):
     (tmp_path / "cn" / "config.json").write_text("{broken")
     with pytest.raises(ControlNetFileError, match=r"config.json' is not valid JSON .*restore the diffusers config.json"):
         load_controlnet(str(tmp_path / "cn"))
+
+
+def test_loads_straight_into_a_half_precision_dtype(tmp_path):
+    """Loading in bfloat16 (what ComfyUI picks on many GPUs; runs on a CPU too) gives bf16 weights
+    and residuals that follow fp32 to bf16 precision (8 mantissa bits: ~2^-8 per op)."""
+    path = saved_tiny(tmp_path)
+    full = load_controlnet(path)
+    half = load_controlnet(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    x, hint, t, context, _ = inputs("SD1.x", context_dim=32)
+    with torch.no_grad():
+        reference = full.model(x, hint, t, context)
+        approx = half.model(x, hint.bfloat16(), t, context.bfloat16())
+    for a, b in zip(approx, reference):
+        assert a.dtype == torch.bfloat16
+        assert (a.float() - b).abs().max() <= 0.05 * b.abs().max()
