@@ -1,0 +1,74 @@
+"""Finding and reading annotator weights: local folders only, never a download.
+
+Files keep the names lllyasviel/Annotators publishes (`ControlNetHED.pth`, `body_pose_model.pth`,
+...). A file is looked up directly in each models folder, then in controlnet_aux's cache layout
+`ckpts/<repo>/<file>` below it, so users can point us at what they already have.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Sequence
+
+import torch
+
+PUBLISHED_REPO = "lllyasviel/Annotators"
+PUBLISHED_AT = f"https://huggingface.co/{PUBLISHED_REPO}"
+CONTROLNET_AUX_CACHE = "ckpts"  # controlnet_aux's from_pretrained(cache_dir) layout: ckpts/<repo>/<file>
+
+
+class MissingWeightsError(FileNotFoundError):
+    """An annotator's weight file is not in any models folder."""
+
+
+class BadWeightsError(ValueError):
+    """An annotator's weight file exists but cannot be used."""
+
+
+def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_REPO) -> str:
+    """Path of `file_name` in the first folder that has it; a clear error naming the file, the
+    folders looked in and where the file is published when none does."""
+    if os.path.basename(file_name) != file_name:
+        raise ValueError(f"annotator weight names are plain file names, got '{file_name}'")
+    for folder in folders:
+        for candidate in (os.path.join(folder, file_name), os.path.join(folder, CONTROLNET_AUX_CACHE, repo, file_name)):
+            if os.path.isfile(candidate):
+                return candidate
+    looked_in = ", ".join(folders) if folders else "(no annotators folder is registered)"
+    raise MissingWeightsError(
+        f"annotator weights '{file_name}' not found. Download {file_name} from https://huggingface.co/{repo} and put "
+        f"it in {folders[0] if folders else 'ComfyUI/models/annotators'} (looked in: {looked_in}). Nothing is "
+        "downloaded automatically."
+    )
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """{key: tensor} from a .safetensors or pickled torch file (weights_only=True: tensors only)."""
+    name = os.path.basename(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as exc:
+            raise BadWeightsError(f"'{name}' is not a readable safetensors file ({exc}); download it again") from exc
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise BadWeightsError(
+            f"'{name}' contains pickled Python objects other than tensors, which are refused for safety "
+            "(loading only with torch.load(weights_only=True)); use a .safetensors version of it"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise BadWeightsError(f"'{name}' cannot be read ({type(exc).__name__}: {exc}); it is probably truncated: download it again") from exc
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not any(isinstance(v, torch.Tensor) for v in data.values()):
+        raise BadWeightsError(f"'{name}' holds no weight tensors")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove a prefix such as `module.` (DataParallel saves) from every key that has it."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
