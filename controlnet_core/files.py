@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from .errors import ControlNetFileError
+from .errors import ControlNetFileError, ControlNetFormatError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -149,3 +149,30 @@ def find_diffusers_weights(folder: str) -> str:
     raise ControlNetFileError(
         f"'{folder}' is a folder without diffusion_pytorch_model.safetensors (or .bin): not a diffusers ControlNet"
     )
+
+
+def assign_weights(
+    model: torch.nn.Module,
+    read: Callable[[str], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    source: str,
+    kind: str,
+) -> torch.nn.Module:
+    """Give a model built on the meta device its weights: read(key) for every key, checked for
+    shape, converted to dtype/device and assigned (no second copy). read raises KeyError(name)
+    for a weight the file lacks; the error names it."""
+    state = {}
+    for key, meta in model.state_dict().items():
+        try:
+            tensor = read(key)
+        except KeyError as exc:
+            raise ControlNetFormatError(
+                f"{source} lacks the weight '{exc.args[0]}' that this {kind} needs: the file is incomplete or "
+                "was converted wrongly"
+            ) from None
+        if tuple(tensor.shape) != tuple(meta.shape):
+            raise ControlNetFormatError(f"{source}: weight '{key}' has shape {tuple(tensor.shape)}, expected {tuple(meta.shape)}")
+        state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)

@@ -72,6 +72,8 @@ def t2i_adapter_variant(keys: set[str]) -> str | None:
     """'diffusers', 'light', 'full' or 'full-xl'... of a T2I-Adapter; None if it is not one."""
     if "adapter.body.0.resnets.0.block1.weight" in keys:
         return "diffusers"
+    if "adapter.conv_in.weight" in keys or "adapter.body.0.in_conv.weight" in keys:
+        return "wrapped"  # the original layout saved inside an {"adapter": ...} dict
     if "body.0.in_conv.weight" in keys:
         return "light"
     if "conv_in.weight" in keys and "body.0.block2.weight" in keys:

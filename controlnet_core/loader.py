@@ -21,8 +21,10 @@ import torch
 from . import formats
 from .config import ControlNetConfig, config_from_state_dict
 from .errors import ControlNetError, ControlNetFileError, ControlNetFormatError
-from .files import WeightFile, find_diffusers_weights, open_weights, read_diffusers_config
+from .files import WeightFile, assign_weights, find_diffusers_weights, open_weights, read_diffusers_config
 from .model import TORCH_OPS, ControlNet
+from .t2i_adapter import T2IAdapter, load_t2i_adapter
+from .union import load_union
 
 # A source of base U-Net weights in original naming without prefix ("input_blocks.1.0...").
 BaseWeights = Mapping[str, torch.Tensor]
@@ -31,7 +33,7 @@ SHUFFLE_SUFFIXES = ("_shuffle", "_shuffle_fp16")  # ComfyUI's rule for global av
 
 @dataclass
 class LoadedControlNet:
-    model: ControlNet
+    model: ControlNet | T2IAdapter  # UnionControlNet is a ControlNet
     layout: str
     path: str
 
@@ -63,12 +65,10 @@ def load_controlnet(
                 "own. Use 'Load ControlNet (with model)' and connect the model it was made for"
             )
         return LoadedControlNet(_build_control_lora(weights, base_unet, dtype, device, ops), layout, path)
-    if layout in (formats.T2I_ADAPTER, formats.DIFFUSERS_UNION):
-        kind = "T2I-Adapter" if layout == formats.T2I_ADAPTER else "ControlNet Union/ProMax"
-        raise ControlNetFormatError(
-            f"{name} is a {kind}; ControlNet Suite does not load this kind yet. ComfyUI's built-in "
-            "'Load ControlNet Model' node loads it"
-        )
+    if layout == formats.DIFFUSERS_UNION:
+        return LoadedControlNet(load_union(weights, dtype, device, ops, heads=_heads(weights)), layout, path)
+    if layout == formats.T2I_ADAPTER:
+        return LoadedControlNet(load_t2i_adapter(weights, dtype, device, ops), layout, path)
     sources = _sources(weights, layout)
     shapes = {k: weights.shapes[v] for k, v in sources.items()}
     if layout == formats.DIFFERENCE:
@@ -99,22 +99,7 @@ def build_model(
     """Build on the meta device, then assign each tensor read(key) in the target dtype/device."""
     with torch.device("meta"):
         model = ControlNet(cfg, ops=ops, dtype=dtype)
-    state = {}
-    for key, meta in model.state_dict().items():
-        try:
-            tensor = read(key)
-        except KeyError:
-            raise ControlNetFormatError(
-                f"{source} lacks the weight '{key}' that this ControlNet needs: the file is incomplete or was "
-                "converted wrongly"
-            ) from None
-        if tuple(tensor.shape) != tuple(meta.shape):
-            raise ControlNetFormatError(
-                f"{source}: weight '{key}' has shape {tuple(tensor.shape)}, expected {tuple(meta.shape)}"
-            )
-        state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return assign_weights(model, read, dtype, device, source, "ControlNet")
 
 
 def _weights_path(path: str) -> str:

@@ -278,13 +278,15 @@ class ControlNet(nn.Module):
         """
         guided_hint = self.encode_hint(hint) if encoded_hint is None else encoded_hint
         emb = self.time_embedding(timesteps, y)
-        h = x.to(self.dtype)
         context = context.to(self.dtype) if context is not None else None
-        outs = []
-        for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+        h = self.input_blocks[0](x.to(self.dtype), emb, context)
+        return self.residuals_from(h + guided_hint, emb, context)  # x + Z(c; Θz1) enters after conv_in
+
+    def residuals_from(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+        """Run the trainable copy from conv_in(x) + encoded condition; one zero conv per block."""
+        outs = [self.zero_convs[0](h)]
+        for block, zero_conv in zip(self.input_blocks[1:], self.zero_convs[1:]):
             h = block(h, emb, context)
-            if i == 0:
-                h = h + guided_hint  # x + Z(c; Θz1): the condition enters after conv_in
             outs.append(zero_conv(h))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h))

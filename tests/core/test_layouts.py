@@ -133,8 +133,9 @@ def test_control_lora_builds_from_the_base_unet(tmp_path):
         load_controlnet(path)
 
 
-def test_union_and_t2i_adapters_are_recognised(tmp_path):
-    union = ControlNetUnionModel(**{**DIFFUSERS_CONFIGS["SDXL"], "num_control_type": 6})
+def test_union_and_t2i_adapters_are_recognised_and_loaded(tmp_path):
+    union = ControlNetUnionModel(**{**DIFFUSERS_CONFIGS["SDXL"], "num_control_type": 6, "num_trans_channel": 64,
+                                    "num_proj_channel": 64})  # token width = model_channels
     adapters = {
         "full": T2IAdapter(in_channels=3, channels=[32, 64, 64, 64], num_res_blocks=1, adapter_type="full_adapter"),
         "light": T2IAdapter(in_channels=3, channels=[32, 64, 64, 64], num_res_blocks=1, adapter_type="light_adapter"),
@@ -148,11 +149,9 @@ def test_union_and_t2i_adapters_are_recognised(tmp_path):
     assert detect_layout(["body.0.in_conv.weight", "body.0.body.0.block1.weight"]) == "t2i-adapter"
 
     save_file({k: v.contiguous() for k, v in union.state_dict().items()}, tmp_path / "union_tiny.safetensors")
-    with pytest.raises(ControlNetFormatError, match=re.escape(
-        "'union_tiny.safetensors' is a ControlNet Union/ProMax; ControlNet Suite does not load this kind yet. "
-        "ComfyUI's built-in 'Load ControlNet Model' node loads it"
-    )):
-        load_controlnet(str(tmp_path / "union_tiny.safetensors"))
+    adapters["light"].save_pretrained(tmp_path / "t2i_light")
+    assert load_controlnet(str(tmp_path / "union_tiny.safetensors")).layout == "diffusers-union"
+    assert load_controlnet(str(tmp_path / "t2i_light")).layout == "t2i-adapter"
 
 
 @pytest.mark.parametrize("marker, family", [
