@@ -1,0 +1,433 @@
+"""The ComfyUI side of the core: the one module in controlnet_core that imports ComfyUI.
+
+ComfyUI samples with a control object stored in each conditioning's options
+(`cond[1]["control"]`). At sampling time it calls `pre_run(model, percent_to_sigma)` once,
+`get_control(x_noisy, sigma, cond, batched_number, transformer_options)` at every step, and
+`cleanup()` at the end; `get_models()` hands it ModelPatchers to load next to the U-Net; each
+control calls the one before it (`previous_controlnet`) and adds its residuals to those.
+`SuiteControl` implements that protocol for our `ControlNet`, with the control modes, block
+weights and masks of `control_modes`, and does no work twice:
+
+- the hint image is resized and run through the hint encoder once per sampling run (cached per
+  latent size, dropped in cleanup), not at every step;
+- modes that leave the unconditional branch without control run the ControlNet on the
+  conditional rows only;
+- a step outside start/end returns the previous control's residuals and runs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+import comfy.controlnet
+import comfy.model_management as model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.supported_models_base
+import comfy.utils
+
+from . import control_modes, formats
+from .config import SD1, SD2, SDXL, STANDARD_CONTEXT_DIM
+from .errors import ControlNetError, FamilyMismatchError
+from .files import find_diffusers_weights, open_weights
+from .loader import LoadedControlNet, load_controlnet
+
+# An SD VAE latent pixel covers 8×8 image pixels; the hint is resized to 8× the latent, with the
+# same method and centre crop as ComfyUI's built-in ControlNet (comfy/controlnet.py), so a hint
+# means the same to both.
+LATENT_TO_PIXELS = 8
+HINT_UPSCALE_METHOD = "nearest-exact"
+MASK_UPSCALE_METHOD = "bilinear"
+CENTER_CROP = "center"
+# adm_in_channels of SDXL base (pooled CLIP-G 1280 + 6 size embeddings × 256) and refiner.
+SDXL_ADM_CHANNELS = 2816
+SDXL_REFINER_ADM_CHANNELS = 2560
+SDXL_REFINER = "SDXL refiner"
+SDXL_LEVELS = 3  # SDXL's U-Net has three resolution levels, SD1.x/SD2.x four
+
+
+# --- model family -----------------------------------------------------------------------------
+
+def unet_family(unet_config: dict) -> str | None:
+    """SD1.x, SD2.x, SDXL (or "SDXL refiner") of a ComfyUI U-Net config; None for models that
+    are not Stable Diffusion U-Nets (Flux, SD3, video models ...). Narrow test models follow the
+    same structural rule as ControlNetConfig.family."""
+    context_dim = unet_config.get("context_dim")
+    adm = unet_config.get("adm_in_channels")
+    if context_dim is None or "channel_mult" not in unet_config:
+        return None
+    if adm == SDXL_ADM_CHANNELS:
+        return SDXL
+    if adm == SDXL_REFINER_ADM_CHANNELS:
+        return SDXL_REFINER
+    if context_dim == STANDARD_CONTEXT_DIM[SD1] and adm is None:
+        return SD1
+    if context_dim == STANDARD_CONTEXT_DIM[SD2]:
+        return SD2
+    if adm is not None and len(unet_config["channel_mult"]) == SDXL_LEVELS:
+        return SDXL
+    return SD2 if unet_config.get("use_linear_in_transformer") else SD1
+
+
+def check_family(controlnet_family: str, base_model: Any) -> None:
+    """Refuse a ControlNet made for another base family than the model being sampled."""
+    model_config = getattr(base_model, "model_config", None)
+    unet_config = getattr(model_config, "unet_config", None) or {}
+    family = unet_family(unet_config)
+    if family == controlnet_family:
+        return
+    if family is None:
+        raise FamilyMismatchError(
+            f"this ControlNet is for {controlnet_family}, the model is {type(model_config).__name__}, which is not a "
+            "Stable Diffusion 1.x/2.x/XL U-Net: ControlNet Suite's ControlNets work with those models only"
+        )
+    raise FamilyMismatchError(
+        f"this ControlNet is for {controlnet_family}, the model is {family}: pick a ControlNet made for {family}"
+    )
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
+    """Load a ControlNet file (or diffusers folder) for ComfyUI, in the dtype ComfyUI's model
+    management picks for the device. `model` (a ModelPatcher) is needed for "difference" files
+    and Control-LoRAs."""
+    weights = open_weights(find_diffusers_weights(path) if os.path.isdir(path) else path)
+    try:
+        layout = formats.detect_layout(weights.shapes)
+    except ControlNetError:
+        layout = None  # load_controlnet below raises the same error, naming the file
+    if layout == formats.CONTROL_LORA and model is not None:
+        # A Control-LoRA is rebuilt from the base U-Net at sampling time; ComfyUI's own loader
+        # does that. Its control object works with our apply nodes in balanced mode.
+        return comfy.controlnet.load_controlnet(path, model)
+
+    load_device = model_management.get_torch_device()
+    dtype = model_management.unet_dtype(
+        model_params=-1,  # as ComfyUI's ControlNet loader: prefer the smaller dtype
+        supported_dtypes=comfy.supported_models_base.BASE.supported_inference_dtypes,
+        weight_dtype=_stored_dtype(weights),
+    )
+    compute_dtype = model_management.unet_manual_cast(dtype, load_device)
+    if compute_dtype is not None:
+        # ControlNet.forward computes in its weights' dtype, so store the weights in the dtype the
+        # device computes in rather than casting them layer by layer.
+        dtype = compute_dtype
+    base_unet = model.model.diffusion_model.state_dict() if model is not None and layout == formats.DIFFERENCE else None
+    loaded = load_controlnet(
+        path,
+        dtype=dtype,
+        device=model_management.unet_offload_device(),
+        ops=comfy.ops.pick_operations(dtype, None, load_device=load_device),
+        base_unet=base_unet,
+    )
+    return SuiteControl(loaded, load_device)
+
+
+def _stored_dtype(weights: Any) -> torch.dtype | None:
+    """The dtype the file stores its weights in (read from its smallest floating tensor)."""
+    for key in sorted(weights.shapes, key=lambda k: torch.Size(weights.shapes[k]).numel()):
+        tensor = weights[key]
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+# --- the control object -----------------------------------------------------------------------
+
+@dataclass
+class _PreparedHint:
+    """What depends only on the image and the latent size: computed once per sampling run."""
+
+    encoded: torch.Tensor  # hint encoder output, one row per hint image
+    mask: torch.Tensor | None  # mask at the latent's size, one row per mask
+
+
+class SuiteControl(comfy.controlnet.ControlBase):
+    """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+
+    def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
+        super().__init__()
+        self.loaded = loaded
+        self.load_device = load_device
+        # The ModelPatcher lets ComfyUI load our model with the U-Net, offload it, and run it in
+        # low-VRAM modes; copies share it.
+        self.patcher = patcher or comfy.model_patcher.ModelPatcher(
+            loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
+        )
+        self.control_mode = control_modes.BALANCED
+        self.block_weights: list[float] | None = None
+        self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
+        self.model_sampling_current = None
+        self._prepared: dict[tuple[int, int], _PreparedHint] = {}
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    # set up by the apply nodes
+
+    def configure(
+        self,
+        image: torch.Tensor,
+        strength: float,
+        start_percent: float,
+        end_percent: float,
+        control_mode: str = control_modes.BALANCED,
+        mask: torch.Tensor | None = None,
+        block_weights: str = "",
+    ) -> SuiteControl:
+        """Set the hint (ComfyUI IMAGE, B×H×W×C in 0..1) and how to apply it; returns self.
+        Everything checkable without the latent is checked here, before sampling."""
+        control_modes.check_mode(control_mode)
+        if not 0.0 <= start_percent <= end_percent <= 1.0:
+            raise ControlNetError(
+                f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}); both lie in 0..1"
+            )
+        hint = image.movedim(-1, 1)
+        expected = self.loaded.config.hint_channels
+        if hint.shape[1] != expected:
+            raise ControlNetError(f"the image has {hint.shape[1]} channels, this ControlNet takes {expected} (RGB)")
+        self.set_cond_hint(hint, strength, (start_percent, end_percent))
+        self.control_mode = control_mode
+        self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors())
+        self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
+        return self
+
+    def copy(self) -> SuiteControl:
+        """A new control sharing the model (not the chain), as ComfyUI's apply nodes expect."""
+        c = SuiteControl(self.loaded, self.load_device, self.patcher)
+        self.copy_to(c)
+        c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
+        return c
+
+    # called by ComfyUI's sampler
+
+    def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
+        check_family(self.loaded.family, model)
+        super().pre_run(model, percent_to_timestep_function)
+        self.model_sampling_current = model.model_sampling
+
+    def get_models(self) -> list:
+        return super().get_models() + [self.patcher]
+
+    def inference_memory_requirements(self, dtype: torch.dtype) -> int:
+        """Bytes held beside the U-Net while it runs: our residuals for a cond+uncond batch and
+        the cached hint encoding, sized from the hint image (the latent is not known yet; the
+        hint is resized to it, so its size is the best guess). The ControlNet's own activations
+        come and go before the U-Net runs, within the U-Net's own estimate."""
+        previous = super().inference_memory_requirements(dtype)
+        if self.cond_hint_original is None:
+            return previous
+        images, _, height, width = self.cond_hint_original.shape
+        h, w = max(1, height // LATENT_TO_PIXELS), max(1, width // LATENT_TO_PIXELS)
+        elements = sum(c * -(-h // d) * -(-w // d) for c, d in zip(self._channels(), self._divisors()))
+        cfg_branches = 2
+        elements = elements * cfg_branches + self.loaded.config.model_channels * h * w
+        return previous + elements * images * model_management.dtype_size(self.model.dtype)
+
+    def get_control(
+        self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int, transformer_options: dict
+    ) -> dict | None:
+        previous = None
+        if self.previous_controlnet is not None:
+            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
+            return previous  # outside start/end: nothing to run
+
+        batch = x_noisy.shape[0]
+        chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
+        rows = None  # None: every row of the batch
+        if control_modes.is_cond_only(self.control_mode):
+            rows = control_modes.cond_rows(batch, chunks)
+            if rows.numel() == 0:
+                return previous  # an unconditional-only batch gets no control
+        residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
+        if rows is not None:
+            residuals = control_modes.scatter_rows(residuals, rows, batch)
+        return merge_with_previous(residuals, previous)
+
+    def cleanup(self) -> None:
+        self._prepared = {}
+        self.model_sampling_current = None
+        super().cleanup()
+
+    # internals
+
+    def _divisors(self) -> list[int]:
+        return self.loaded.config.output_resolution_divisors()
+
+    def _channels(self) -> list[int]:
+        cfg = self.loaded.config
+        channels = [cfg.model_channels] + [b.out_channels for b in cfg.input_blocks]
+        return channels + channels[-1:]  # the middle block keeps the deepest width
+
+    def _residuals(
+        self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
+    ) -> list[torch.Tensor]:
+        """Weighted (and masked) residuals for `rows` of the batch (all rows when None)."""
+        per_chunk = x_noisy.shape[0] // num_chunks
+        check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
+        if self.mask is not None:
+            check_batch("mask", self.mask.shape[0], per_chunk)
+        prepared = self._prepare(x_noisy)
+        dtype, device = self.model.dtype, x_noisy.device
+        context = cond.get("crossattn_controlnet", cond["c_crossattn"])
+        y = cond.get("y")
+        if rows is not None:
+            x_noisy, sigma, context = x_noisy[rows], sigma[rows], context[rows]
+            y = None if y is None else y[rows]
+        chunks_run = x_noisy.shape[0] // per_chunk
+
+        x = self.model_sampling_current.calculate_input(sigma, x_noisy)
+        timesteps = self.model_sampling_current.timestep(sigma)
+        residuals = self.model(
+            x.to(dtype),
+            None,
+            timesteps.float(),
+            model_management.cast_to_device(context, device, dtype),
+            y=None if y is None else y.to(device, dtype),
+            encoded_hint=repeat_per_chunk(prepared.encoded, per_chunk, chunks_run),
+        )
+        weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
+        residuals = control_modes.scale_residuals(residuals, weights)
+        if prepared.mask is not None:
+            residuals = control_modes.mask_residuals(residuals, repeat_per_chunk(prepared.mask, per_chunk, chunks_run))
+        return residuals
+
+    def _prepare(self, x_noisy: torch.Tensor) -> _PreparedHint:
+        """Resize and encode the hint (and resize the mask) for this latent size, once."""
+        height, width = x_noisy.shape[-2:]
+        prepared = self._prepared.get((height, width))
+        if prepared is not None:
+            return prepared
+        hint = comfy.utils.common_upscale(
+            self.cond_hint_original, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
+        )
+        hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
+        mask = None
+        if self.mask is not None:
+            mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
+            mask = mask.to(device=x_noisy.device, dtype=self.model.dtype)
+        prepared = _PreparedHint(self.model.encode_hint(hint), mask)
+        self._prepared[(height, width)] = prepared
+        return prepared
+
+
+def merge_with_previous(residuals: Sequence[torch.Tensor], previous: dict | None) -> dict:
+    """Our residuals in ComfyUI's layout, added index by index to the previous control's
+    (the U-Net pops from the end of each list; entries of `previous` beyond ours are kept)."""
+    out = {"input": [], "middle": [residuals[-1]], "output": list(residuals[:-1])}
+    if previous is None:
+        return out
+    for key in ("input", "middle", "output"):
+        ours = out[key]
+        for i, earlier in enumerate(previous.get(key, [])):
+            if i >= len(ours):
+                ours.append(earlier)
+            elif earlier is not None:
+                ours[i] = earlier if ours[i] is None else earlier + ours[i]
+    return out
+
+
+def check_batch(what: str, images: int, latents: int) -> None:
+    """A hint (or mask) batch broadcasts when it is 1 image or tiles the latent batch evenly."""
+    if images == 1 or latents % images == 0:
+        return
+    raise ControlNetError(
+        f"the {what} has {images} images and the latent batch has {latents}: they cannot be paired. "
+        f"Give 1 {what} image, {latents}, or a number that divides {latents}"
+    )
+
+
+def repeat_per_chunk(tensor: torch.Tensor, per_chunk: int, num_chunks: int) -> torch.Tensor:
+    """Rows for `num_chunks` batch chunks of `per_chunk` latents each: every chunk (cond,
+    uncond) gets the whole image batch, tiled to its length, as ComfyUI's broadcast_image_to.
+    A single image stays a single row and broadcasts."""
+    if tensor.shape[0] == 1:
+        return tensor
+    chunk = tensor.repeat(per_chunk // tensor.shape[0], 1, 1, 1)
+    return chunk.repeat(num_chunks, 1, 1, 1)
+
+
+def fit_mask(mask: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """A ComfyUI MASK (B×H×W or H×W) as B×1×H×W at the hint image's size. A mask of the same
+    aspect ratio (to within a pixel) is resized; any other size is refused, because how it
+    should line up with the image would be a guess."""
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ControlNetError(f"the mask has shape {tuple(mask.shape)}; a MASK is batch × height × width")
+    mask = mask[:, None].float()
+    (mask_h, mask_w), (image_h, image_w) = mask.shape[-2:], tuple(image_size)
+    if (mask_h, mask_w) == (image_h, image_w):
+        return mask
+    if abs(mask_h * image_w / mask_w - image_h) >= 1:
+        raise ControlNetError(
+            f"the mask is {mask_w}×{mask_h} px and the image {image_w}×{image_h} px: their aspect ratios differ, so "
+            f"it is unclear how the mask lines up with the image. Resize or crop the mask to {image_w}×{image_h}"
+        )
+    return torch.nn.functional.interpolate(mask, size=(image_h, image_w), mode=MASK_UPSCALE_METHOD, align_corners=False)
+
+
+# --- attaching controls to conditioning -------------------------------------------------------
+
+@dataclass(frozen=True)
+class StackEntry:
+    """One control of a stack: a configured control, copied each time the stack is applied."""
+
+    control: comfy.controlnet.ControlBase
+
+
+def configured_control(
+    control_net: comfy.controlnet.ControlBase,
+    image: torch.Tensor,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    control_mode: str = control_modes.BALANCED,
+    mask: torch.Tensor | None = None,
+    block_weights: str = "",
+) -> comfy.controlnet.ControlBase:
+    """A configured copy of `control_net`. Controls from other loaders (ComfyUI's built-in,
+    Control-LoRA) are accepted in balanced mode, applied exactly as ComfyUI applies them."""
+    if isinstance(control_net, SuiteControl):
+        return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
+    if control_mode != control_modes.BALANCED or mask is not None or block_weights.strip():
+        raise ControlNetError(
+            "control modes other than balanced, masks and block weights need a ControlNet loaded with ControlNet "
+            "Suite's 'Load ControlNet' node; this one comes from another loader"
+        )
+    return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
+
+
+def attach_control(positive: list, negative: list, control: comfy.controlnet.ControlBase) -> tuple[list, list]:
+    """Put a copy of `control` on every conditioning entry, chained after the control already
+    there. One copy per distinct previous control is shared by positive and negative, as
+    ComfyUI's ControlNetApplyAdvanced does, so both branches run in one batch."""
+    made: dict[Any, comfy.controlnet.ControlBase] = {}
+
+    def attach(conditioning: list) -> list:
+        out = []
+        for embedding, options in conditioning:
+            options = options.copy()
+            previous = options.get("control")
+            if previous not in made:
+                made[previous] = control.copy().set_previous_controlnet(previous)
+            options["control"] = made[previous]
+            options["control_apply_to_uncond"] = False
+            out.append([embedding, options])
+        return out
+
+    return attach(positive), attach(negative)
+
+
+def apply_stack(positive: list, negative: list, stack: Sequence[StackEntry]) -> tuple[list, list]:
+    """Apply every entry in order, each on top of the controls already present."""
+    for entry in stack:
+        positive, negative = attach_control(positive, negative, entry.control)
+    return positive, negative

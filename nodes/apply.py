@@ -1,0 +1,68 @@
+"""Apply node: one ControlNet on positive and negative conditioning."""
+
+from __future__ import annotations
+
+from ..controlnet_core import control_modes
+
+CATEGORY = "ControlNet Suite/apply"
+
+# Inputs shared with the stack entry node (input names are a public API: never rename).
+CONTROL_INPUTS = {
+    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet from a ControlNet Suite loader."}),
+    "image": ("IMAGE", {"tooltip": "The control image (a map from an annotator: edges, depth, pose...). It is resized to the latent's size x8 with a centre crop."}),
+    "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Multiplies every residual. 0 leaves the conditioning unchanged."}),
+    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling where the control starts (0 = first step)."}),
+    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling where the control ends (1 = last step). Steps outside start..end cost nothing."}),
+    "control_mode": (list(control_modes.CONTROL_MODES), {"default": control_modes.BALANCED, "tooltip": (
+        "balanced: strength on every residual, both CFG branches. "
+        "prompt_more_important: residual i weighted 0.825^(N-1-i) (middle block 1.0), both branches. "
+        "controlnet_more_important: same weights, conditional branch only (the original guess mode). "
+        "cfg_resolution_weighting: the paper's CFG resolution weighting, conditional branch only, residual i weighted 64/h_i."
+    )}),
+}
+OPTIONAL_CONTROL_INPUTS = {
+    "mask": ("MASK", {"tooltip": "Restricts the control to a region (1 = full control). Same size as the image, or the same aspect ratio (then resized)."}),
+    "block_weights": ("STRING", {"default": "", "multiline": False, "tooltip": (
+        "Optional per-residual multipliers: N comma-separated numbers, shallowest block first and the middle block "
+        "last (13 for SD1.x/SD2.x, 10 for SDXL), or a preset: " + ", ".join(control_modes.BLOCK_WEIGHT_PRESETS)
+        + ". Empty: all 1."
+    )}),
+}
+
+
+class CNS_ApplyControlNet:
+    DESCRIPTION = (
+        "Adds a ControlNet to the positive and negative conditioning, on top of any control already there "
+        "(ComfyUI's built-in or Advanced-ControlNet chains keep their contribution)."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    OUTPUT_TOOLTIPS = ("Positive conditioning with the control.", "Negative conditioning with the control.")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "Positive (prompt) conditioning."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+                **CONTROL_INPUTS,
+            },
+            "optional": OPTIONAL_CONTROL_INPUTS,
+        }
+
+    def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent, control_mode,
+              mask=None, block_weights=""):
+        from ..controlnet_core import comfy_control
+
+        if strength == 0:
+            return (positive, negative)
+        control = comfy_control.configured_control(
+            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights
+        )
+        return comfy_control.attach_control(positive, negative, control)
+
+
+NODE_CLASS_MAPPINGS = {"CNS_ApplyControlNet": CNS_ApplyControlNet}
+NODE_DISPLAY_NAME_MAPPINGS = {"CNS_ApplyControlNet": "Apply ControlNet (ControlNet Suite)"}

@@ -1,0 +1,79 @@
+"""Stack nodes: collect several controls, then apply them all at once."""
+
+from __future__ import annotations
+
+from .apply import CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
+
+CATEGORY = "ControlNet Suite/stack"
+STACK_TYPE = "CNS_CONTROL_STACK"
+
+
+class CNS_ControlStackEntry:
+    DESCRIPTION = (
+        "Adds one control (ControlNet, image, strength, range, mode, optional mask and block weights) to a stack. "
+        "Chain entries, then apply the stack with 'Apply Control Stack'."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STACK_TYPE,)
+    RETURN_NAMES = ("control_stack",)
+    OUTPUT_TOOLTIPS = ("The incoming stack plus this control.",)
+    FUNCTION = "add"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": CONTROL_INPUTS,
+            "optional": {
+                "control_stack": (STACK_TYPE, {"tooltip": "A stack to extend; leave empty to start a new one."}),
+                **OPTIONAL_CONTROL_INPUTS,
+            },
+        }
+
+    def add(self, control_net, image, strength, start_percent, end_percent, control_mode,
+            control_stack=None, mask=None, block_weights=""):
+        from ..controlnet_core import comfy_control
+
+        stack = tuple(control_stack or ())  # a new stack: the incoming one may feed other nodes
+        if strength == 0:
+            return (stack,)
+        control = comfy_control.configured_control(
+            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights
+        )
+        return (stack + (comfy_control.StackEntry(control),),)
+
+
+class CNS_ApplyControlStack:
+    DESCRIPTION = (
+        "Applies every control of a stack, in order, to the positive and negative conditioning, on top of "
+        "any control already there. Equivalent to chaining one Apply ControlNet node per entry."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    OUTPUT_TOOLTIPS = ("Positive conditioning with the controls.", "Negative conditioning with the controls.")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "Positive (prompt) conditioning."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+                "control_stack": (STACK_TYPE, {"tooltip": "Controls built with 'Control Stack Entry' nodes."}),
+            }
+        }
+
+    def apply(self, positive, negative, control_stack):
+        from ..controlnet_core import comfy_control
+
+        return comfy_control.apply_stack(positive, negative, control_stack)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CNS_ControlStackEntry": CNS_ControlStackEntry,
+    "CNS_ApplyControlStack": CNS_ApplyControlStack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CNS_ControlStackEntry": "Control Stack Entry (ControlNet Suite)",
+    "CNS_ApplyControlStack": "Apply Control Stack (ControlNet Suite)",
+}

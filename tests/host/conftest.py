@@ -1,0 +1,219 @@
+"""Host tests: the pack loaded into a real ComfyUI checkout, sampling a tiny SD1.5-shaped model.
+
+ComfyUI is looked for at $COMFYUI_PATH, then the folder above custom_nodes/ when the pack is
+installed there, then ~/comfy/ComfyUI; every test skips, saying why, when none is found.
+
+The pack is loaded with ComfyUI's own custom-node loader (nodes.load_custom_node), so the node
+classes under test are the ones ComfyUI registers. The model is built in-process
+(reference/comfyui_host.md §5): ComfyUI only recognises full-width SD1.5 files, so the tiny
+U-Net is built from an SD15 model config with narrow widths and random weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Tiny SD1.5 topology: 12 input blocks (4 levels x (2 ResBlocks + Downsample), conv_in first)
+# and a middle block. Widths are multiples of 64 so ComfyUI's built-in loader, which assumes
+# 64-channel heads for shapes it does not recognise, can read a ControlNet file of this shape.
+MODEL_CHANNELS = 64
+CHANNEL_MULT = (1, 2, 2, 2)
+CONTEXT_DIM = 64
+TOKENS = 8
+LATENT_SIDE = 8  # 64 px images: 8 latent pixels, down to 1 at the deepest level
+IMAGE_SIDE = LATENT_SIDE * 8
+UNET_CONFIG = dict(
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    model_channels=MODEL_CHANNELS,
+    num_res_blocks=[2, 2, 2, 2],
+    channel_mult=list(CHANNEL_MULT),
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    transformer_depth_middle=1,
+    context_dim=CONTEXT_DIM,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=False,
+    legacy=False,
+    adm_in_channels=None,
+    use_checkpoint=False,
+    use_temporal_resblock=False,
+    use_temporal_attention=False,
+)
+# The same ControlNet in diffusers' terms (for writing a diffusers folder).
+DIFFUSERS_CONFIG = dict(
+    block_out_channels=tuple(MODEL_CHANNELS * m for m in CHANNEL_MULT),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    cross_attention_dim=CONTEXT_DIM,
+    attention_head_dim=[MODEL_CHANNELS * m // 64 for m in CHANNEL_MULT],  # head counts: 64-channel heads
+    layers_per_block=2,
+)
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """(ComfyUI root, '') or (None, why not)."""
+    above_custom_nodes = REPO_ROOT.parent.parent if REPO_ROOT.parent.name == "custom_nodes" else None
+    candidates = [
+        ("$COMFYUI_PATH", os.environ.get("COMFYUI_PATH") or None),
+        ("the folder above custom_nodes/", above_custom_nodes),
+        ("~/comfy/ComfyUI", Path.home() / "comfy" / "ComfyUI"),
+    ]
+    for _, candidate in candidates:
+        if candidate and (Path(candidate) / "comfy" / "controlnet.py").is_file() and (Path(candidate) / "nodes.py").is_file():
+            return Path(candidate).resolve(), ""
+    tried = ", ".join(f"{label} ({path or 'not applicable'})" for label, path in candidates)
+    return None, f"no ComfyUI checkout found; looked at {tried}"
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights scaled by fan-in (comfy ops leave weights uninitialised); norms near 1."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, sub in sorted(module.named_modules()):
+        for pname, p in sorted(sub.named_parameters(recurse=False)):
+            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and pname == "weight":
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+    return module
+
+
+class Host:
+    """ComfyUI booted on CPU with the pack loaded, plus the tiny model and ControlNet files."""
+
+    def __init__(self, comfyui: Path, models_dir: Path):
+        # ComfyUI's root goes first: the repo root (on sys.path for the core tests) has a
+        # `nodes/` package that would shadow ComfyUI's `nodes` module.
+        sys.path.insert(0, str(comfyui))
+        from comfy.cli_args import args
+
+        args.cpu = True  # before model_management is imported: no GPU, fp32 everywhere
+        # Tiny tensors gain nothing from threads, and OpenMP threads spinning against other
+        # processes on a small runner slow these tests down several times over.
+        torch.set_num_threads(1)
+
+        import comfy.controlnet
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.sample
+        import comfy.supported_models
+        import folder_paths
+        import nodes
+
+        self.comfy = comfy
+        self.nodes = nodes
+        self.folder_paths = folder_paths
+        self.models_dir = models_dir
+        folder_paths.add_model_folder_path("controlnet", str(models_dir))
+
+        loaded = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))
+        assert loaded, "ComfyUI could not import the pack (see the log above)"
+        self.pack = sys.modules[str(REPO_ROOT).replace(".", "_x_")]
+        # the pack's own copies (ComfyUI imported it under a path-derived name)
+        self.comfy_control = importlib.import_module(f"{self.pack.__name__}.controlnet_core.comfy_control")
+        self.errors = importlib.import_module(f"{self.pack.__name__}.controlnet_core.errors")
+
+        self.model = self._tiny_model()
+        gen = torch.Generator().manual_seed(7)
+        self.positive = [[torch.randn(1, TOKENS, CONTEXT_DIM, generator=gen), {}]]
+        self.negative = [[torch.randn(1, TOKENS, CONTEXT_DIM, generator=gen), {}]]
+        self.image = torch.rand(1, IMAGE_SIDE, IMAGE_SIDE, 3, generator=gen)  # ComfyUI IMAGE: BHWC in 0..1
+        # another size and aspect ratio: the hint is centre-cropped and resized to 8x the latent
+        self.wide_image = torch.rand(1, 3 * IMAGE_SIDE // 2, 2 * IMAGE_SIDE, 3, generator=gen)
+
+    def _tiny_model(self):
+        mm = self.comfy.model_management
+        config = self.comfy.supported_models.SD15(UNET_CONFIG)
+        config.set_inference_dtype(torch.float32, None)
+        base = randomize(config.get_model({}, ""), seed=1).eval()
+        return self.comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+    # nodes, by the names ComfyUI registered
+
+    def node(self, name: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[name]()
+
+    def builtin_controlnet(self, file_name: str):
+        return self.nodes.ControlNetLoader().load_controlnet(file_name)[0]
+
+    def suite_controlnet(self, file_name: str):
+        return self.node("CNS_ControlNetLoader").load(file_name)[0]
+
+    def sample(self, positive, negative, steps: int = 3, cfg: float = 5.0, seed: int = 0, batch: int = 1):
+        latent = torch.zeros(batch, 4, LATENT_SIDE, LATENT_SIDE)
+        noise = self.comfy.sample.prepare_noise(latent, seed)
+        return self.comfy.sample.sample(
+            self.model, noise, steps, cfg, "euler", "normal", positive, negative, latent, seed=seed
+        )
+
+    # ControlNet files in models/controlnet
+
+    def controlnet_state_dict(self, seed: int, zero_convs: bool = False, **sd_config_args) -> dict:
+        """A random tiny ControlNet (our module, original key names without prefix); by default
+        the tiny SD1.5 shape, or the shape `sd_config_args` give."""
+        from controlnet_core import ControlNet, sd_config
+
+        shape = dict(model_channels=MODEL_CHANNELS, channel_mult=CHANNEL_MULT, context_dim=CONTEXT_DIM)
+        model = randomize(ControlNet(sd_config(**{**shape, **sd_config_args})), seed)
+        if zero_convs:
+            for module in [*model.zero_convs, model.middle_block_out]:
+                for p in module.parameters():
+                    torch.nn.init.zeros_(p)
+        return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    def write(self, name: str, state_dict: dict) -> str:
+        from safetensors.torch import save_file
+
+        save_file(state_dict, self.models_dir / name)
+        return name
+
+    def write_diffusers(self, folder: str, original: dict) -> str:
+        """Convert an original-layout dict with diffusers' own converter and save the folder."""
+        from diffusers import ControlNetModel
+        from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+        converted = convert_controlnet_checkpoint(
+            {f"control_model.{k}": v for k, v in original.items()}, {"layers_per_block": 2}
+        )
+        model = ControlNetModel(**DIFFUSERS_CONFIG)
+        model.load_state_dict(converted, strict=True)
+        model.save_pretrained(self.models_dir / folder)
+        return f"{folder}/diffusion_pytorch_model.safetensors"
+
+
+COMFYUI, WHY_NOT = find_comfyui()
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> Host:
+    if COMFYUI is None:
+        pytest.skip(WHY_NOT)
+    return Host(COMFYUI, tmp_path_factory.mktemp("controlnet"))
+
+
+@pytest.fixture(scope="session")
+def files(host: Host) -> SimpleNamespace:
+    """The ControlNet files every test shares: one random ControlNet in three layouts, and a
+    zero-initialised one."""
+    weights = host.controlnet_state_dict(seed=11)
+    return SimpleNamespace(
+        weights=weights,
+        original=host.write("tiny_original.safetensors", {f"control_model.{k}": v for k, v in weights.items()}),
+        bare=host.write("tiny_bare.safetensors", weights),
+        diffusers=host.write_diffusers("tiny_diffusers", weights),
+        second=host.write("tiny_second.safetensors", host.controlnet_state_dict(seed=12)),
+        zero=host.write("tiny_zero.safetensors", host.controlnet_state_dict(seed=13, zero_convs=True)),
+    )
