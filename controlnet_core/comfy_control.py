@@ -95,16 +95,17 @@ def check_family(controlnet_family: str, base_model: Any) -> None:
 def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
     """Load a ControlNet file (or diffusers folder) for ComfyUI, in the dtype ComfyUI's model
     management picks for the device. `model` (a ModelPatcher) is needed for "difference" files
-    and Control-LoRAs."""
+    and Control-LoRAs, which are built from its U-Net weights."""
     weights = open_weights(find_diffusers_weights(path) if os.path.isdir(path) else path)
     try:
         layout = formats.detect_layout(weights.shapes)
     except ControlNetError:
         layout = None  # load_controlnet below raises the same error, naming the file
-    if layout == formats.CONTROL_LORA and model is not None:
-        # A Control-LoRA is rebuilt from the base U-Net at sampling time; ComfyUI's own loader
-        # does that. Its control object works with our apply nodes in balanced mode.
-        return comfy.controlnet.load_controlnet(path, model)
+    if layout in (formats.DIFFUSERS_UNION, formats.T2I_ADAPTER):
+        # The core loads these, but SuiteControl drives the plain ControlNet forward only so far;
+        # ComfyUI's own loader makes their control object, which our apply nodes accept in
+        # balanced mode.
+        return comfy.controlnet.load_controlnet(path)
 
     load_device = model_management.get_torch_device()
     dtype = model_management.unet_dtype(
@@ -117,7 +118,8 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         # ControlNet.forward computes in its weights' dtype, so store the weights in the dtype the
         # device computes in rather than casting them layer by layer.
         dtype = compute_dtype
-    base_unet = model.model.diffusion_model.state_dict() if model is not None and layout == formats.DIFFERENCE else None
+    needs_base = layout in (formats.DIFFERENCE, formats.CONTROL_LORA)
+    base_unet = model.model.diffusion_model.state_dict() if model is not None and needs_base else None
     loaded = load_controlnet(
         path,
         dtype=dtype,
@@ -393,8 +395,9 @@ def configured_control(
     mask: torch.Tensor | None = None,
     block_weights: str = "",
 ) -> comfy.controlnet.ControlBase:
-    """A configured copy of `control_net`. Controls from other loaders (ComfyUI's built-in,
-    Control-LoRA) are accepted in balanced mode, applied exactly as ComfyUI applies them."""
+    """A configured copy of `control_net`. Controls made by other loaders (ComfyUI's built-in;
+    ours for Union and T2I-Adapter files) are accepted in balanced mode, applied exactly as
+    ComfyUI applies them."""
     if isinstance(control_net, SuiteControl):
         return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
     if control_mode != control_modes.BALANCED or mask is not None or block_weights.strip():
