@@ -1,8 +1,11 @@
-"""Weight-free annotators: photos (or depth / label maps) -> ControlNet condition maps.
+"""Annotators: photos (or depth / label maps) -> ControlNet condition maps.
 
-Pure numpy / OpenCV; no ComfyUI import, no network. Every annotator is one module with one
+numpy / OpenCV / torch; no ComfyUI import, no network. Every annotator is one module with one
 entry point taking an image array (see `image` for the accepted dtypes and layouts) and
 returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` alone returns float32.
+Learned annotators take their network, made by their `load_*` function from the weight file
+lllyasviel/Annotators publishes, found in local folders only (see `weights`). OpenPose lives in
+the `openpose` subpackage (it also needs scipy and scikit-image).
 """
 
 from .binary import binary
@@ -14,6 +17,11 @@ from .inpaint import inpaint_hint
 from .normal_from_depth import normal_from_depth
 from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resolution,
                          resize_geometry, resize_to_target)
+from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
+from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
+from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
+from .mlsd import MLSD_WEIGHTS, MLSDNetwork, decode_segments, load_mlsd, mlsd
+from .pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet
 from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
 from .shuffle import content_shuffle, shuffle_flow
@@ -21,6 +29,10 @@ from .tile import tile
 from .xdog import xdog_scribble
 
 __all__ = [
+    "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",
+    "LineartNetwork", "lineart", "load_lineart", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork",
+    "lineart_anime", "load_lineart_anime", "MLSD_WEIGHTS", "MLSDNetwork", "decode_segments", "load_mlsd",
+    "mlsd", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",

@@ -1,0 +1,99 @@
+"""What the learned annotators (HED, PiDiNet, line art, M-LSD) share: loading a network's
+published weights from the models folders, feeding it an image, and v1.1's soft-edge
+post-processing (`safe` quantisation and the scribble conversion).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .weights import find_weights, load_state_dict, strip_prefix
+
+NetworkT = TypeVar("NetworkT", bound=nn.Module)
+
+# Checkpoints saved from torch.nn.DataParallel prefix every key with this.
+DATA_PARALLEL_PREFIX = "module."
+
+# v1.1 annotator/util.py safe_step(x, step=2): quantise a probability to {0, 0.5, 1} (x3, floor,
+# /2; 1.5 clips to 1 later) so the model does not see the soft-edge detector's fine gradations.
+SAFE_STEPS = 2
+
+# v1.1 gradio_scribble2image (Scribble_HED / Scribble_PIDI); controlnet-aux `scribble=True`:
+#   nms(map, 127, 3.0) -> GaussianBlur(sigma 3) -> 255 where > 4, else 0.
+SCRIBBLE_NMS_SIGMA = 3.0
+SCRIBBLE_NMS_THRESHOLD = 127
+SCRIBBLE_BLUR_SIGMA = 3.0
+SCRIBBLE_STROKE_THRESHOLD = 4
+# The four 3-pixel lines (horizontal, vertical, two diagonals) of v1.1 `nms`: a pixel survives
+# when it is the maximum along at least one of them (a ridge across that direction).
+_RIDGE_DIRECTIONS = tuple(np.array(line, dtype=np.uint8) for line in (
+    [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
+    [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+    [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+))
+
+
+def load_network(
+    network: NetworkT,
+    file_name: str,
+    folders: Sequence[str],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> NetworkT:
+    """Fill `network` with the weights in `file_name` (found in `folders`), strictly: every key
+    must match, so a wrong or truncated file fails here instead of drawing garbage later."""
+    path = find_weights(file_name, folders)
+    state_dict = strip_prefix(load_state_dict(path), DATA_PARALLEL_PREFIX)
+    network.load_state_dict(state_dict, strict=True)
+    return network.to(device=device, dtype=dtype).eval()
+
+
+def image_batch(image_hwc: np.ndarray, network: nn.Module) -> torch.Tensor:
+    """HxWxC float array -> 1xCxHxW tensor on the network's device and dtype."""
+    parameter = next(network.parameters())
+    tensor = torch.from_numpy(np.ascontiguousarray(image_hwc, dtype=np.float32))
+    return tensor.permute(2, 0, 1)[None].to(device=parameter.device, dtype=parameter.dtype)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """Network output -> float32 numpy (half-precision networks included)."""
+    return tensor.detach().float().cpu().numpy()
+
+
+def probability_to_uint8(probability: np.ndarray, safe: bool) -> np.ndarray:
+    """A 0..1 edge probability -> uint8 map, as v1.1: optionally `safe`-quantised, then x255,
+    clipped and truncated (astype, not rounded: the maps the models were trained on)."""
+    if safe:
+        # floor == v1.1's int32 cast here: the values are never negative.
+        probability = np.floor(probability.astype(np.float32) * (SAFE_STEPS + 1)) / SAFE_STEPS
+    return (probability * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def soft_edges_to_scribble(edges: np.ndarray) -> np.ndarray:
+    """uint8 soft-edge map -> binary scribble (v1.1 nms -> blur -> threshold): thin the edges to
+    their ridges, keep the strong ones, then thicken them into hand-drawn-looking strokes."""
+    smooth = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), SCRIBBLE_NMS_SIGMA)
+    ridges = np.zeros_like(smooth)
+    for direction in _RIDGE_DIRECTIONS:
+        np.putmask(ridges, cv2.dilate(smooth, kernel=direction) == smooth, smooth)
+    thin = np.where(ridges > SCRIBBLE_NMS_THRESHOLD, 255, 0).astype(np.uint8)
+    thick = cv2.GaussianBlur(thin, (0, 0), SCRIBBLE_BLUR_SIGMA)
+    return np.where(thick > SCRIBBLE_STROKE_THRESHOLD, 255, 0).astype(np.uint8)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Repeat the last row and column until both sides are multiples of `multiple`, so a network
+    that halves the resolution a few times gives back whole pixels. A no-op at v1.1's detect
+    sizes (multiples of 64); callers crop the result back with [:height, :width]."""
+    height, width = image.shape[:2]
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if pad_bottom == 0 and pad_right == 0:
+        return image
+    extra = ((0, pad_bottom), (0, pad_right)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, extra, mode="edge")
