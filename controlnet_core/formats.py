@@ -59,8 +59,8 @@ def detect_layout(keys: Iterable[str]) -> str:
         return T2I_ADAPTER
     if any(k.startswith("model.diffusion_model.") or k.startswith("down_blocks.") for k in keys):
         raise ControlNetFormatError(
-            "this is a Stable Diffusion checkpoint or U-Net, not a ControlNet: put it in models/checkpoints "
-            "(or create a ControlNet from it with the 'Create ControlNet' node)"
+            "this is a Stable Diffusion checkpoint or U-Net, not a ControlNet: put it in models/checkpoints and load "
+            "it with a checkpoint loader"
         )
     sample = ", ".join(sorted(keys)[:3])
     raise ControlNetFormatError(

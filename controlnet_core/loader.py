@@ -62,7 +62,7 @@ def load_controlnet(
         if base_unet is None:
             raise ControlNetFormatError(
                 f"{name} is a Control-LoRA: it holds low-rank changes to the base model and cannot be loaded on its "
-                "own. Use 'Load ControlNet (with model)' and connect the model it was made for"
+                "own. Use 'Load ControlNet with Model (ControlNet Suite)' and connect the model it was made for"
             )
         return LoadedControlNet(_build_control_lora(weights, base_unet, dtype, device, ops), layout, path)
     if layout == formats.DIFFUSERS_UNION:
@@ -75,7 +75,7 @@ def load_controlnet(
         if base_unet is None:
             raise ControlNetFormatError(
                 f"{name} is a \"difference\" ControlNet: it stores ControlNet minus the base U-Net and needs the "
-                "base model to be loaded. Use 'Load ControlNet (with model)' and connect the model it was made for"
+                "base model to be loaded. Use 'Load ControlNet with Model (ControlNet Suite)' and connect the model it was made for"
             )
         # Deltas below 1e-6 may have been dropped from the file: the base fills those in.
         shapes = {**{k: tuple(v.shape) for k, v in base_unet.items() if k.startswith(formats.UNET_ENCODER_MODULES)}, **shapes}

@@ -99,7 +99,7 @@ def test_difference_file_adds_the_base_unet(tmp_path):
         load_controlnet(path)
     assert str(error.value) == (
         "'diff_control_tiny.safetensors' is a \"difference\" ControlNet: it stores ControlNet minus the base U-Net and "
-        "needs the base model to be loaded. Use 'Load ControlNet (with model)' and connect the model it was made for"
+        "needs the base model to be loaded. Use 'Load ControlNet with Model (ControlNet Suite)' and connect the model it was made for"
     )
 
 
@@ -128,7 +128,7 @@ def test_control_lora_builds_from_the_base_unet(tmp_path):
     assert_same_weights(loaded.model, expected, exact=False)
     with pytest.raises(ControlNetFormatError, match=re.escape(
         "'control-lora-canny-rank2.safetensors' is a Control-LoRA: it holds low-rank changes to the base model and "
-        "cannot be loaded on its own. Use 'Load ControlNet (with model)' and connect the model it was made for"
+        "cannot be loaded on its own. Use 'Load ControlNet with Model (ControlNet Suite)' and connect the model it was made for"
     )):
         load_controlnet(path)
 
