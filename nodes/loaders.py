@@ -26,7 +26,7 @@ def _load(control_net_name: str, model=None):
 class CNS_ControlNetLoader:
     DESCRIPTION = (
         "Loads an SD1.x, SD2.x or SDXL ControlNet in any common layout (original, bare, diffusers). "
-        "For \"difference\" ControlNets and Control-LoRAs use 'Load ControlNet (with model)'."
+        "For \"difference\" ControlNets and Control-LoRAs use 'Load ControlNet with Model (ControlNet Suite)'."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONTROL_NET",)
