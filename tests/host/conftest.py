@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.core.tiny import randomize  # the same random-weight recipe as the core tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,21 +75,6 @@ def find_comfyui() -> tuple[Path | None, str]:
             return Path(candidate).resolve(), ""
     tried = ", ".join(f"{label} ({path or 'not applicable'})" for label, path in candidates)
     return None, f"no ComfyUI checkout found; looked at {tried}"
-
-
-@torch.no_grad()
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights scaled by fan-in (comfy ops leave weights uninitialised); norms near 1."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, sub in sorted(module.named_modules()):
-        for pname, p in sorted(sub.named_parameters(recurse=False)):
-            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and pname == "weight":
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
-    return module
 
 
 class Host:
