@@ -35,7 +35,7 @@ from torch import nn
 from .config import SD1, SDXL
 from .errors import ControlNetFormatError
 from .files import WeightFile, assign_weights
-from .model import TORCH_OPS
+from .model import TORCH_OPS, Downsample
 
 FULL = "full"
 LIGHT = "light"
@@ -81,17 +81,6 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
 
 
-class ConvDownsample(nn.Module):
-    """`down_opt` with `use_conv`: a stride-2 3x3 conv."""
-
-    def __init__(self, channels: int, ops: Any, **kw: Any):
-        super().__init__()
-        self.op = ops.Conv2d(channels, channels, 3, stride=2, padding=1, **kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
-
-
 class AdapterResBlock(nn.Module):
     """Full adapter block: [downsample] -> [in_conv to the new width] -> x + block2(relu(block1(x)))."""
 
@@ -99,7 +88,8 @@ class AdapterResBlock(nn.Module):
         super().__init__()
         k = cfg.kernel_size
         self.down = down
-        self.down_opt = ConvDownsample(in_ch, ops, **kw) if down and cfg.conv_downsample else None
+        # `down_opt.op` (use_conv): the same stride-2 3x3 conv as the U-Net's Downsample
+        self.down_opt = Downsample(in_ch, in_ch, ops, **kw) if down and cfg.conv_downsample else None
         self.in_conv = ops.Conv2d(in_ch, out_ch, k, padding=k // 2, **kw) if in_ch != out_ch else None
         self.block1 = ops.Conv2d(out_ch, out_ch, 3, padding=1, **kw)
         self.act = nn.ReLU()

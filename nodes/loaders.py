@@ -42,16 +42,11 @@ class CNS_ControlNetLoader:
         return _load(control_net_name)
 
 
-class CNS_ControlNetLoaderWithModel:
+class CNS_ControlNetLoaderWithModel(CNS_ControlNetLoader):
     DESCRIPTION = (
         "Loads a ControlNet that needs its base model: \"difference\" ControlNets (ControlNet minus the base "
         "U-Net) and Stability Control-LoRAs. Any other ControlNet loads here too."
     )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONTROL_NET",)
-    RETURN_NAMES = ("control_net",)
-    OUTPUT_TOOLTIPS = ("The ControlNet, for the Apply ControlNet and control stack nodes.",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
