@@ -14,8 +14,8 @@ from controlnet_core import ControlNetFormatError
 from controlnet_core.files import WeightFile, open_weights
 from controlnet_core.union import UNION_CONTROL_TYPES, UnionControlNet, load_union
 from tests.core.tiny import DIFFUSERS_CONFIGS, LATENT, inputs, randomize
+from tests.core.test_parity_diffusers import assert_residuals_equal  # 1e-5 of each residual's scale
 
-RELATIVE_TOLERANCE = 1e-5  # of each residual's largest magnitude (fp32; see test_parity_diffusers)
 TOKEN_CHANNELS = DIFFUSERS_CONFIGS["SDXL"]["block_out_channels"][0]  # tokens are model_channels wide
 UNION = 6
 PROMAX = 8
@@ -64,15 +64,6 @@ def run_ours(model: UnionControlNet, reference: ControlNetUnionModel, hints, typ
     y = torch.cat([extra["text_embeds"], ids], dim=-1)
     with torch.no_grad():
         return model(x, list(zip(hints, types)), t, context, y=y, scales=scales)
-
-
-def assert_residuals_equal(ours, theirs):
-    assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a.shape == b.shape, f"residual {i}"
-        assert b.abs().max() > 1e-3, f"residual {i} is trivially small; the test would prove nothing"
-        error = (a - b).abs().max().item()
-        assert error <= RELATIVE_TOLERANCE * b.abs().max().item(), f"residual {i}: max error {error:.2e}"
 
 
 def test_one_condition_matches_diffusers(saved_union):
