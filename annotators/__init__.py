@@ -20,7 +20,10 @@ from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resoluti
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
 from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
+from .midas import (MIDAS_WEIGHTS, MiDaSNetwork, load_midas, midas_depth, midas_depth_and_normal,
+                    midas_normal)
 from .mlsd import MLSD_WEIGHTS, MLSDNetwork, decode_segments, load_mlsd, mlsd
+from .normalbae import NORMALBAE_WEIGHTS, NormalBaeNetwork, load_normalbae, normalbae
 from .pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet
 from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
@@ -32,7 +35,8 @@ __all__ = [
     "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",
     "LineartNetwork", "lineart", "load_lineart", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork",
     "lineart_anime", "load_lineart_anime", "MLSD_WEIGHTS", "MLSDNetwork", "decode_segments", "load_mlsd",
-    "mlsd", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
+    "mlsd", "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
+    "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",

@@ -18,6 +18,9 @@ PUBLISHED_AT = f"https://huggingface.co/{PUBLISHED_REPO}"
 CONTROLNET_AUX_CACHE = "ckpts"  # controlnet_aux's from_pretrained(cache_dir) layout: ckpts/<repo>/<file>
 
 
+CHECKPOINT_WEIGHT_KEYS = ("state_dict", "model")
+
+
 class MissingWeightsError(FileNotFoundError):
     """An annotator's weight file is not in any models folder."""
 
@@ -62,8 +65,10 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise BadWeightsError(f"'{name}' cannot be read ({type(exc).__name__}: {exc}); it is probably truncated: download it again") from exc
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
+    # Training checkpoints nest the weights: mmseg/lightning under "state_dict", NormalBAE and Zoe
+    # under "model" (beside "iter" / optimizer state).
+    while isinstance(data, dict) and any(isinstance(data.get(key), dict) for key in CHECKPOINT_WEIGHT_KEYS):
+        data = next(data[key] for key in CHECKPOINT_WEIGHT_KEYS if isinstance(data.get(key), dict))
     if not isinstance(data, dict) or not any(isinstance(v, torch.Tensor) for v in data.values()):
         raise BadWeightsError(f"'{name}' holds no weight tensors")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
