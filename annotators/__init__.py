@@ -20,6 +20,7 @@ from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resoluti
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
 from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
+from .manga_line import MANGA_LINE_WEIGHTS, MangaLineNetwork, load_manga_line, manga_line
 from .midas import (MIDAS_WEIGHTS, MiDaSNetwork, load_midas, midas_depth, midas_depth_and_normal,
                     midas_normal)
 from .mlsd import MLSD_WEIGHTS, MLSDNetwork, decode_segments, load_mlsd, mlsd
@@ -29,13 +30,15 @@ from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
 from .shuffle import content_shuffle, shuffle_flow
 from .tile import tile
+from .uniformer import UNIFORMER_WEIGHTS, UniFormerSegmentationNetwork, load_uniformer, uniformer_segmentation
 from .xdog import xdog_scribble
 
 __all__ = [
     "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",
     "LineartNetwork", "lineart", "load_lineart", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork",
     "lineart_anime", "load_lineart_anime", "MLSD_WEIGHTS", "MLSDNetwork", "decode_segments", "load_mlsd",
-    "mlsd", "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
+    "mlsd", "MANGA_LINE_WEIGHTS", "MangaLineNetwork", "load_manga_line", "manga_line",
+    "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork", "load_uniformer", "uniformer_segmentation", "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
     "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
