@@ -12,7 +12,11 @@ weights and masks of `control_modes`, and does no work twice:
   latent size, dropped in cleanup), not at every step;
 - modes that leave the unconditional branch without control run the ControlNet on the
   conditional rows only;
-- a step outside start/end returns the previous control's residuals and runs nothing.
+- a step outside start/end returns the previous control's residuals and runs nothing;
+- residuals are weighted, and summed with the previous control's, in place (no copies).
+
+bench/sampling.py measures these against ComfyUI's built-in ControlNet;
+tests/host/test_performance_paths.py checks they give what the plain path gives.
 """
 
 from __future__ import annotations
@@ -113,20 +117,20 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         supported_dtypes=comfy.supported_models_base.BASE.supported_inference_dtypes,
         weight_dtype=_stored_dtype(weights),
     )
+    # As comfy.controlnet does: weights stay in `dtype`; where the device cannot compute in it
+    # (fp16 on a CPU, bf16 on older GPUs, fp8) ComfyUI's manual_cast layers cast each weight to
+    # the compute dtype as it is used.
     compute_dtype = model_management.unet_manual_cast(dtype, load_device)
-    if compute_dtype is not None:
-        # ControlNet.forward computes in its weights' dtype, so store the weights in the dtype the
-        # device computes in rather than casting them layer by layer.
-        dtype = compute_dtype
     needs_base = layout in (formats.DIFFERENCE, formats.CONTROL_LORA)
     base_unet = model.model.diffusion_model.state_dict() if model is not None and needs_base else None
     loaded = load_controlnet(
         path,
         dtype=dtype,
         device=model_management.unet_offload_device(),
-        ops=comfy.ops.pick_operations(dtype, None, load_device=load_device),
+        ops=comfy.ops.pick_operations(dtype, compute_dtype, load_device=load_device),
         base_unet=base_unet,
     )
+    loaded.model.compute_dtype = compute_dtype
     return SuiteControl(loaded, load_device)
 
 
@@ -296,7 +300,7 @@ class SuiteControl(comfy.controlnet.ControlBase):
             encoded_hint=repeat_per_chunk(prepared.encoded, per_chunk, chunks_run),
         )
         weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
-        residuals = control_modes.scale_residuals(residuals, weights)
+        residuals = scale_in_place(residuals, weights)
         if prepared.mask is not None:
             residuals = control_modes.mask_residuals(residuals, repeat_per_chunk(prepared.mask, per_chunk, chunks_run))
         return residuals
@@ -320,9 +324,23 @@ class SuiteControl(comfy.controlnet.ControlBase):
         return prepared
 
 
+def scale_in_place(residuals: Sequence[torch.Tensor], weights: Sequence[float]) -> list[torch.Tensor]:
+    """control_modes.scale_residuals without a copy of each residual: the model's outputs are
+    fresh tensors nothing else holds. A weight of 1 leaves the tensor as it is (x · 1 == x)."""
+    for residual, weight in zip(residuals, weights):
+        if weight != 1.0:
+            residual.mul_(weight)
+    return list(residuals)
+
+
 def merge_with_previous(residuals: Sequence[torch.Tensor], previous: dict | None) -> dict:
     """Our residuals in ComfyUI's layout, added index by index to the previous control's
-    (the U-Net pops from the end of each list; entries of `previous` beyond ours are kept)."""
+    (the U-Net pops from the end of each list; entries of `previous` beyond ours are kept).
+
+    `residuals` must be tensors only this call holds: the previous control's are added into
+    them in place where the sum has their shape and dtype (float addition commutes, so the sum
+    is the same as `earlier + ours`). The previous control's tensors are never written to: a
+    control may share one tensor between several entries (comfy.controlnet says so)."""
     out = {"input": [], "middle": [residuals[-1]], "output": list(residuals[:-1])}
     if previous is None:
         return out
@@ -332,8 +350,18 @@ def merge_with_previous(residuals: Sequence[torch.Tensor], previous: dict | None
             if i >= len(ours):
                 ours.append(earlier)
             elif earlier is not None:
-                ours[i] = earlier if ours[i] is None else earlier + ours[i]
+                ours[i] = earlier if ours[i] is None else add_into(ours[i], earlier)
     return out
+
+
+def add_into(ours: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+    """ours + earlier, written into `ours` when the result has its shape, dtype and device."""
+    same_result = (
+        torch.broadcast_shapes(ours.shape, earlier.shape) == ours.shape
+        and torch.result_type(ours, earlier) == ours.dtype
+        and earlier.device == ours.device
+    )
+    return ours.add_(earlier) if same_result else earlier + ours
 
 
 def check_batch(what: str, images: int, latents: int) -> None:
