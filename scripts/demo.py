@@ -1,52 +1,174 @@
-"""Embedded default: create a ControlNet from a base U-Net, save it, load it back, run it.
+"""The main job on an embedded default: the pack inside ComfyUI, headless.
 
-No real Stable Diffusion weights can ship with the pack, so the base U-Net here is an SD1.5-
-topology U-Net encoder with RANDOM weights, generated on the spot. Files go to output/demo/.
+1. A photo: yours (--photo), or a generated one (a house, a figure, a sky).
+2. Every weight-free annotator node of the pack, run by ComfyUI's executor on that photo.
+3. One shared workflow from workflows/api/ (default: canny), validated and executed end to end
+   by ComfyUI's executor: annotator -> ControlNet -> KSampler -> VAE -> image.
+Control maps and result images are written to --output (default output/demo/).
+
+Weights: every file the workflow names is looked up in ComfyUI's model folders first
+(models/checkpoints, models/controlnet, models/annotators) and used when present. Each missing
+file is generated with RANDOM weights under the standard name in <output>/models/ (the SD1.5
+checkpoint in a small configuration ComfyUI still detects as SD1.5): the pipeline then runs for
+real, but the images it draws are noise. The output says which files were random.
+
+Needs a ComfyUI checkout: $COMFYUI_PATH, the folder above custom_nodes/ when the pack is
+installed there, or ~/comfy/ComfyUI.
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
-import torch
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from controlnet_core import ControlNet, load_controlnet, sd_config  # noqa: E402
-from controlnet_core.create import create_controlnet_from_unet, save_controlnet  # noqa: E402
+from workflows import build, headless  # noqa: E402
+from workflows.example_image import EXAMPLE_IMAGE, example_photo  # noqa: E402
+from workflows.graph import Graph  # noqa: E402
+from workflows.models_folder import provide_models  # noqa: E402
+
+# On a CPU, full-size SD1.5 sampling takes minutes per image; these defaults keep the demo short.
+DEFAULT_SIDE = 256
+DEFAULT_STEPS = 10
+# The region the generated photo marks as "to inpaint" (transparent), as fractions of its side.
+INPAINT_BOX = (0.60, 0.34, 0.80, 0.82)  # left, top, right, bottom: around the standing figure
+# Annotators that read a gray map rather than a photo get Binary's map: as a label map (labels 0
+# and 255: palette class 0, and off the palette) and as a depth map (two planes).
+FED_BY = {"CNS_ColorizeSegmentation": "CNS_Binary", "CNS_NormalFromDepth": "CNS_Binary"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", default="output/demo")
-    parser.add_argument("--width", type=int, default=64, help="model_channels of the generated base (SD1.5: 320)")
+def write_demo_photo(path: Path, side: int) -> None:
+    """The generated photo as RGBA: alpha 0 over INPAINT_BOX, so Load Image's MASK marks it."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = example_photo(side)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    left, top, right, bottom = (round(f * side) for f in INPAINT_BOX)
+    alpha[top:bottom, left:right] = 0
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+
+
+def weight_free_annotators(comfy: headless.Comfy) -> list[str]:
+    """The pack's annotator node ids that need no weight file, in the pack's own order."""
+    pack = sys.modules[str(headless.REPO_ROOT).replace(".", "_x_")]
+    return list(pack.nodes.preprocessors_weight_free.NODES)
+
+
+def annotators_prompt(specs, node_ids: list[str]) -> tuple[dict, dict[str, str]]:
+    """Load Image -> every annotator -> Save Image; returns (API prompt, save node id -> annotator)."""
+    g = Graph(specs)
+    photo = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    saves, made = {}, {}
+    for node_id in sorted(node_ids, key=lambda n: n in FED_BY):
+        spec = specs[node_id]
+        links = {"image": made[FED_BY[node_id]].out(0) if node_id in FED_BY else photo.out("IMAGE")}
+        if any(i.name == "mask" and not i.is_widget for i in spec.inputs):
+            links["mask"] = photo.out("MASK")
+        annotator = made[node_id] = g.add(node_id, **links)
+        save = g.add("SaveImage", images=annotator.out(0), filename_prefix=f"maps/{node_id.removeprefix('CNS_')}")
+        saves[str(save.id)] = node_id
+    return g.to_api(), saves
+
+
+def sized(prompt: dict, side: int, steps: int) -> dict:
+    for node in prompt.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"]["width"] = node["inputs"]["height"] = side
+        elif node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
+def saved_files(output_dir: Path, ui: dict, node_ids) -> list[Path]:
+    files = []
+    for node_id in node_ids:
+        for image in ui.get(node_id, {}).get("images", []):
+            files.append(output_dir / image["subfolder"] / image["filename"])
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photo", type=Path, help="your photo (default: a generated one)")
+    parser.add_argument("--workflow", default="canny", choices=[w.name for w in build.WORKFLOWS],
+                        help="the shared workflow to run (workflows/api/<name>.json)")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "output" / "demo")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=f"image side in pixels (workflow: {build.SIDE})")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (workflow: {build.STEPS})")
     args = parser.parse_args()
-    os.makedirs(args.output, exist_ok=True)
-    torch.manual_seed(0)
 
-    print(f"Generating an SD1.5-topology base U-Net encoder with random weights (width {args.width}); "
-          "these are NOT real Stable Diffusion weights.")
-    base = ControlNet(sd_config(model_channels=args.width, context_dim=768)).state_dict()
-    base = {k: v for k, v in base.items() if not k.startswith(("zero_convs", "middle_block_out", "input_hint_block"))}
+    root, why_not = headless.find_comfyui()
+    if root is None:
+        print(f"The demo runs the pack inside ComfyUI, and {why_not}.\n"
+              "Set COMFYUI_PATH to a ComfyUI checkout (or clone this pack into ComfyUI/custom_nodes/).",
+              file=sys.stderr)
+        return 2
+    import torch
 
-    controlnet = create_controlnet_from_unet(base)
-    path = os.path.join(args.output, "control_demo_sd15.safetensors")
-    save_controlnet(controlnet, path)
-    print(f"Created a ControlNet by the paper's trainable copy and saved it: {path}")
+    started = time.perf_counter()
+    comfy = headless.boot(root, cpu=not torch.cuda.is_available())
+    print(f"ComfyUI {root} started with the pack in {time.perf_counter() - started:.0f} s")
 
-    loaded = load_controlnet(path)
-    print(f"Loaded back: layout={loaded.layout} family={loaded.family} residuals={loaded.config.num_outputs}")
+    output = args.output.resolve()
+    comfy.set_io_folders(str(output / "input"), str(output))
+    photo_path = output / "input" / EXAMPLE_IMAGE
+    if args.photo:
+        from PIL import Image
 
-    x = torch.randn(1, 4, 32, 32)
-    hint = torch.rand(1, 3, 256, 256)
-    context = torch.randn(1, 77, 768)
-    start = time.perf_counter()
-    with torch.no_grad():
-        residuals = loaded.model(x, hint, torch.tensor([500.0]), context)
-    largest = max(r.abs().max().item() for r in residuals)
-    print(f"One forward pass: {len(residuals)} residuals in {time.perf_counter() - start:.2f} s; "
-          f"largest |residual| = {largest} (exactly 0: zero convolutions, so the base model is untouched)")
+        Image.open(args.photo).save(photo_path)
+        print(f"Photo: {args.photo}")
+    else:
+        write_demo_photo(photo_path, 512)
+        print(f"Photo: generated (no photo ships with the pack): {photo_path}")
+
+    workflow = next(w for w in build.WORKFLOWS if w.name == args.workflow)
+    report = provide_models(comfy, str(output / "models"), prefer_real=True,
+                            annotator_files=build.annotator_files((workflow,)))
+    for line in report.real:
+        print(f"Real weights: {line}")
+    if report.random:
+        print("RANDOM WEIGHTS (real files not found in ComfyUI's model folders; images will be noise):")
+        for line in report.random:
+            print(f"  {line}  (generated in {output / 'models'})")
+        print(f"  Put the real files in ComfyUI's folders to use them: see the note in workflows/{workflow.name}.json.")
+    if report.unavailable:
+        print(f"Not in this checkout (annotator module missing): {', '.join(report.unavailable)}")
+
+    specs = build.comfy_specs()
+    annotators = weight_free_annotators(comfy)
+    prompt, saves = annotators_prompt(specs, annotators)
+    started = time.perf_counter()
+    result = comfy.run(prompt)
+    maps = saved_files(output, result.ui, saves)
+    print(f"\nWeight-free annotators ({len(annotators)} nodes, {time.perf_counter() - started:.1f} s): "
+          + ", ".join(annotators))
+    if not args.photo:
+        print("  (Inpaint Hint masks the photo's transparent region; Normal Map from Depth and Colourize "
+              "Segmentation read Binary's map as a two-plane depth map and a two-label map)")
+    for path in maps:
+        print(f"  {path.relative_to(output)}")
+
+    api_path = build.paths(workflow.name)[1]
+    workflow_prompt = sized(json.loads(api_path.read_text(encoding="utf-8")), args.size, args.steps)
+    started = time.perf_counter()
+    result = comfy.run(workflow_prompt)
+    save_nodes = [n for n, node in workflow_prompt.items() if node["class_type"] == "SaveImage"]
+    print(f"\nShared workflow {api_path.relative_to(REPO_ROOT)} ({args.size}x{args.size}, {args.steps} steps, "
+          f"{time.perf_counter() - started:.1f} s):")
+    for path in saved_files(output, result.ui, save_nodes):
+        print(f"  {path.relative_to(output)}")
+    if report.random:
+        print("\nThe result was sampled with RANDOM weights: it shows that the pipeline runs, not what it draws.")
+    print(f"\nEverything is in {output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,7 @@ PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 stamp="$VENV/.installed"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt"; echo "$TORCH_PIN")"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/requirements-oracles.txt"; echo "$TORCH_PIN")"
 COMFYUI_DIR=$(find_comfyui || true)
 if [ -n "$COMFYUI_DIR" ]; then want="$want$(cat "$COMFYUI_DIR/requirements.txt")"; fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
@@ -31,6 +31,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # shellcheck disable=SC2086
   pip_install $TORCH_PIN
   pip_install -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  pip_install --no-deps -r "$ROOT/requirements-oracles.txt"
   if [ -n "$COMFYUI_DIR" ]; then
     echo "== ComfyUI found at $COMFYUI_DIR: installing its requirements (its torch lines skipped)" >&2
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=~!;].*)?$' "$COMFYUI_DIR/requirements.txt" > "$VENV/comfyui-requirements.txt"
@@ -39,3 +40,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export COMFYUI_PATH="${COMFYUI_DIR:-}"
+
+# The browser tests (tests/workflows/test_ui_workflows.py) open the workflows in ComfyUI's front end
+# in headless Chromium: Debian's chromium + chromium-driver, installed for the test command only
+# (not for the demo), when running as root with apt-get; otherwise those tests skip, saying why.
+if [ "$(basename "$0")" = "test" ] && [ -n "$COMFYUI_DIR" ] && ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Debian's chromium and chromium-driver for the browser tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null \
+      || echo "== could not install chromium: the browser tests will be skipped" >&2
+  else
+    echo "== chromium/chromedriver not found (needs root and apt-get to install): the browser tests will be skipped" >&2
+  fi
+fi

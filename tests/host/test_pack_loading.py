@@ -13,13 +13,20 @@ import pytest
 
 from .conftest import COMFYUI, REPO_ROOT
 
-NODE_IDS = {
-    "CNS_ControlNetLoader": "ControlNet Suite/loaders",
-    "CNS_ControlNetLoaderWithModel": "ControlNet Suite/loaders",
-    "CNS_ApplyControlNet": "ControlNet Suite/apply",
-    "CNS_ControlStackEntry": "ControlNet Suite/stack",
-    "CNS_ApplyControlStack": "ControlNet Suite/stack",
+# Every node the pack promises (workflows shared by users name these IDs), by Add Node category.
+NODES_BY_CATEGORY = {
+    "ControlNet Suite/loaders": ("CNS_ControlNetLoader", "CNS_ControlNetLoaderWithModel"),
+    "ControlNet Suite/preprocessors": (
+        "CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
+        "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation",
+        "CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime", "CNS_MangaLine",
+        "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_UniFormerSegmentation",
+        "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
+    ),
+    "ControlNet Suite/apply": ("CNS_ApplyControlNet",),
+    "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_ApplyControlStack"),
 }
+NODE_IDS = {node_id: category for category, ids in NODES_BY_CATEGORY.items() for node_id in ids}
 SERVER_START_TIMEOUT_S = 180  # importing every built-in node on a slow CPU runner
 POLL_INTERVAL_S = 0.5
 

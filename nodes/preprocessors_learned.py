@@ -1,0 +1,203 @@
+"""Annotator nodes with learned networks. Each node is a few declarations: its LearnedModel
+(module, weight-file constants, loader: see preprocessors_models), the annotator function to run
+and its inputs. Annotator modules are imported only when a node runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
+                                   resolution_input)
+from .preprocessors_models import LearnedModel, learned_network
+from .preprocessors_weight_free import Z_COMPONENT_INPUT, AnnotatorNode
+
+MAX_MLSD_DISTANCE = 20.0  # thr_d is in half-resolution pixels; A1111's slider ends at 20
+# annotators/midas.py DEFAULT_NORMAL_BACKGROUND_THRESHOLD: the v1.0 gradio app's and A1111's default
+# (repeated here so this module imports without annotators/midas.py; a test checks they agree).
+MIDAS_NORMAL_BACKGROUND_THRESHOLD = 0.4
+
+WEIGHTS_NOTE = (
+    "Needs {files} from huggingface.co/lllyasviel/Annotators in models/annotators (never downloaded). "
+    "The network is loaded once and kept; ComfyUI's model management moves it to the GPU and unloads it.")
+
+
+def _safe_input() -> tuple[str, dict[str, Any]]:
+    return ("BOOLEAN", {"default": False, "tooltip": "Quantise edge strength to three levels (v1.1 'safe' variant): fewer faint textures leak into the control."})
+
+
+def _scribble_input() -> tuple[str, dict[str, Any]]:
+    return ("BOOLEAN", {"default": False, "tooltip": "Turn the soft edges into thick binary strokes (v1.1 scribble variant), for scribble ControlNets."})
+
+
+class LearnedAnnotatorNode(AnnotatorNode):
+    """Runs `RUN` (a function of MODEL's module) on each image with the cached network:
+    RUN(image, network, resolution=..., **options), options renamed by RUN_NAMES."""
+
+    MODEL: LearnedModel
+    RUN: str
+    RUN_NAMES: dict[str, str] = {}  # node input name -> annotator parameter name
+    OPTIONS = {"resolution": resolution_input()}
+
+    def model_for(self, options: dict[str, Any]) -> LearnedModel:
+        return self.MODEL
+
+    def run_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {self.RUN_NAMES.get(name, name): value for name, value in options.items()}
+
+    def annotate(self, image, resolution, **options):
+        model = self.model_for(options)
+        run = getattr(model.import_module(), self.RUN)
+        run_options = self.run_options(options)
+        with learned_network(model) as network:
+            return (annotate_batch(image, lambda frame: run(
+                frame, network, resolution=detect_resolution(resolution), **run_options)),)
+
+
+class CNS_HED(LearnedAnnotatorNode):
+    DESCRIPTION = "HED soft edges (v1.1 softedge_hed), optionally 'safe' or as scribble strokes. " + WEIGHTS_NOTE.format(files="ControlNetHED.pth")
+    MODEL = LearnedModel("hed", ("HED_WEIGHTS",), "load_hed")
+    RUN = "hed"
+    OPTIONS = {"resolution": resolution_input(), "safe": _safe_input(), "scribble": _scribble_input()}
+
+
+class CNS_PiDiNet(LearnedAnnotatorNode):
+    DESCRIPTION = "PiDiNet soft edges (v1.1 softedge_pidinet), optionally 'safe' or as scribble strokes. " + WEIGHTS_NOTE.format(files="table5_pidinet.pth")
+    MODEL = LearnedModel("pidinet", ("PIDINET_WEIGHTS",), "load_pidinet")
+    RUN = "pidinet"
+    OPTIONS = {"resolution": resolution_input(), "safe": _safe_input(), "scribble": _scribble_input()}
+
+
+class CNS_MLSD(LearnedAnnotatorNode):
+    DESCRIPTION = "M-LSD straight line segments, white on black, for mlsd ControlNets. " + WEIGHTS_NOTE.format(files="mlsd_large_512_fp32.pth")
+    MODEL = LearnedModel("mlsd", ("MLSD_WEIGHTS",), "load_mlsd")
+    RUN = "mlsd"
+    RUN_NAMES = {"score_threshold": "thr_v", "distance_threshold": "thr_d"}
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "score_threshold": ("FLOAT", {"default": DEFAULT_SCORE_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Minimum line-centre score (M-LSD thr_v): higher keeps fewer, surer segments.")}),
+        "distance_threshold": ("FLOAT", {"default": DEFAULT_DISTANCE_THRESHOLD, "min": 0.0, "max": MAX_MLSD_DISTANCE, "step": 0.01, "tooltip": (
+            "Minimum segment length in half-detect-resolution pixels (M-LSD thr_d): higher drops short segments.")}),
+    }
+
+
+class CNS_Lineart(LearnedAnnotatorNode):
+    DESCRIPTION = "Line art from a photo (v1.1 lineart_realistic / lineart_coarse), white lines on black. " + WEIGHTS_NOTE.format(files="sk_model.pth (realistic) or sk_model2.pth (coarse)")
+    MODELS = {
+        "realistic": LearnedModel("lineart", ("LINEART_WEIGHTS",), "load_lineart"),
+        "coarse": LearnedModel("lineart", ("LINEART_COARSE_WEIGHTS",), "load_lineart", (("coarse", True),)),
+    }
+    RUN = "lineart"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "style": (list(MODELS), {"default": "realistic", "tooltip": "realistic: fine lines (sk_model.pth). coarse: bolder, simpler lines (sk_model2.pth)."}),
+    }
+
+    def model_for(self, options):
+        return self.MODELS[options["style"]]
+
+    def run_options(self, options):
+        return {}
+
+
+class CNS_LineartAnime(LearnedAnnotatorNode):
+    DESCRIPTION = "Anime line art (v1.1 lineart_anime), white lines on black. " + WEIGHTS_NOTE.format(files="netG.pth")
+    MODEL = LearnedModel("lineart_anime", ("LINEART_ANIME_WEIGHTS",), "load_lineart_anime")
+    RUN = "lineart_anime"
+
+
+class CNS_MangaLine(LearnedAnnotatorNode):
+    DESCRIPTION = "Manga line extraction (A1111 lineart_anime_denoise / MangaLineExtraction), white lines on black. " + WEIGHTS_NOTE.format(files="erika.pth")
+    MODEL = LearnedModel("manga_line", ("MANGA_LINE_WEIGHTS",), "load_manga_line")
+    RUN = "manga_line"
+
+
+# MiDaS depth and normal share one network (and so one cache entry).
+MIDAS = LearnedModel("midas", ("MIDAS_WEIGHTS",), "load_midas")
+
+
+class CNS_MiDaSDepth(LearnedAnnotatorNode):
+    DESCRIPTION = "MiDaS depth (v1.1 depth_midas): near is bright. " + WEIGHTS_NOTE.format(files="dpt_hybrid-midas-501f0c75.pt")
+    MODEL = MIDAS
+    RUN = "midas_depth"
+
+
+class CNS_MiDaSNormal(LearnedAnnotatorNode):
+    DESCRIPTION = "Normal map from MiDaS depth (ControlNet 1.0 normal). " + WEIGHTS_NOTE.format(files="dpt_hybrid-midas-501f0c75.pt")
+    MODEL = MIDAS
+    RUN = "midas_normal"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "background_threshold": ("FLOAT", {"default": MIDAS_NORMAL_BACKGROUND_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Pixels whose depth, scaled to 0..1 over the image, is below this face the camera (flat background). "
+            "0.4: the v1.0 app's and A1111's default; 0.1: controlnet-aux's.")}),
+        "z_component": Z_COMPONENT_INPUT,
+    }
+
+
+class CNS_NormalBAE(LearnedAnnotatorNode):
+    DESCRIPTION = "Surface normals by NormalBAE (v1.1 normal_bae), for control_v11p_sd15_normalbae. " + WEIGHTS_NOTE.format(files="scannet.pt")
+    MODEL = LearnedModel("normalbae", ("NORMALBAE_WEIGHTS",), "load_normalbae")
+    RUN = "normalbae"
+
+
+class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
+    DESCRIPTION = "Semantic segmentation by UniFormer, coloured with the ADE20K palette (v1.1 seg_ufade20k). " + WEIGHTS_NOTE.format(files="upernet_global_small.pth")
+    MODEL = LearnedModel("uniformer", ("UNIFORMER_WEIGHTS",), "load_uniformer")
+    RUN = "uniformer_segmentation"
+
+
+def openpose_model(include_hand: bool, include_face: bool) -> LearnedModel:
+    """Body network always (hand and face boxes come from bodies), hand and face when asked."""
+    weights = ("BODY_WEIGHTS",) + (("HAND_WEIGHTS",) if include_hand else ()) + (("FACE_WEIGHTS",) if include_face else ())
+    return LearnedModel("openpose.networks", weights, "load_openpose", (("hands", include_hand), ("face", include_face)))
+
+
+class CNS_OpenPose(AnnotatorNode):
+    DESCRIPTION = (
+        "OpenPose body, hand and face keypoints, drawn as v1.1 openpose / openpose_full maps; also returns the "
+        "keypoints in OpenPose's JSON format. " + WEIGHTS_NOTE.format(
+            files="body_pose_model.pth (and hand_pose_model.pth, facenet.pth for hands and faces)"))
+    RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT", "STRING")
+    RETURN_NAMES = ("image", "pose_keypoint", "keypoints_json")
+    OUTPUT_TOOLTIPS = (
+        "The pose map, one per input image, at the input's size.",
+        "One OpenPose-format dict per image ({people: [{pose_keypoints_2d, face_keypoints_2d, hand_left_keypoints_2d, "
+        "hand_right_keypoints_2d}], canvas_width, canvas_height}; x, y in pixels), as comfyui_controlnet_aux's POSE_KEYPOINT.",
+        "The same list as JSON text, one entry per image.",
+    )
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "include_body": ("BOOLEAN", {"default": True, "tooltip": "Draw the body skeletons (bodies are always detected: hand and face boxes come from them)."}),
+        "include_hand": ("BOOLEAN", {"default": False, "tooltip": "Detect and draw hands (needs hand_pose_model.pth; slower)."}),
+        "include_face": ("BOOLEAN", {"default": False, "tooltip": "Detect and draw face landmarks (needs facenet.pth; slower)."}),
+    }
+
+    def annotate(self, image, resolution, include_body, include_hand, include_face):
+        model = openpose_model(include_hand, include_face)
+        model.import_module()  # the subpackage (scipy, scikit-image) is imported only here
+        from ..annotators.openpose import openpose
+
+        frames = image_frames(image)
+        with learned_network(model) as networks:
+            results = per_image(frames, lambda frame: openpose(
+                frame, networks, detect_resolution(resolution), include_body, include_hand, include_face))
+        keypoints = [people for _, people in results]
+        return (maps_to_image([pose_map for pose_map, _ in results]), keypoints, json.dumps(keypoints))
+
+
+NODES = {
+    "CNS_HED": (CNS_HED, "HED Soft Edges"),
+    "CNS_PiDiNet": (CNS_PiDiNet, "PiDiNet Soft Edges"),
+    "CNS_MLSD": (CNS_MLSD, "M-LSD Lines"),
+    "CNS_OpenPose": (CNS_OpenPose, "OpenPose"),
+    "CNS_Lineart": (CNS_Lineart, "Line Art"),
+    "CNS_LineartAnime": (CNS_LineartAnime, "Anime Line Art"),
+    "CNS_MangaLine": (CNS_MangaLine, "Manga Line Art"),
+    "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
+    "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
+    "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
+    "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
+}

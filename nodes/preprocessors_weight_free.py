@@ -1,0 +1,285 @@
+"""Annotator nodes that need no weights: each declares its inputs and calls one annotator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..annotators.binary import DEFAULT_THRESHOLD as BINARY_DEFAULT_THRESHOLD
+from ..annotators.binary import binary
+from ..annotators.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, MEDIAN_RULE_SIGMA, canny
+from ..annotators.color_grid import color_grid
+from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_PX, DEFAULT_MIN_LINE_LENGTH_PX,
+                                DEFAULT_RHO_PX, DEFAULT_THETA_DEGREES, DEFAULT_VOTES, hough_lines)
+from ..annotators.inpaint import inpaint_hint
+from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
+from ..annotators.scribble import DEFAULT_STROKE_GROWTH_PX, DEFAULT_STROKE_THRESHOLD, scribble
+from ..annotators.segmentation import PALETTES, colorize_labels
+from ..annotators.shuffle import DEFAULT_CELL_PX, DEFAULT_SEED, content_shuffle
+from ..annotators.tile import NO_BLUR, NO_DOWNSAMPLING, tile
+from ..annotators.xdog import DEFAULT_THRESHOLD as XDOG_DEFAULT_THRESHOLD
+from ..annotators.xdog import xdog_scribble
+from .preprocessors_common import (CATEGORY, IMAGE_INPUT, MAX_SIZE, annotate_batch, detect_resolution,
+                                   image_frames, maps_to_image, per_image, resolution_input)
+
+UINT8_LEVELS = 255            # a label map stored in an 8-bit image: class index = value * 255
+XDOG_MAX_RESPONSE = 2 * 255   # xdog.py: response = 2 * (255 - dog), dog in 0..255
+MAX_SEED = 2 ** 32 - 1        # numpy RandomState seeds are 32-bit
+# Widget ranges (ours): wide enough for any sensible use, bounded so a slider stays usable.
+MAX_STROKE_GROWTH_PX = 64
+MAX_LINE_THICKNESS_PX = 32
+MAX_HOUGH_VOTES = 10000
+MAX_TILE_FACTOR = 64.0
+MAX_BLUR_SIGMA = 64.0
+MAX_Z_COMPONENT = 100.0
+
+SCRIBBLE_AUTO = "auto"
+SCRIBBLE_DARK_ON_LIGHT = "dark strokes on light"
+SCRIBBLE_LIGHT_ON_DARK = "light strokes on dark"
+SCRIBBLE_INVERT = {SCRIBBLE_AUTO: None, SCRIBBLE_DARK_ON_LIGHT: True, SCRIBBLE_LIGHT_ON_DARK: False}
+
+
+def _int(default: int, low: int, high: int, tooltip: str, step: int = 1) -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": default, "min": low, "max": high, "step": step, "tooltip": tooltip})
+
+
+def _float(default: float, low: float, high: float, step: float, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": default, "min": low, "max": high, "step": step, "tooltip": tooltip})
+
+
+def _bool(default: bool, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("BOOLEAN", {"default": default, "tooltip": tooltip})
+
+
+def canny_threshold(default: float, which: str) -> tuple[str, dict[str, Any]]:
+    return _int(int(default), 0, 255, (
+        f"Canny {which} threshold on the gradient magnitude (v1.1 default {int(default)}). Gradients above the high "
+        "threshold start an edge; edges continue through gradients above the low one."))
+
+
+# round=False: ComfyUI's frontend would otherwise round the 2 pi default to the step (6.28).
+Z_COMPONENT_INPUT = ("FLOAT", {"default": float(DEFAULT_Z_COMPONENT), "min": 0.01, "max": MAX_Z_COMPONENT, "step": 0.01, "round": False, "tooltip": (
+    "The normal's z before normalising (v1.0: 2 pi). Larger makes the same depth gradient look flatter.")})
+
+
+class AnnotatorNode:
+    """Declarations every annotator node shares; subclasses set DESCRIPTION, OPTIONS, annotate."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The control map, one per input image, at the input's size.",)
+    FUNCTION = "annotate"
+    OPTIONS: dict[str, tuple] = {}  # inputs after `image`
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": IMAGE_INPUT, **cls.OPTIONS}}
+
+
+class CNS_Canny(AnnotatorNode):
+    DESCRIPTION = "Canny edges: white one-pixel edges on black, for canny ControlNets."
+    OPTIONS = {
+        "low_threshold": canny_threshold(DEFAULT_LOW_THRESHOLD, "low"),
+        "high_threshold": canny_threshold(DEFAULT_HIGH_THRESHOLD, "high"),
+        "auto_thresholds": _bool(False, (
+            "Ignore the thresholds and derive them from each image's median gray level m: "
+            f"(1 - {MEDIAN_RULE_SIGMA}) m and (1 + {MEDIAN_RULE_SIGMA}) m, so dark and bright "
+            "photos get a similar amount of edges.")),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, low_threshold, high_threshold, auto_thresholds, resolution):
+        return (annotate_batch(image, lambda frame: canny(
+            frame, low_threshold, high_threshold, auto_thresholds, detect_resolution(resolution))),)
+
+
+class CNS_HoughLines(AnnotatorNode):
+    DESCRIPTION = (
+        "Straight lines (Canny edges, then OpenCV's probabilistic Hough transform) drawn white on black: a "
+        "weight-free stand-in for M-LSD, for mlsd ControlNets. Lengths are in pixels of the detect resolution.")
+    OPTIONS = {
+        "canny_low_threshold": canny_threshold(DEFAULT_LOW_THRESHOLD, "low"),
+        "canny_high_threshold": canny_threshold(DEFAULT_HIGH_THRESHOLD, "high"),
+        "rho_px": _float(DEFAULT_RHO_PX, 0.1, 16.0, 0.1, "Distance step of the Hough accumulator, in pixels."),
+        "theta_degrees": _float(DEFAULT_THETA_DEGREES, 0.1, 90.0, 0.1, "Angle step of the Hough accumulator, in degrees."),
+        "votes": _int(DEFAULT_VOTES, 1, MAX_HOUGH_VOTES, "Edge pixels a line needs to be kept: higher keeps fewer, surer lines."),
+        "min_line_length_px": _float(DEFAULT_MIN_LINE_LENGTH_PX, 0.0, MAX_SIZE, 1.0, "Shorter segments are dropped."),
+        "max_line_gap_px": _float(DEFAULT_MAX_LINE_GAP_PX, 0.0, MAX_SIZE, 1.0, "Collinear edge runs closer than this are joined into one segment."),
+        "line_thickness_px": _int(DEFAULT_LINE_THICKNESS_PX, 1, MAX_LINE_THICKNESS_PX, "Width of the drawn lines (M-LSD maps use 1)."),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, canny_low_threshold, canny_high_threshold, rho_px, theta_degrees, votes,
+                 min_line_length_px, max_line_gap_px, line_thickness_px, resolution):
+        return (annotate_batch(image, lambda frame: hough_lines(
+            frame, canny_low_threshold, canny_high_threshold, rho_px, theta_degrees, votes, min_line_length_px,
+            max_line_gap_px, line_thickness_px, detect_resolution(resolution))),)
+
+
+class CNS_Scribble(AnnotatorNode):
+    DESCRIPTION = (
+        "Scribble from a drawing: strokes become white on black and are thickened, for scribble ControlNets. "
+        "Dark-on-light pages are inverted.")
+    OPTIONS = {
+        "threshold": _int(DEFAULT_STROKE_THRESHOLD, 0, 255, (
+            "A pixel is a stroke when its brightest channel, on the light-on-dark drawing, is above this.")),
+        "stroke_growth_px": _int(DEFAULT_STROKE_GROWTH_PX, 0, MAX_STROKE_GROWTH_PX, (
+            "Strokes grow by this many pixels on every side (scribble models were trained on thick strokes); 0 keeps them.")),
+        "drawing": ([SCRIBBLE_AUTO, SCRIBBLE_DARK_ON_LIGHT, SCRIBBLE_LIGHT_ON_DARK], {"default": SCRIBBLE_AUTO, "tooltip": (
+            "How the drawing is made. auto: dark strokes on light when the median pixel is light.")}),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, threshold, stroke_growth_px, drawing, resolution):
+        return (annotate_batch(image, lambda frame: scribble(
+            frame, threshold, stroke_growth_px, SCRIBBLE_INVERT[drawing], detect_resolution(resolution))),)
+
+
+class CNS_ScribbleXDoG(AnnotatorNode):
+    DESCRIPTION = "Synthesized scribble from a photo by difference of Gaussians (A1111 scribble_xdog), for scribble ControlNets."
+    OPTIONS = {
+        "threshold": _int(XDOG_DEFAULT_THRESHOLD, 0, XDOG_MAX_RESPONSE, (
+            "A pixel becomes a stroke where twice the (wide blur - narrow blur) difference exceeds this: lower draws more strokes.")),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, threshold, resolution):
+        return (annotate_batch(image, lambda frame: xdog_scribble(
+            frame, threshold, detect_resolution(resolution))),)
+
+
+class CNS_Binary(AnnotatorNode):
+    DESCRIPTION = "Binary map (A1111 binary): white where the image is dark, black elsewhere."
+    OPTIONS = {
+        "threshold": _int(BINARY_DEFAULT_THRESHOLD, 0, 255, (
+            "Pixels with gray level <= threshold become white. 0 or 255: chosen per image by Otsu's method.")),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, threshold, resolution):
+        return (annotate_batch(image, lambda frame: binary(frame, threshold, detect_resolution(resolution))),)
+
+
+class CNS_ColorGrid(AnnotatorNode):
+    DESCRIPTION = "Colour grid (A1111 color, for T2I-Adapter color): the image as flat 64x64-pixel cells at the detect resolution."
+    OPTIONS = {"resolution": resolution_input()}
+
+    def annotate(self, image, resolution):
+        return (annotate_batch(image, lambda frame: color_grid(frame, detect_resolution(resolution))),)
+
+
+class CNS_ContentShuffle(AnnotatorNode):
+    DESCRIPTION = "Content shuffle (v1.1 shuffle): the image's pixels moved by a smooth random flow, keeping colours and textures but not layout."
+    OPTIONS = {
+        "seed": _int(DEFAULT_SEED, 0, MAX_SEED, (
+            "Seed of the random flow (the same flow for every image of the batch). Equals v1.1 / controlnet-aux after np.random.seed(seed).")),
+        "cell_px": _int(DEFAULT_CELL_PX, 1, MAX_SIZE, "Size of one noise cell of the flow, in pixels: larger moves bigger pieces."),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, seed, cell_px, resolution):
+        return (annotate_batch(image, lambda frame: content_shuffle(
+            frame, seed, cell_px, detect_resolution(resolution))),)
+
+
+class CNS_Tile(AnnotatorNode):
+    DESCRIPTION = "Tile condition: the image itself, optionally blurred and/or down- then up-sampled to drop detail, for tile ControlNets."
+    OPTIONS = {
+        "downsample_factor": _float(NO_DOWNSAMPLING, 1.0, MAX_TILE_FACTOR, 0.05, (
+            "Shrink by this factor (area) and scale back up (cubic): larger loses more detail. 1 keeps the image.")),
+        "blur_sigma": _float(NO_BLUR, 0.0, MAX_BLUR_SIGMA, 0.1, "Gaussian blur sigma in pixels, applied first. 0: no blur."),
+    }
+
+    def annotate(self, image, downsample_factor, blur_sigma):
+        return (annotate_batch(image, lambda frame: tile(frame, downsample_factor, blur_sigma)),)
+
+
+def fit_masks(mask, batch_size: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """MASK (B x H x W or H x W) -> float32 numpy (batch_size, H, W) at the image's size.
+
+    One mask serves the whole batch; otherwise there must be one per image. A mask of another
+    size but the same aspect ratio (within a pixel) is resized bilinearly; any other size is
+    refused, because how it should line up with the image would be a guess.
+    """
+    from ..controlnet_core.comfy_control import fit_mask
+
+    masks = fit_mask(mask, image_hw)[:, 0]
+    if masks.shape[0] not in (1, batch_size):
+        raise ValueError(
+            f"{masks.shape[0]} masks for {batch_size} images; pass one mask for the whole batch or one per image")
+    return masks.expand(batch_size, -1, -1).detach().cpu().float().clamp(0.0, 1.0).numpy()
+
+
+class CNS_InpaintHint(AnnotatorNode):
+    DESCRIPTION = (
+        "Inpaint hint (v1.1 inpaint): the image with every masked pixel (mask > 0.5) set to -1, which the inpaint "
+        "ControlNet reads as 'generate here'. The output holds -1 values: connect it straight to the apply node "
+        "(a preview shows them black; resizing it with 'Resize for Control' is refused).")
+    OPTIONS = {"mask": ("MASK", {"tooltip": (
+        "Where to inpaint (> 0.5). One mask for the batch or one per image; a mask of another size but the same "
+        "aspect ratio is resized to the image, any other size is an error.")})}
+
+    def annotate(self, image, mask):
+        frames = image_frames(image)
+        masks = fit_masks(mask, len(frames), frames.shape[1:3])
+        hints = per_image(range(len(frames)), lambda index: inpaint_hint(frames[index], masks[index]))
+        return (maps_to_image(hints),)
+
+
+class CNS_NormalFromDepth(AnnotatorNode):
+    DESCRIPTION = "Normal map from a depth map (near = bright), by ControlNet 1.0's MiDaS-normal rule, for normal ControlNets."
+    OPTIONS = {
+        "z_component": Z_COMPONENT_INPUT,
+        "background_threshold": _float(DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, 0.01, (
+            "Pixels whose depth, scaled to 0..1 over the image, is below this face the camera (flat background). "
+            "0.1: the annotator's default; 0.4: A1111's.")),
+        "zyx_order": ("BOOLEAN", {"default": True, "label_on": "z, y, x (ControlNet 1.0 normal)", "label_off": "x, y, z", "tooltip": (
+            "Channel order: control_sd15_normal expects (z, y, x) as RGB (v1.0 flips the map); off gives the raw (x, y, z).")}),
+    }
+
+    def annotate(self, image, z_component, background_threshold, zyx_order):
+        return (annotate_batch(image, lambda depth: normal_from_depth(
+            depth, z_component, background_threshold, zyx_order)),)
+
+
+def label_map(frame: np.ndarray, reduce_zero_label: bool) -> np.ndarray:
+    """Class indices of an 8-bit label image (value * 255; gray, every channel equal)."""
+    channels = frame[..., :3] if frame.shape[2] >= 3 else frame[..., :1]
+    if not np.all(channels == channels[..., :1]):
+        raise ValueError(
+            "the label map has differing colour channels: it must be a gray image whose values are class indices "
+            "(an 8-bit label PNG), not an already coloured segmentation")
+    labels = np.round(channels[..., 0] * UINT8_LEVELS).astype(np.int64)
+    # mmseg reduce_zero_label: 0 (unlabeled) -> off the palette, 1.. -> 0..
+    return labels - 1 if reduce_zero_label else labels
+
+
+class CNS_ColorizeSegmentation(AnnotatorNode):
+    DESCRIPTION = "Colours a segmentation label map with the ADE20K or COCO-Stuff palette, as seg ControlNets were trained on."
+    OPTIONS = {
+        "palette": (list(PALETTES), {"default": "ade20k", "tooltip": (
+            "ade20k: 150 classes (mmseg order, 0 = wall). coco_stuff: 171 classes by mmseg train id. "
+            "coco_stuff_raw: COCO-Stuff's own label ids 0..181. Labels off the palette are drawn black.")}),
+        "reduce_zero_label": _bool(False, (
+            "The labels count from 1 with 0 = unlabeled (ADE20K annotation files): subtract 1, and draw 0 black.")),
+    }
+
+    def annotate(self, image, palette, reduce_zero_label):
+        return (annotate_batch(image, lambda frame: colorize_labels(label_map(frame, reduce_zero_label), palette)),)
+
+
+NODES = {
+    "CNS_Canny": (CNS_Canny, "Canny Edges"),
+    "CNS_HoughLines": (CNS_HoughLines, "Hough Lines"),
+    "CNS_Scribble": (CNS_Scribble, "Scribble from Drawing"),
+    "CNS_ScribbleXDoG": (CNS_ScribbleXDoG, "Scribble XDoG"),
+    "CNS_Binary": (CNS_Binary, "Binary"),
+    "CNS_ColorGrid": (CNS_ColorGrid, "Colour Grid"),
+    "CNS_ContentShuffle": (CNS_ContentShuffle, "Content Shuffle"),
+    "CNS_Tile": (CNS_Tile, "Tile"),
+    "CNS_InpaintHint": (CNS_InpaintHint, "Inpaint Hint"),
+    "CNS_NormalFromDepth": (CNS_NormalFromDepth, "Normal Map from Depth"),
+    "CNS_ColorizeSegmentation": (CNS_ColorizeSegmentation, "Colourize Segmentation"),
+}

@@ -1,0 +1,654 @@
+"""The preprocessor (annotator) nodes inside ComfyUI.
+
+Every node, run on a small IMAGE batch, must return exactly what its annotator function returns
+image by image (uint8 maps as float / 255). Learned nodes read random weights saved under the
+published file names in a temporary annotators folder; their network is cached between runs,
+managed by ComfyUI's model management (unloading it empties the cache) and a missing file
+raises the annotators' own message unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+CATEGORY = "ControlNet Suite/preprocessors"
+WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
+               "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"]
+LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime"]
+LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
+RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
+NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION
+
+HEIGHT, WIDTH = 64, 96  # a small batch, not square, so height and width cannot be swapped unnoticed
+# Learned nodes: smaller images, detected at twice their size (so an ignored resolution shows).
+LEARNED_HEIGHT, LEARNED_WIDTH = 32, 48
+LEARNED_RESOLUTION = 64
+
+
+# --- the pack's modules and nodes ---------------------------------------------------------------
+
+class Pack:
+    def __init__(self, host):
+        self.host = host
+        self.name = host.pack.__name__
+        self.preprocessors = self.module("nodes.preprocessors")
+        self.models = self.module("nodes.preprocessors_models")
+
+    def module(self, name: str):
+        return importlib.import_module(f"{self.name}.{name}")
+
+    def has(self, name: str) -> bool:
+        return importlib.util.find_spec(f"{self.name}.{name}") is not None
+
+    def node_class(self, node_id: str):
+        # ComfyUI's registry when nodes/__init__.py registers the preprocessors, else the module's own
+        return self.host.nodes.NODE_CLASS_MAPPINGS.get(node_id) or self.preprocessors.NODE_CLASS_MAPPINGS[node_id]
+
+    def run(self, node_id: str, **inputs):
+        cls = self.node_class(node_id)
+        return getattr(cls(), cls.FUNCTION)(**inputs)
+
+    def defaults(self, node_id: str) -> dict:
+        """Every input's default (a combo's default or first choice), as the frontend fills them."""
+        values = {}
+        for name, (kind, options) in self.node_class(node_id).INPUT_TYPES()["required"].items():
+            if isinstance(kind, list):
+                values[name] = options.get("default", kind[0])
+            elif "default" in options:
+                values[name] = options["default"]
+        return values
+
+
+@pytest.fixture(scope="module")
+def pack(host) -> Pack:
+    return Pack(host)
+
+
+def photo_batch(height: int, width: int) -> torch.Tensor:
+    """Two different photos (scikit-image's) as a ComfyUI IMAGE batch."""
+    photos = [data.astronaut(), data.coffee()]
+    resized = [cv2.resize(p, (width, height), interpolation=cv2.INTER_AREA) for p in photos]
+    return torch.from_numpy(np.stack(resized)).float() / 255.0
+
+
+PHOTOS = photo_batch(HEIGHT, WIDTH)
+SMALL_PHOTOS = photo_batch(LEARNED_HEIGHT, LEARNED_WIDTH)
+
+
+def expected_batch(annotate, frames=PHOTOS) -> torch.Tensor:
+    """The annotator called directly on each image; uint8 maps as float / 255."""
+    maps = [annotate(frame.numpy()) for frame in frames]
+    return torch.stack([torch.from_numpy(m).float() / (255.0 if m.dtype == np.uint8 else 1.0) for m in maps])
+
+
+def assert_same_maps(result: torch.Tensor, expected: torch.Tensor) -> None:
+    assert result.dtype == torch.float32
+    assert result.shape == expected.shape
+    assert torch.equal(result.cpu(), expected)
+    # a blank map would match any blank reference: require real content in every image
+    for index, image in enumerate(expected):
+        assert len(torch.unique(image)) > 1, f"image {index}: the map is a single colour, which proves nothing"
+
+
+# --- declarations ------------------------------------------------------------------------------
+
+def test_mappings_list_exactly_the_preprocessor_nodes(pack):
+    assert set(pack.preprocessors.NODE_CLASS_MAPPINGS) == set(NODE_IDS)
+    assert set(pack.preprocessors.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+    assert all(name.endswith(" (ControlNet Suite)") for name in pack.preprocessors.NODE_DISPLAY_NAME_MAPPINGS.values())
+
+
+def test_comfyui_registers_the_preprocessor_nodes(pack):
+    for node_id in NODE_IDS:
+        assert pack.host.nodes.NODE_CLASS_MAPPINGS.get(node_id) is pack.preprocessors.NODE_CLASS_MAPPINGS[node_id], (
+            f"{node_id} is not registered: nodes/__init__.py must merge nodes.preprocessors' mappings")
+        assert pack.host.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == pack.preprocessors.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+
+
+def test_every_suite_node_declares_tooltips_description_and_category(pack):
+    suite_nodes = {node_id: cls for node_id, cls in pack.host.nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("CNS_")}
+    suite_nodes.update(pack.preprocessors.NODE_CLASS_MAPPINGS)
+    for node_id, cls in suite_nodes.items():
+        assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION.strip(), f"{node_id} has no DESCRIPTION"
+        assert cls.CATEGORY.startswith("ControlNet Suite/")
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+        inputs = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, spec in inputs.get(section, {}).items():
+                assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    for node_id in NODE_IDS:
+        assert suite_nodes[node_id].CATEGORY == CATEGORY
+
+
+def test_annotator_nodes_take_an_image_batch_and_return_an_image_first(pack):
+    for node_id in WEIGHT_FREE + LEARNED + LEARNED_PENDING:
+        cls = pack.node_class(node_id)
+        required = cls.INPUT_TYPES()["required"]
+        assert required["image"][0] == "IMAGE"
+        assert cls.RETURN_TYPES[0] == "IMAGE"
+    assert pack.node_class("CNS_OpenPose").RETURN_TYPES == ("IMAGE", "POSE_KEYPOINT", "STRING")
+    assert pack.node_class("CNS_PixelPerfectResolution").RETURN_TYPES == ("INT",)
+
+
+def test_resolution_inputs_default_to_512_in_steps_of_64(pack):
+    with_resolution = [n for n in WEIGHT_FREE + LEARNED + LEARNED_PENDING
+                       if "resolution" in pack.node_class(n).INPUT_TYPES()["required"]]
+    # every annotator with a detect resolution has the input; tile, inpaint, normal-from-depth and
+    # segmentation colouring work at the image's own size
+    assert set(WEIGHT_FREE + LEARNED + LEARNED_PENDING) - set(with_resolution) == {
+        "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"}
+    for node_id in with_resolution:
+        kind, options = pack.node_class(node_id).INPUT_TYPES()["required"]["resolution"]
+        assert (kind, options["default"], options["step"], options["min"]) == ("INT", 512, 64, 0)
+
+
+# Imports the pack outside ComfyUI with some annotator modules, scipy and scikit-image made
+# unimportable (a None entry in sys.modules makes `import` fail), then lists its preprocessor nodes.
+IMPORT_WITHOUT_MODULES = """
+import importlib.util, json, sys
+for name in sys.argv[2:]:
+    sys.modules[name] = None
+spec = importlib.util.spec_from_file_location("pack", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["pack"] = pack
+spec.loader.exec_module(pack)
+import pack.nodes.preprocessors as preprocessors
+print(json.dumps(sorted(preprocessors.NODE_CLASS_MAPPINGS)))
+"""
+LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose")
+
+
+def test_nodes_import_without_the_learned_annotator_modules():
+    """Learned annotator modules the annotators package does not import itself (always OpenPose,
+    whose scipy and scikit-image are slow to import) are imported only when a node runs, so
+    every node registers even when one of them is missing."""
+    from .conftest import REPO_ROOT
+
+    package_imports = (REPO_ROOT / "annotators" / "__init__.py").read_text()
+    lazy = [m for m in LEARNED_MODULES if not re.search(rf"^from \.{m}\b", package_imports, re.M)]
+    assert "openpose" in lazy, "annotators/__init__.py imports OpenPose (scipy, scikit-image) eagerly"
+    blocked = [f"pack.annotators.{m}" for m in lazy] + ["scipy", "skimage"]
+    result = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_MODULES, str(REPO_ROOT), *blocked],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(NODE_IDS)
+
+
+def test_a_missing_annotator_module_is_named(pack, monkeypatch):
+    model = pack.models.LearnedModel("no_such_annotator", ("X_WEIGHTS",), "load_x")
+    with pytest.raises(ModuleNotFoundError) as error:
+        model.import_module()
+    assert str(error.value) == ("this ControlNet Suite install has no annotators/no_such_annotator.py; "
+                                "update ControlNet Suite to use this node")
+
+
+# --- weight-free nodes equal their annotators ----------------------------------------------------
+
+def depth_batch() -> torch.Tensor:
+    """Two smooth gray depth maps (a tilted plane with a bump; its mirror), channels equal."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    bump = np.exp(-((x - WIDTH / 3) ** 2 + (y - HEIGHT / 2) ** 2) / (2 * 10.0 ** 2))
+    depth = 0.6 * x / WIDTH + 0.4 * bump
+    depths = np.stack([depth, depth[:, ::-1]])
+    return torch.from_numpy(np.repeat(depths[..., None], 3, axis=3).copy())
+
+
+def label_batch() -> torch.Tensor:
+    """Two 8-bit label images (blocks of class ids 0..179, values id / 255), channels equal."""
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 180, size=(2, HEIGHT // 8, WIDTH // 8))
+    labels = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
+    return torch.from_numpy(np.repeat(labels[..., None], 3, axis=3) / 255.0).float()
+
+
+def drawing_batch() -> torch.Tensor:
+    """Two line drawings: dark strokes on white and light strokes on black."""
+    page = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
+    cv2.line(page, (5, 5), (90, 60), (0, 0, 0), 2)
+    cv2.circle(page, (40, 30), 15, (20, 20, 20), 1)
+    return torch.from_numpy(np.stack([page, 255 - page])).float() / 255.0
+
+
+def weight_free_cases(annotators):
+    """(node id, node inputs besides the image, the annotator on one frame, input batch), with
+    non-default values so a swapped or ignored argument shows."""
+    a = annotators
+    return [
+        ("CNS_Canny", dict(low_threshold=40, high_threshold=120, auto_thresholds=False, resolution=128),
+         lambda f: a.canny(f, 40, 120, False, 128), PHOTOS),
+        ("CNS_Canny", dict(low_threshold=1, high_threshold=2, auto_thresholds=True, resolution=0),
+         lambda f: a.canny(f, 1, 2, True, None), PHOTOS),
+        ("CNS_HoughLines", dict(canny_low_threshold=50, canny_high_threshold=150, rho_px=1.0, theta_degrees=0.5, votes=20,
+                                min_line_length_px=10.0, max_line_gap_px=4.0, line_thickness_px=2, resolution=256),
+         lambda f: a.hough_lines(f, 50, 150, 1.0, 0.5, 20, 10.0, 4.0, 2, 256), PHOTOS),
+        ("CNS_Scribble", dict(threshold=100, stroke_growth_px=1, drawing="auto", resolution=128),
+         lambda f: a.scribble(f, 100, 1, None, 128), drawing_batch()),
+        ("CNS_Scribble", dict(threshold=128, stroke_growth_px=0, drawing="light strokes on dark", resolution=0),
+         lambda f: a.scribble(f, 128, 0, False, None), drawing_batch()),
+        ("CNS_ScribbleXDoG", dict(threshold=20, resolution=128), lambda f: a.xdog_scribble(f, 20, 128), PHOTOS),
+        ("CNS_Binary", dict(threshold=100, resolution=128), lambda f: a.binary(f, 100, 128), PHOTOS),
+        ("CNS_ColorGrid", dict(resolution=128), lambda f: a.color_grid(f, 128), PHOTOS),
+        ("CNS_ContentShuffle", dict(seed=5, cell_px=64, resolution=128), lambda f: a.content_shuffle(f, 5, 64, 128), PHOTOS),
+        ("CNS_Tile", dict(downsample_factor=2.5, blur_sigma=1.5), lambda f: a.tile(f, 2.5, 1.5), PHOTOS),
+        ("CNS_NormalFromDepth", dict(z_component=3.0, background_threshold=0.2, zyx_order=False),
+         lambda f: a.normal_from_depth(f, 3.0, 0.2, False), depth_batch()),
+        ("CNS_ColorizeSegmentation", dict(palette="coco_stuff", reduce_zero_label=False),
+         lambda f: a.colorize_labels(np.round(f[..., 0] * 255).astype(np.int64), "coco_stuff"), label_batch()),
+        ("CNS_ColorizeSegmentation", dict(palette="ade20k", reduce_zero_label=True),
+         lambda f: a.colorize_labels(np.round(f[..., 0] * 255).astype(np.int64) - 1, "ade20k"), label_batch()),
+    ]
+
+
+CASE_COUNT = 13
+
+
+@pytest.mark.parametrize("case", range(CASE_COUNT))
+def test_weight_free_node_equals_its_annotator_image_by_image(pack, case):
+    cases = weight_free_cases(pack.module("annotators"))
+    assert len(cases) == CASE_COUNT
+    node_id, inputs, annotate, batch = cases[case]
+    (result,) = pack.run(node_id, image=batch, **inputs)
+    assert_same_maps(result, expected_batch(annotate, batch))
+
+
+# The annotator call with its own defaults, for the node run with its declared defaults.
+DEFAULT_CALLS = {
+    "CNS_Canny": ("canny", PHOTOS), "CNS_HoughLines": ("hough_lines", PHOTOS),
+    "CNS_Scribble": ("scribble", drawing_batch()), "CNS_ScribbleXDoG": ("xdog_scribble", PHOTOS),
+    "CNS_Binary": ("binary", PHOTOS), "CNS_ColorGrid": ("color_grid", PHOTOS),
+    "CNS_ContentShuffle": ("content_shuffle", PHOTOS), "CNS_Tile": ("tile", PHOTOS),
+    "CNS_NormalFromDepth": ("normal_from_depth", depth_batch()),
+}
+
+
+@pytest.mark.parametrize("node_id", sorted(DEFAULT_CALLS))
+def test_node_defaults_are_the_annotator_defaults(pack, node_id):
+    function_name, batch = DEFAULT_CALLS[node_id]
+    annotate = getattr(pack.module("annotators"), function_name)
+    (result,) = pack.run(node_id, image=batch, **{k: v for k, v in pack.defaults(node_id).items() if k != "image"})
+    assert_same_maps(result, expected_batch(annotate, batch))
+
+
+def test_the_node_clamps_overshoot_that_the_annotator_would_refuse(pack):
+    """Resampling nodes overshoot 0..1 a little; the node clamps where the annotator refuses."""
+    overshoot = PHOTOS * 1.1 - 0.05
+    (result,) = pack.run("CNS_Canny", image=overshoot, low_threshold=100, high_threshold=200, auto_thresholds=False, resolution=128)
+    assert_same_maps(result, expected_batch(lambda f: pack.module("annotators").canny(f, resolution=128), overshoot.clamp(0, 1)))
+
+
+def test_inpaint_hint_with_one_mask_per_image(pack):
+    masks = torch.zeros(2, HEIGHT, WIDTH)
+    masks[0, 10:30, 20:70] = 1.0
+    masks[1, 40:, :50] = 0.7
+    (result,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=masks)
+    inpaint_hint = pack.module("annotators").inpaint_hint
+    expected = torch.stack([torch.from_numpy(inpaint_hint(PHOTOS[i].numpy(), masks[i].numpy())) for i in range(2)])
+    assert torch.equal(result, expected)
+    assert (result == -1).sum() == 3 * (20 * 50 + 24 * 50)
+
+
+def test_inpaint_hint_resizes_a_smaller_mask_of_the_same_aspect_ratio(pack):
+    small = torch.zeros(1, HEIGHT // 2, WIDTH // 2)
+    small[0, 5:20, 10:30] = 1.0
+    (result,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=small)
+    # one mask serves the whole batch; resized bilinearly (half-pixel centres, as cv2.INTER_LINEAR)
+    full = cv2.resize(small[0].numpy(), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    inpaint_hint = pack.module("annotators").inpaint_hint
+    expected = torch.stack([torch.from_numpy(inpaint_hint(PHOTOS[i].numpy(), full)) for i in range(2)])
+    assert torch.equal(result, expected)
+
+
+def test_inpaint_hint_refuses_masks_that_do_not_fit(pack):
+    errors = pack.module("controlnet_core.errors")
+    with pytest.raises(errors.ControlNetError, match=re.escape(
+            f"the mask is 50×50 px and the image {WIDTH}×{HEIGHT} px: their aspect ratios differ")):
+        pack.run("CNS_InpaintHint", image=PHOTOS, mask=torch.ones(1, 50, 50))
+    with pytest.raises(ValueError) as error:
+        pack.run("CNS_InpaintHint", image=PHOTOS, mask=torch.ones(3, HEIGHT, WIDTH))
+    assert str(error.value) == "3 masks for 2 images; pass one mask for the whole batch or one per image"
+
+
+def test_colorize_refuses_a_coloured_image(pack):
+    with pytest.raises(ValueError, match="the label map has differing colour channels"):
+        pack.run("CNS_ColorizeSegmentation", image=PHOTOS, palette="ade20k", reduce_zero_label=False)
+
+
+def test_a_batch_reports_progress_image_by_image(pack, monkeypatch):
+    utils = pack.host.comfy.utils
+    updates = []
+    monkeypatch.setattr(utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total)))
+    pack.run("CNS_Binary", image=PHOTOS, threshold=0, resolution=512)
+    assert updates == [(1, 2), (2, 2)]
+
+
+def test_a_cancelled_run_stops_before_the_next_image(pack, monkeypatch):
+    mm = pack.host.comfy.model_management
+    calls = []
+    binary = pack.module("annotators.binary")
+    original = binary.binary
+
+    def counting_binary(*args, **kwargs):
+        calls.append(1)
+        mm.interrupt_current_processing(True)  # the user presses cancel during the first image
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pack.module("nodes.preprocessors_weight_free"), "binary", counting_binary)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            pack.run("CNS_Binary", image=PHOTOS, threshold=0, resolution=512)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(calls) == 1
+
+
+def test_an_empty_batch_is_refused(pack):
+    with pytest.raises(ValueError) as error:
+        pack.run("CNS_Binary", image=torch.zeros(0, HEIGHT, WIDTH, 3), threshold=0, resolution=512)
+    assert str(error.value) == "image is an empty batch; pass at least one image"
+
+
+# --- resolution nodes ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["Just Resize", "Crop and Resize", "Resize and Fill"])
+def test_resize_for_control_equals_resize_to_target(pack, mode):
+    annotators = pack.module("annotators")
+    (maps,) = pack.run("CNS_Canny", image=PHOTOS, low_threshold=100, high_threshold=200, auto_thresholds=False, resolution=0)
+    (result,) = pack.run("CNS_ResizeForControl", image=maps, width=80, height=120, resize_mode=mode)
+    expected = expected_batch(lambda f: annotators.resize_to_target(annotators.to_rgb_uint8(f), (120, 80), mode), maps)
+    assert result.shape == (2, 120, 80, 3)
+    assert_same_maps(result, expected)
+
+
+def test_resize_for_control_refuses_an_inpaint_hint(pack):
+    (hint,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=torch.ones(1, HEIGHT, WIDTH))
+    with pytest.raises(ValueError, match=r"negative values \(an inpaint hint\?\)"):
+        pack.run("CNS_ResizeForControl", image=hint, width=64, height=64, resize_mode="Just Resize")
+
+
+@pytest.mark.parametrize("mode", ["Just Resize", "Crop and Resize", "Resize and Fill"])
+def test_pixel_perfect_resolution(pack, mode):
+    annotators = pack.module("annotators")
+    (value,) = pack.run("CNS_PixelPerfectResolution", image=PHOTOS, width=768, height=512, resize_mode=mode)
+    assert value == annotators.pixel_perfect_resolution((HEIGHT, WIDTH), (512, 768), mode)
+    # by hand: the 64x96 image scales by 8 either way (512/64 = 768/96), so 8 * 64
+    assert value == 512
+    (value,) = pack.run("CNS_PixelPerfectResolution", image=PHOTOS, width=512, height=512, resize_mode=mode)
+    # k = 512/64 = 8 (height) or 512/96 (width): the larger to cover, the smaller to fit
+    assert value == (round(512 / 96 * 64) if mode == "Resize and Fill" else 512)
+
+
+# --- learned nodes -------------------------------------------------------------------------------
+
+def random_weights(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """`template`'s keys and shapes with He-scaled random values (conv/linear weights
+    N(0, 2/fan_in), norm scales 1 + N(0, 0.1), shifts N(0, 0.1), running variances 0.5..1.5), so
+    activations neither vanish nor explode; stored as float16 to keep the files small."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for key, value in template.items():
+        if not value.is_floating_point():  # num_batches_tracked
+            weights[key] = torch.zeros(value.shape, dtype=value.dtype)
+            continue
+        noise = torch.randn(value.shape, generator=generator)
+        if key.endswith("running_var"):
+            weights[key] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif value.ndim >= 2:
+            weights[key] = noise * math.sqrt(2.0 / max(1, value[0].numel()))
+        elif key.endswith("weight"):
+            weights[key] = 1.0 + 0.1 * noise
+        else:
+            weights[key] = 0.1 * noise
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+
+
+# (annotators module, weight-file constant, network class) of every learned network.
+NETWORKS = [
+    ("hed", "HED_WEIGHTS", "HEDNetwork"),
+    ("pidinet", "PIDINET_WEIGHTS", "PiDiNetNetwork"),
+    ("mlsd", "MLSD_WEIGHTS", "MLSDNetwork"),
+    ("lineart", "LINEART_WEIGHTS", "LineartNetwork"),
+    ("lineart", "LINEART_COARSE_WEIGHTS", "LineartNetwork"),
+    ("lineart_anime", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork"),
+    ("openpose.networks", "BODY_WEIGHTS", "BodyPoseNetwork"),
+    ("manga_line", "MANGA_LINE_WEIGHTS", "MangaLineNetwork"),
+    ("midas", "MIDAS_WEIGHTS", "MiDaSNetwork"),
+    ("normalbae", "NORMALBAE_WEIGHTS", "NormalBaeNetwork"),
+    ("uniformer", "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork"),
+]
+
+
+@pytest.fixture(scope="module")
+def weights_folder(pack, tmp_path_factory):
+    """Random weights for every learned network whose module exists, under the published names."""
+    folder = tmp_path_factory.mktemp("annotators")
+    for seed, (module_name, constant, class_name) in enumerate(NETWORKS):
+        if not pack.has(f"annotators.{module_name}"):
+            continue
+        module = pack.module(f"annotators.{module_name}")
+        with torch.device("meta"):  # shapes only: no time spent on a random initialisation
+            template = getattr(module, class_name)().state_dict()
+        torch.save(random_weights(template, seed), folder / getattr(module, constant))
+    return folder
+
+
+def skip_unless_written(pack, module_name: str) -> None:
+    if not pack.has(f"annotators.{module_name}"):
+        pytest.skip(f"annotators/{module_name}.py is not written yet (another helper's task)")
+
+
+@pytest.fixture
+def annotators_folder(pack, weights_folder, monkeypatch):
+    """ComfyUI's `annotators` model folder is the random-weights folder for this test."""
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(weights_folder)], set()))
+    return weights_folder
+
+
+def direct_network(pack, module_name: str, loader: str, folder, **options):
+    return getattr(pack.module(f"annotators.{module_name}"), loader)([str(folder)], **options)
+
+
+# (node id, node inputs, annotators module, loader, loader options, annotator function, its options)
+LEARNED_CASES = [
+    ("CNS_HED", dict(safe=False, scribble=False), "hed", "load_hed", {}, "hed", dict(safe=False, scribble=False)),
+    ("CNS_HED", dict(safe=True, scribble=True), "hed", "load_hed", {}, "hed", dict(safe=True, scribble=True)),
+    ("CNS_PiDiNet", dict(safe=True, scribble=False), "pidinet", "load_pidinet", {}, "pidinet", dict(safe=True, scribble=False)),
+    ("CNS_MLSD", dict(score_threshold=0.05, distance_threshold=0.5), "mlsd", "load_mlsd", {}, "mlsd", dict(thr_v=0.05, thr_d=0.5)),
+    ("CNS_Lineart", dict(style="realistic"), "lineart", "load_lineart", {}, "lineart", {}),
+    ("CNS_Lineart", dict(style="coarse"), "lineart", "load_lineart", dict(coarse=True), "lineart", {}),
+    ("CNS_LineartAnime", {}, "lineart_anime", "load_lineart_anime", {}, "lineart_anime", {}),
+    ("CNS_MangaLine", {}, "manga_line", "load_manga_line", {}, "manga_line", {}),
+    ("CNS_MiDaSDepth", {}, "midas", "load_midas", {}, "midas_depth", {}),
+    ("CNS_MiDaSNormal", dict(background_threshold=0.2, z_component=3.0), "midas", "load_midas", {}, "midas_normal",
+     dict(background_threshold=0.2, z_component=3.0)),
+    ("CNS_NormalBAE", {}, "normalbae", "load_normalbae", {}, "normalbae", {}),
+    ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
+]
+
+
+@pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
+def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folder, case, monkeypatch):
+    node_id, inputs, module_name, loader, loader_options, function, options = case
+    skip_unless_written(pack, module_name)
+    if module_name == "uniformer":
+        # UniFormer rescales every image to a 512-pixel short side whatever the detect resolution
+        # (minutes on a CPU runner); the node only forwards, so test it at a smaller scale.
+        monkeypatch.setattr(pack.module("annotators.uniformer"), "RESCALE_LIMITS", (4 * LEARNED_RESOLUTION, LEARNED_RESOLUTION))
+    (result,) = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
+    network = direct_network(pack, module_name, loader, annotators_folder, **loader_options)
+    annotate = getattr(pack.module(f"annotators.{module_name}"), function)
+    assert_same_maps(result, expected_batch(lambda f: annotate(f, network, LEARNED_RESOLUTION, **options), SMALL_PHOTOS))
+
+
+def test_openpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_folder):
+    # the body network always sees 184-pixel-high input (v1.1's box size 368 x scale 0.5): the
+    # cost is per image, whatever its size
+    photos = SMALL_PHOTOS[:, :, :LEARNED_HEIGHT]
+    image, keypoints, keypoints_json = pack.run("CNS_OpenPose", image=photos, resolution=LEARNED_RESOLUTION,
+                                                include_body=True, include_hand=False, include_face=False)
+    openpose = pack.module("annotators.openpose")
+    networks = openpose.load_openpose([str(annotators_folder)])
+    direct = [openpose.openpose(frame.numpy(), networks, LEARNED_RESOLUTION) for frame in photos]
+    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert keypoints == [people for _, people in direct]
+    assert json.loads(keypoints_json) == keypoints
+    assert [(k["canvas_width"], k["canvas_height"]) for k in keypoints] == [(LEARNED_HEIGHT, LEARNED_HEIGHT)] * 2
+    # random weights still link some keypoints into people, so the keypoints are not trivially []
+    assert sum(len(k["people"]) for k in keypoints) > 0
+
+
+def test_learned_node_declarations_match_their_annotator_modules(pack):
+    """Each learned node's loader and function exist, and its description names the files its
+    module loads (descriptions are written out so the node module imports without them)."""
+    learned = pack.module("nodes.preprocessors_learned")
+    checked = []
+    for node_id, (cls, _) in learned.NODES.items():
+        models = [learned.openpose_model(True, True)] if node_id == "CNS_OpenPose" else (
+            list(cls.MODELS.values()) if hasattr(cls, "MODELS") else [cls.MODEL])
+        if not pack.has(f"annotators.{models[0].module}"):
+            continue
+        module = pack.module(f"annotators.{models[0].module}")
+        if node_id != "CNS_OpenPose":
+            assert callable(getattr(module, cls.RUN))
+        for model in models:
+            assert callable(getattr(module, model.loader))
+            for constant in model.weight_constants:
+                assert getattr(module, constant) in cls.DESCRIPTION, f"{node_id}'s description names another file"
+        checked.append(node_id)
+    assert set(LEARNED) <= set(checked)
+    if pack.has("annotators.midas"):
+        assert learned.MIDAS_NORMAL_BACKGROUND_THRESHOLD == pack.module("annotators.midas").DEFAULT_NORMAL_BACKGROUND_THRESHOLD
+
+
+# --- the cache and ComfyUI's model management ---------------------------------------------------
+
+HED_INPUTS = dict(resolution=LEARNED_RESOLUTION, safe=False, scribble=False)
+
+
+def hed_keys(pack) -> list:
+    return [key for key in pack.models.cached_keys() if key[0] == "hed"]
+
+
+def test_the_network_is_loaded_once_and_released_by_model_management(pack, annotators_folder, monkeypatch):
+    mm = pack.host.comfy.model_management
+    hed_module = pack.module("annotators.hed")
+    loads = []
+    original_loader = hed_module.load_hed
+    monkeypatch.setattr(hed_module, "load_hed", lambda *args, **kwargs: loads.append(kwargs) or original_loader(*args, **kwargs))
+
+    mm.unload_all_models()
+    assert hed_keys(pack) == []
+    (first,) = pack.run("CNS_HED", image=SMALL_PHOTOS, **HED_INPUTS)
+    assert len(loads) == 1
+    assert loads[0] == {"device": mm.unet_offload_device(), "dtype": torch.float32}
+    (key,) = hed_keys(pack)
+    assert key[3][0][0] == str(annotators_folder / hed_module.HED_WEIGHTS)
+    patcher = pack.models._cache[key].patcher
+    assert patcher.load_device == mm.get_torch_device()
+    assert patcher.offload_device == mm.unet_offload_device()
+    assert any(model is patcher for model in mm.loaded_models())
+
+    (second,) = pack.run("CNS_HED", image=SMALL_PHOTOS[:1], **HED_INPUTS)
+    assert len(loads) == 1, "the second run loaded the network again"
+    assert torch.equal(second, first[:1])
+
+    network = pack.models._cache[key].network
+    mm.unload_all_models()  # ComfyUI's "unload models" / free memory
+    assert not any(model is patcher for model in mm.loaded_models())
+    assert all(p.device.type == "meta" for p in network.parameters()), "unloading kept the weights in memory"
+    assert hed_keys(pack) == [], "the cache still holds a network ComfyUI unloaded"
+    (third,) = pack.run("CNS_HED", image=SMALL_PHOTOS, **HED_INPUTS)
+    assert len(loads) == 2
+    assert torch.equal(third, first)
+
+
+def test_a_replaced_weight_file_is_read_again(pack, annotators_folder, tmp_path, monkeypatch):
+    hed_module = pack.module("annotators.hed")
+    folder = tmp_path / "annotators"
+    folder.mkdir()
+    (folder / hed_module.HED_WEIGHTS).write_bytes((annotators_folder / hed_module.HED_WEIGHTS).read_bytes())
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(folder)], set()))
+    (before,) = pack.run("CNS_HED", image=SMALL_PHOTOS, **HED_INPUTS)
+    torch.save(random_weights(hed_module.HEDNetwork().state_dict(), seed=99), folder / hed_module.HED_WEIGHTS)
+    (after,) = pack.run("CNS_HED", image=SMALL_PHOTOS, **HED_INPUTS)
+    network = hed_module.load_hed([str(folder)])
+    assert not torch.equal(before, after)
+    assert_same_maps(after, expected_batch(lambda f: hed_module.hed(f, network, LEARNED_RESOLUTION), SMALL_PHOTOS))
+
+
+def test_lineart_styles_are_separate_networks(pack, annotators_folder):
+    pack.run("CNS_Lineart", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, style="realistic")
+    pack.run("CNS_Lineart", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, style="coarse")
+    files = {key[3][0][0].rsplit("/", 1)[-1] for key in pack.models.cached_keys() if key[0] == "lineart"}
+    lineart = pack.module("annotators.lineart")
+    assert {lineart.LINEART_WEIGHTS, lineart.LINEART_COARSE_WEIGHTS} <= files
+
+
+# --- missing weights -----------------------------------------------------------------------------
+
+def missing_message(pack, file_name: str, folder) -> str:
+    """The annotators' own MissingWeightsError message for `file_name` in `folder`."""
+    weights = pack.module("annotators.weights")
+    with pytest.raises(weights.MissingWeightsError) as error:
+        weights.find_weights(file_name, [str(folder)])
+    return str(error.value)
+
+
+@pytest.mark.parametrize("node_id, inputs, module_name, constant", [
+    ("CNS_HED", dict(safe=False, scribble=False), "hed", "HED_WEIGHTS"),
+    ("CNS_Lineart", dict(style="coarse"), "lineart", "LINEART_COARSE_WEIGHTS"),
+    ("CNS_OpenPose", dict(include_body=True, include_hand=False, include_face=False), "openpose.networks", "BODY_WEIGHTS"),
+])
+def test_missing_weights_raise_the_annotators_message_unchanged(pack, tmp_path, monkeypatch, node_id, inputs, module_name, constant):
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    file_name = getattr(pack.module(f"annotators.{module_name}"), constant)
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
+    assert str(error.value) == missing_message(pack, file_name, tmp_path)
+    assert f"'{file_name}' not found" in str(error.value)
+    assert f"https://huggingface.co/lllyasviel/Annotators and put it in {tmp_path}" in str(error.value)
+
+
+def test_openpose_hands_need_their_own_file(pack, annotators_folder, tmp_path, monkeypatch):
+    networks = pack.module("annotators.openpose.networks")
+    (tmp_path / networks.BODY_WEIGHTS).symlink_to(annotators_folder / networks.BODY_WEIGHTS)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run("CNS_OpenPose", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, include_body=True, include_hand=True, include_face=False)
+    assert str(error.value) == missing_message(pack, networks.HAND_WEIGHTS, tmp_path)
+
+
+class LoaderCalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize("include_hand, include_face", [(True, False), (False, True), (True, True)])
+def test_openpose_loads_hand_and_face_networks_only_when_asked(pack, tmp_path, monkeypatch, include_hand, include_face):
+    """The files each choice needs are looked up and the loader is asked for those networks
+    (a stub loader stops the run: random hand and face networks are slow on a CPU)."""
+    networks = pack.module("annotators.openpose.networks")
+    for file_name in (networks.BODY_WEIGHTS, networks.HAND_WEIGHTS, networks.FACE_WEIGHTS):
+        (tmp_path / file_name).write_bytes(b"")  # found by name; the stub never reads them
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+
+    def stub_loader(folders, **options):
+        raise LoaderCalled(options)
+
+    monkeypatch.setattr(networks, "load_openpose", stub_loader)
+    with pytest.raises(LoaderCalled) as called:
+        pack.run("CNS_OpenPose", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, include_body=True,
+                 include_hand=include_hand, include_face=include_face)
+    (options,) = called.value.args
+    assert options == {"device": pack.host.comfy.model_management.unet_offload_device(), "dtype": torch.float32,
+                       "hands": include_hand, "face": include_face}

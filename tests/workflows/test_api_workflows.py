@@ -1,0 +1,118 @@
+"""Every API workflow passes ComfyUI's own prompt validation as committed, and executes end to
+end through ComfyUI's executor with random-weight models under the file names it names.
+
+Executed at a small size to keep the suite fast on a CPU: the only values changed are the latent
+size, the step count and the annotators' detection resolution (`shrink`); the graph, the files
+and every other setting are the committed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workflows import build
+from workflows.random_models import CONTROLNET_FILES, SD15_CHECKPOINT
+
+from .conftest import PHOTO_SIDE, WORKFLOW_NAMES, load_json
+
+SHRUNK_SIDE = 64  # latent 8x8: the tiny U-Net's cost per step stays well under a second
+SHRUNK_STEPS = 1
+SHRUNK_RESOLUTION = PHOTO_SIDE
+CONTROL_NODES = ("CNS_ApplyControlNet", "CNS_ControlStackEntry")
+# With random weights a pose detector legitimately finds nobody, so its map is all black.
+MAY_BE_EMPTY = {"CNS_OpenPose"}
+
+
+def shrink(prompt: dict) -> dict:
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = SHRUNK_SIDE
+        elif node["class_type"] == "KSampler":
+            inputs["steps"] = SHRUNK_STEPS
+        elif node["class_type"].startswith("CNS_") and isinstance(inputs.get("resolution"), int):
+            inputs["resolution"] = SHRUNK_RESOLUTION
+    return prompt
+
+
+def without_control(prompt: dict) -> dict:
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        if node["class_type"] in CONTROL_NODES:
+            node["inputs"]["strength"] = 0.0
+    return prompt
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def saved_image(env, ui: dict, node_id: str) -> np.ndarray:
+    (entry,) = ui[node_id]["images"]
+    assert entry["type"] == "output"
+    return np.asarray(Image.open(env.output_dir / entry["subfolder"] / entry["filename"]))
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_both_formats_are_committed(name):
+    ui_path, api_path = build.paths(name)
+    assert ui_path.is_file(), f"{ui_path} is missing: run python -m workflows.build"
+    assert api_path.is_file(), f"{api_path} is missing: run python -m workflows.build"
+
+
+def test_committed_files_are_what_the_generator_makes(comfy):
+    """The files equal the generator's output from the node classes ComfyUI has registered now:
+    widget order and defaults cannot drift from the nodes, and UI and API forms agree."""
+    specs = build.comfy_specs()
+    for workflow in build.WORKFLOWS:
+        assert build.missing_node_types(workflow, specs) == [], f"{workflow.name}: node types not registered"
+        ui_text, api_text = build.render(workflow, specs)
+        ui_path, api_path = build.paths(workflow.name)
+        assert ui_path.read_text(encoding="utf-8") == ui_text, f"{ui_path} is stale: run python -m workflows.build"
+        assert api_path.read_text(encoding="utf-8") == api_text, f"{api_path} is stale: run python -m workflows.build"
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_workflow_names_the_standard_files_and_says_what_to_download(name):
+    ui_path, api_path = build.paths(name)
+    prompt, ui = load_json(api_path), load_json(ui_path)
+    (checkpoint,) = nodes_of(prompt, "CheckpointLoaderSimple")
+    assert prompt[checkpoint]["inputs"]["ckpt_name"] == SD15_CHECKPOINT
+    controlnets = {prompt[n]["inputs"]["control_net_name"] for n in nodes_of(prompt, "CNS_ControlNetLoader")}
+    assert controlnets and controlnets <= set(CONTROLNET_FILES.values())
+    (note,) = [node for node in ui["nodes"] if node["type"] == "MarkdownNote"]
+    for file_name in {SD15_CHECKPOINT, *controlnets}:
+        assert file_name in note["widgets_values"][0]
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_api_workflow_validates_and_runs_end_to_end(comfy, name):
+    _, api_path = build.paths(name)
+    prompt = load_json(api_path)
+    comfy.comfy.validate(copy.deepcopy(prompt))  # as committed: raises with ComfyUI's reasons
+
+    small = shrink(prompt)
+    result = comfy.comfy.run(small)
+    save_nodes = nodes_of(small, "SaveImage")
+    (result_node,) = [n for n in save_nodes if small[n]["inputs"]["images"][0] in nodes_of(small, "VAEDecode")]
+    for node_id in save_nodes:
+        image = saved_image(comfy, result.ui, node_id)
+        side = SHRUNK_SIDE if node_id == result_node else PHOTO_SIDE
+        assert image.shape == (side, side, 3), f"node {node_id} saved {image.shape}"
+    for node_id in save_nodes:
+        annotator = small[small[node_id]["inputs"]["images"][0]]["class_type"]
+        if node_id != result_node and annotator not in MAY_BE_EMPTY:
+            assert saved_image(comfy, result.ui, node_id).std() > 0, f"{annotator}'s map is flat: it found nothing"
+
+    # The control reaches the sampler: with every ControlNet at strength 0 the latent changes.
+    (sampler,) = nodes_of(small, "KSampler")
+    controlled = result.outputs[sampler][0][0]["samples"]
+    plain = comfy.comfy.run(without_control(small)).outputs[sampler][0][0]["samples"]
+    assert torch.isfinite(controlled).all()
+    assert (controlled - plain).abs().max() > 0

@@ -1,0 +1,251 @@
+"""Generate every shared workflow, in the graph editor's format (workflows/<name>.json) and the API
+format (workflows/api/<name>.json), from the compact descriptions below.
+
+    python -m workflows.build            # (re)write the files
+    python -m workflows.build --check    # exit 1 if a committed file differs from what is generated
+
+Each node's inputs, defaults and widget order are read from the node classes ComfyUI registers
+(the pack's and ComfyUI's built-ins), so a ComfyUI checkout is needed (see headless.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from .example_image import EXAMPLE_IMAGE
+from .graph import Graph, NodeSpec, Output, node_spec
+from .random_models import ANNOTATORS_REPO, CONTROLNET_FILES, CONTROLNET_REPO, SD15_CHECKPOINT, SD15_REPO
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent
+API_DIR = WORKFLOWS_DIR / "api"
+
+# Generation settings saved in every workflow (ControlNet 1.1's own demos: 512 px, 20 steps).
+SIDE = 512
+STEPS = 20
+CFG = 7.0
+SEED = 12345
+SAMPLER = "euler"
+SCHEDULER = "normal"
+NEGATIVE = "lowres, bad anatomy, worst quality, low quality"  # ControlNet 1.1's default negative prompt
+QUALITY = ", best quality"  # ControlNet 1.1 appends this to the user's prompt
+
+# Learned annotators' weight files (lllyasviel/Annotators), for the note.
+ANNOTATOR_FILES = {
+    "CNS_HED": ("ControlNetHED.pth",),
+    "CNS_PiDiNet": ("table5_pidinet.pth",),
+    "CNS_MLSD": ("mlsd_large_512_fp32.pth",),
+    "CNS_OpenPose": ("body_pose_model.pth",),
+    "CNS_Lineart": ("sk_model.pth",),
+    "CNS_MiDaSDepth": ("dpt_hybrid-midas-501f0c75.pt",),
+    "CNS_MiDaSNormal": ("dpt_hybrid-midas-501f0c75.pt",),
+    "CNS_NormalBAE": ("scannet.pt",),
+    "CNS_UniFormerSegmentation": ("upernet_global_small.pth",),
+}
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control: the annotator node that makes its map and the ControlNet that reads it."""
+
+    annotator: str
+    controlnet: str  # key of CONTROLNET_FILES
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    title: str
+    summary: str  # one sentence for the note and the README
+    controls: tuple[Control, ...]
+    prompt: str
+    negative: str = NEGATIVE
+    control_mode: str = "balanced"
+    cfg: float = CFG
+
+    @property
+    def class_types(self) -> set[str]:
+        return {c.annotator for c in self.controls}
+
+
+def single(name: str, title: str, summary: str, annotator: str, controlnet: str, prompt: str) -> Workflow:
+    return Workflow(name, title, summary, (Control(annotator, controlnet),), prompt + QUALITY)
+
+
+WORKFLOWS: tuple[Workflow, ...] = (
+    single("canny", "Canny edges", "Canny edges of the photo guide a new image.",
+           "CNS_Canny", "canny", "a cottage in a meadow, a person standing in front"),
+    single("hough_lines", "Hough lines", "Straight lines found by the Hough transform (the paper's Hough condition) guide a new image.",
+           "CNS_HoughLines", "mlsd", "a modern house, architecture photo"),
+    single("mlsd_lines", "M-LSD lines", "Straight line segments detected by M-LSD guide a new image.",
+           "CNS_MLSD", "mlsd", "a modern house, architecture photo"),
+    single("scribble", "Scribble", "A scribble made from the photo (bold strokes) guides a new image.",
+           "CNS_Scribble", "scribble", "a cottage in a meadow, watercolor"),
+    single("hed", "HED soft edges", "HED soft edges of the photo guide a new image.",
+           "CNS_HED", "softedge", "a cottage in a meadow, oil painting"),
+    single("openpose", "Human pose", "The OpenPose skeleton of the people in the photo guides a new image.",
+           "CNS_OpenPose", "openpose", "an astronaut standing in a garden"),
+    single("depth", "Depth", "A MiDaS depth map of the photo guides a new image.",
+           "CNS_MiDaSDepth", "depth", "a cottage in a meadow at sunset"),
+    single("normal", "Normal map", "A NormalBAE surface-normal map of the photo guides a new image.",
+           "CNS_NormalBAE", "normalbae", "a cottage in a meadow, clay render"),
+    single("segmentation", "Segmentation", "An ADE20K semantic segmentation of the photo (UniFormer) guides a new image.",
+           "CNS_UniFormerSegmentation", "seg", "a cottage in a meadow, summer day"),
+    single("lineart", "Line art", "Line art drawn from the photo guides a new image.",
+           "CNS_Lineart", "lineart", "a cottage in a meadow, ink drawing"),
+    Workflow("multi_pose_depth", "Pose + depth (multi-control)",
+             "Two ControlNets at once: the pose and the depth of the photo, stacked (their residuals add up).",
+             (Control("CNS_OpenPose", "openpose", 1.0), Control("CNS_MiDaSDepth", "depth", 0.6)),
+             "an astronaut standing in front of a cottage" + QUALITY),
+    Workflow("prompt_free", "Prompt-free (ControlNet more important)",
+             "No prompt at all: the ControlNet alone decides the content (the original guess mode: control on the "
+             "conditional branch only, deep blocks weighted most).",
+             (Control("CNS_Canny", "canny"),), "", negative="", control_mode="controlnet_more_important"),
+    Workflow("cfg_resolution_weighting", "CFG resolution weighting",
+             "The paper's CFG resolution weighting: the control goes to the conditional branch only, each residual "
+             "weighted by 64/h (its block's resolution).",
+             (Control("CNS_Scribble", "scribble"),), "a cottage in a meadow, watercolor" + QUALITY,
+             control_mode="cfg_resolution_weighting"),
+)
+
+
+def annotator_files(workflows: tuple[Workflow, ...] = WORKFLOWS) -> set[str]:
+    """The learned annotators' weight files these workflows need."""
+    return {f for w in workflows for c in w.controls for f in ANNOTATOR_FILES.get(c.annotator, ())}
+
+
+def _download(file_name: str, repo: str) -> str:
+    return f"{repo}/resolve/main/{file_name}"
+
+
+def note_text(workflow: Workflow) -> str:
+    lines = [f"### ControlNet Suite: {workflow.title}", "", workflow.summary, "",
+             "**Download these files** (nothing is downloaded automatically):", "",
+             f"- [{SD15_CHECKPOINT}]({_download(SD15_CHECKPOINT, SD15_REPO)}) → `ComfyUI/models/checkpoints`"]
+    seen = set()
+    for control in workflow.controls:
+        file_name = CONTROLNET_FILES[control.controlnet]
+        if file_name not in seen:
+            lines.append(f"- [{file_name}]({_download(file_name, CONTROLNET_REPO)}) → `ComfyUI/models/controlnet`")
+            seen.add(file_name)
+    for control in workflow.controls:
+        for file_name in ANNOTATOR_FILES.get(control.annotator, ()):
+            if file_name not in seen:
+                lines.append(f"- [{file_name}]({_download(file_name, ANNOTATORS_REPO)}) → `ComfyUI/models/annotators`")
+                seen.add(file_name)
+    lines += ["", "Then pick your photo in **Load Image** and queue."]
+    return "\n".join(lines)
+
+
+def _models_property(file_name: str, repo: str, directory: str) -> dict:
+    """The front end's `models` node property: its missing-models dialog offers these downloads."""
+    return {"models": [{"name": file_name, "url": _download(file_name, repo) + "?download=true", "directory": directory}]}
+
+
+def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
+    g = Graph(specs)
+    checkpoint = g.add("CheckpointLoaderSimple", ckpt_name=SD15_CHECKPOINT,
+                       properties=_models_property(SD15_CHECKPOINT, SD15_REPO, "checkpoints"))
+    photo = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    maps: list[Output] = []
+    for control in workflow.controls:
+        annotator = g.add(control.annotator, image=photo.out("IMAGE"))
+        maps.append(annotator.out(0))
+        g.add("SaveImage", title=f"Control map: {specs[control.annotator].display_name}", images=annotator.out(0),
+              filename_prefix=f"controlnet_suite/{workflow.name}_map")
+    loaders = []
+    for control in workflow.controls:
+        file_name = CONTROLNET_FILES[control.controlnet]
+        loaders.append(g.add("CNS_ControlNetLoader", control_net_name=file_name,
+                             properties=_models_property(file_name, CONTROLNET_REPO, "controlnet")))
+    positive = g.add("CLIPTextEncode", title="Positive prompt", text=workflow.prompt, clip=checkpoint.out("CLIP"))
+    negative = g.add("CLIPTextEncode", title="Negative prompt", text=workflow.negative, clip=checkpoint.out("CLIP"))
+    if len(workflow.controls) == 1:
+        (control,) = workflow.controls
+        conditioned = g.add("CNS_ApplyControlNet", positive=positive.out(0), negative=negative.out(0),
+                            control_net=loaders[0].out(0), image=maps[0], strength=control.strength,
+                            control_mode=workflow.control_mode)
+    else:
+        stack = None
+        for control, loader, control_map in zip(workflow.controls, loaders, maps):
+            entry = g.add("CNS_ControlStackEntry", control_net=loader.out(0), image=control_map,
+                          strength=control.strength, control_mode=workflow.control_mode,
+                          **({"control_stack": stack.out(0)} if stack is not None else {}))
+            stack = entry
+        conditioned = g.add("CNS_ApplyControlStack", positive=positive.out(0), negative=negative.out(0),
+                            control_stack=stack.out(0))
+    latent = g.add("EmptyLatentImage", width=SIDE, height=SIDE, batch_size=1)
+    sampler = g.add("KSampler", model=checkpoint.out("MODEL"), positive=conditioned.out(0), negative=conditioned.out(1),
+                    latent_image=latent.out(0), seed=SEED, steps=STEPS, cfg=workflow.cfg, sampler_name=SAMPLER,
+                    scheduler=SCHEDULER, denoise=1.0)
+    decoded = g.add("VAEDecode", samples=sampler.out(0), vae=checkpoint.out("VAE"))
+    g.add("SaveImage", title="Result", images=decoded.out(0), filename_prefix=f"controlnet_suite/{workflow.name}")
+    g.add_note(note_text(workflow))
+    return g
+
+
+def node_specs(node_classes: Mapping[str, type], display_names: Mapping[str, str]) -> dict[str, NodeSpec]:
+    return {name: node_spec(name, cls, display_names.get(name)) for name, cls in node_classes.items()
+            if hasattr(cls, "INPUT_TYPES") and hasattr(cls, "RETURN_TYPES")}
+
+
+def comfy_specs() -> dict[str, NodeSpec]:
+    """Specs of every V1 node ComfyUI has registered, the pack's included (boots ComfyUI)."""
+    from . import headless
+
+    comfy = headless.boot()
+    return node_specs(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def missing_node_types(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> list[str]:
+    return sorted(t for t in workflow.class_types if t not in specs)
+
+
+def render(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> tuple[str, str]:
+    """(UI JSON text, API JSON text)."""
+    graph = build_graph(workflow, specs)
+    return _dump(graph.to_ui()), _dump(graph.to_api())
+
+
+def _dump(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def paths(name: str) -> tuple[Path, Path]:
+    return WORKFLOWS_DIR / f"{name}.json", API_DIR / f"{name}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing")
+    args = parser.parse_args(argv)
+    specs = comfy_specs()
+    API_DIR.mkdir(exist_ok=True)
+    stale, skipped = [], []
+    for workflow in WORKFLOWS:
+        missing = missing_node_types(workflow, specs)
+        if missing:
+            skipped.append(f"{workflow.name} (node types not registered: {', '.join(missing)})")
+            continue
+        for path, text in zip(paths(workflow.name), render(workflow, specs)):
+            if args.check:
+                if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                    stale.append(str(path))
+            else:
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path.relative_to(WORKFLOWS_DIR.parent)}")
+    for line in skipped:
+        print(f"SKIPPED {line}", file=sys.stderr)
+    if stale:
+        print("out of date (run python -m workflows.build): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Fill a models folder with random-weight files under the standard names the workflows use,
+and register it with ComfyUI. Shared by the demo and the tests."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from . import random_models
+from .headless import Comfy
+
+# Distinct seeds per file kind, so no two kinds share weights by accident.
+CHECKPOINT_SEED = 0
+CONTROLNET_SEED = 100
+ANNOTATOR_SEED = 200
+
+
+@dataclass
+class ModelsReport:
+    real: list[str] = field(default_factory=list)  # "kind/file -> path" found in ComfyUI's folders
+    random: list[str] = field(default_factory=list)  # "kind/file" written with random weights
+    unavailable: list[str] = field(default_factory=list)  # annotator files whose module is not in this checkout
+
+
+def provide_models(comfy: Comfy, folder: str, prefer_real: bool, annotator_files: Iterable[str] = ()) -> ModelsReport:
+    """Make every file the workflows name available to ComfyUI.
+
+    prefer_real: a file ComfyUI already finds (the user's real weights) is used as is, and only
+    the missing ones are generated; the generated folder is appended after the user's folders.
+    Otherwise (tests) every file is generated and the folder goes first, so results never
+    depend on what a machine happens to have installed. Of the learned annotators' files, only
+    `annotator_files` are provided (they are large).
+    """
+    report = ModelsReport()
+    folders = {kind: os.path.join(folder, kind) for kind in ("checkpoints", "controlnet", "annotators")}
+    for path in folders.values():
+        os.makedirs(path, exist_ok=True)
+
+    def needed(kind: str, file_name: str) -> bool:
+        if prefer_real:
+            found = comfy.find_model(kind, file_name)
+            if found and not os.path.abspath(found).startswith(os.path.abspath(folder) + os.sep):
+                report.real.append(f"{kind}/{file_name} -> {found}")
+                return False
+        report.random.append(f"{kind}/{file_name}")
+        return True
+
+    checkpoint = os.path.join(folders["checkpoints"], random_models.SD15_CHECKPOINT)
+    if needed("checkpoints", random_models.SD15_CHECKPOINT) and not os.path.exists(checkpoint):
+        random_models.write_sd15_checkpoint(checkpoint, CHECKPOINT_SEED)
+
+    first_controlnet = None
+    for file_name in sorted(set(random_models.CONTROLNET_FILES.values())):
+        if not needed("controlnet", file_name):
+            continue
+        path = os.path.join(folders["controlnet"], file_name)
+        if os.path.exists(path):
+            first_controlnet = first_controlnet or path
+        elif first_controlnet is None:
+            first_controlnet = random_models.write_controlnet(path, CONTROLNET_SEED)
+        else:  # one random ControlNet is as good as another: share the bytes
+            random_models.link_or_copy(first_controlnet, path)
+
+    wanted = set(annotator_files)
+    for entry in random_models.ANNOTATOR_FILES:
+        if entry.file_name in wanted:
+            if random_models.annotator_network_factory(entry) is None:
+                report.unavailable.append(entry.file_name)
+                continue
+            if not needed("annotators", entry.file_name):
+                continue
+            path = os.path.join(folders["annotators"], entry.file_name)
+            if not os.path.exists(path):
+                random_models.write_annotator(entry, folders["annotators"], ANNOTATOR_SEED)
+
+    for kind, path in folders.items():
+        comfy.use_model_folder(kind, path, first=not prefer_real)
+    return report
