@@ -8,8 +8,6 @@ nothing until training moves them; the rest of the hint encoder gets PyTorch's d
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import replace
 from typing import Mapping
 
@@ -19,6 +17,7 @@ from safetensors.torch import save_file
 from . import formats
 from .config import config_from_state_dict
 from .errors import ControlNetFormatError
+from .files import atomic_write
 from .model import ControlNet
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -61,12 +60,4 @@ def save_controlnet(controlnet: ControlNet, path: str, metadata: dict[str, str] 
     loader, A1111 and diffusers' `from_single_file` all read. Written to a temporary file and
     renamed, so an interruption never leaves a broken file under `path`."""
     tensors = {formats.ORIGINAL_PREFIX + k: v.detach().contiguous() for k, v in controlnet.state_dict().items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))

@@ -1,4 +1,4 @@
-"""Reading weight files safely and lazily.
+"""Reading weight files safely and lazily, and writing them atomically.
 
 safetensors files are opened lazily (the header is read first, tensors one at a time);
 pickled `.pth`/`.ckpt`/`.bin` files load only with `torch.load(weights_only=True)`, memory-mapped
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 import zipfile
 from typing import Callable, Iterator, Mapping
 
@@ -176,3 +177,27 @@ def assign_weights(
         state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """write(temporary_path), flush it to disk, then rename it to `path` (atomic on POSIX and
+    Windows): an interruption never leaves a broken file under `path`, which keeps its old content."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes it owner-only; give it the mode open() would
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

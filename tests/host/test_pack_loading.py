@@ -25,6 +25,7 @@ NODES_BY_CATEGORY = {
     ),
     "ControlNet Suite/apply": ("CNS_ApplyControlNet",),
     "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_ApplyControlStack"),
+    "ControlNet Suite/training": ("CNS_CreateControlNet", "CNS_TrainControlNet"),
 }
 NODE_IDS = {node_id: category for category, ids in NODES_BY_CATEGORY.items() for node_id in ids}
 SERVER_START_TIMEOUT_S = 180  # importing every built-in node on a slow CPU runner

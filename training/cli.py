@@ -1,0 +1,138 @@
+"""Command line: create a ControlNet from a base model, train it, or run the toy experiment.
+
+    python -m training.cli create --base sd15.safetensors --output control_new.safetensors
+    python -m training.cli train  --base sd15.safetensors --data encoded.safetensors \
+        --output control_mine.safetensors [--controlnet control_new.safetensors] --steps 10000
+    python -m training.cli toy
+
+`train` needs the dataset already encoded (latents, hints, text encodings: EncodedDataset), as
+the pack has no VAE or text encoder of its own; the Train ControlNet node writes one with
+ComfyUI's VAE and CLIP ('encoded_dataset' input). Inside ComfyUI the node does everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from typing import Callable
+
+import torch
+
+from ._core import create, loader
+from .create import new_controlnet, new_controlnet_from_file
+from .data import EncodedDataset
+from .loop import MIXED_PRECISION, Trainer, TrainingOptions
+from .noise import PREDICTIONS, NoiseSchedule
+from .session import DEFAULT_CHECKPOINT_EVERY, train
+from .unet import load_unet
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress(total: int, start: int) -> tuple[Callable[[int, int, float], None], Callable[[], None]]:
+    """(on_step, close): tqdm when installed (it comes with ComfyUI), else a line every 5%."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        every = max(1, total // 20)
+
+        def plain(step: int, until: int, loss: float) -> None:
+            if step % every == 0 or step == until:
+                _say(f"step {step}/{until}  loss {loss:.4f}")
+
+        return plain, lambda: None
+    bar = tqdm(total=total, initial=start, unit="step", desc="training")
+
+    def update(step: int, until: int, loss: float) -> None:
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    return update, bar.close
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    controlnet = new_controlnet_from_file(args.base, args.hint_channels, dtype=DTYPES[args.dtype])
+    create.save_controlnet(controlnet, args.output, {"base_model": os.path.basename(args.base)})
+    _say(f"wrote {args.output}: {controlnet.config.family} ControlNet, {controlnet.config.hint_channels} condition channels, "
+         f"{sum(p.numel() for p in controlnet.parameters()):,} parameters")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if os.path.isdir(args.data):
+        raise SystemExit(
+            f"error: '{args.data}' is a folder. The command line trains on an encoded dataset (latents + text encodings), "
+            "because encoding needs the base model's VAE and text encoder: run the 'Train ControlNet (ControlNet Suite)' "
+            "node once with its 'encoded_dataset' input set, then pass that file here"
+        )
+    data = EncodedDataset.load(args.data)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unet = load_unet(args.base, device=device)
+    if args.controlnet:
+        controlnet = loader.load_controlnet(args.controlnet).model
+    else:
+        controlnet = new_controlnet(unet.state_dict(), int(data.hints.shape[1]))
+    values = {f.name: getattr(args, f.name) for f in fields(TrainingOptions) if getattr(args, f.name, None) is not None}
+    options = TrainingOptions(**values)
+    trainer = Trainer(unet, controlnet, NoiseSchedule.stable_diffusion(args.prediction), data, options, device)
+    on_step, close = progress(options.steps, 0)
+    try:
+        train(trainer, args.output, resume=not args.restart, checkpoint_every=args.checkpoint_every, on_step=on_step, log=_say)
+    finally:
+        close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m training.cli", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    make = sub.add_parser("create", help="a new ControlNet from a base model (trainable copy + zero convolutions)")
+    make.add_argument("--base", required=True, help="SD1.x / SD2.x / SDXL checkpoint (.safetensors/.ckpt) or bare U-Net")
+    make.add_argument("--output", required=True, help="the ControlNet file to write (.safetensors, original layout)")
+    make.add_argument("--hint-channels", type=int, default=3, help="condition image channels (3: RGB map, 1: mask)")
+    make.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="stored precision (train in fp32)")
+    make.set_defaults(run=cmd_create)
+
+    tr = sub.add_parser("train", help="train a ControlNet on an encoded dataset with the paper's recipe")
+    tr.add_argument("--base", required=True, help="the base checkpoint (its U-Net stays locked)")
+    tr.add_argument("--data", required=True, help="an encoded dataset .safetensors (see the module docstring)")
+    tr.add_argument("--output", required=True, help="the trained ControlNet file; checkpoint and loss curve go beside it")
+    tr.add_argument("--controlnet", help="start from this ControlNet (default: a new trainable copy of the base)")
+    tr.add_argument("--prediction", choices=PREDICTIONS, default="eps", help="v for SD2.x 768-v models")
+    tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    tr.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, help="steps between checkpoints")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming from it")
+    defaults = TrainingOptions()
+    for f in fields(TrainingOptions):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            tr.add_argument(flag, action="store_true", default=None)
+        elif f.name == "mixed_precision":
+            tr.add_argument(flag, choices=MIXED_PRECISION, default=None, help=f"default {default}")
+        elif f.name == "unlock_decoder_at":
+            tr.add_argument(flag, type=int, default=None, help="large-scale recipe: unlock the decoder from this step")
+        else:
+            tr.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+    tr.set_defaults(run=cmd_train)
+
+    toy = sub.add_parser("toy", help="the synthetic experiment (CPU, minutes); options: python -m training.toy --help")
+    toy.add_argument("rest", nargs=argparse.REMAINDER)
+    toy.set_defaults(run=lambda args: __import__(f"{__package__}.toy", fromlist=["main"]).main(args.rest))
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
