@@ -94,6 +94,29 @@ def saved_files(output_dir: Path, ui: dict, node_ids) -> list[Path]:
     return files
 
 
+CONTACT_SHEET_TILE = 192  # px per picture in the contact sheet of the maps
+CONTACT_SHEET_COLUMNS = 6
+
+
+def contact_sheet(pictures: list[tuple[str, Path]], path: Path) -> None:
+    """One labelled grid of the photo and every map (the README's annotator picture)."""
+    import cv2
+    import numpy as np
+
+    label_height = 22
+    tiles = []
+    for label, picture in pictures:
+        image = cv2.imread(str(picture), cv2.IMREAD_COLOR)
+        tile = np.full((CONTACT_SHEET_TILE + label_height, CONTACT_SHEET_TILE, 3), 255, np.uint8)
+        tile[label_height:] = cv2.resize(image, (CONTACT_SHEET_TILE, CONTACT_SHEET_TILE), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    while len(tiles) % CONTACT_SHEET_COLUMNS:
+        tiles.append(np.full_like(tiles[0], 255))
+    rows = [np.hstack(tiles[i:i + CONTACT_SHEET_COLUMNS]) for i in range(0, len(tiles), CONTACT_SHEET_COLUMNS)]
+    cv2.imwrite(str(path), np.vstack(rows))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photo", type=Path, help="your photo (default: a generated one)")
@@ -154,6 +177,9 @@ def main() -> int:
               "Segmentation read Binary's map as a two-plane depth map and a two-label map)")
     for path in maps:
         print(f"  {path.relative_to(output)}")
+    sheet = output / "annotators.png"
+    contact_sheet([("photo", photo_path)] + [(p.name.rsplit("_", 2)[0], p) for p in maps], sheet)
+    print(f"  all of them on one sheet: {sheet.relative_to(output)}")
 
     api_path = build.paths(workflow.name)[1]
     workflow_prompt = sized(json.loads(api_path.read_text(encoding="utf-8")), args.size, args.steps)
