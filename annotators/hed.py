@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, probability_to_uint8,
+from .networks_common import (image_batch, load_network, pad_to_multiple, probability_to_uint8,
                               soft_edges_to_scribble, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/ControlNetHED.pth (v1.1 annotator/hed)
@@ -28,6 +28,9 @@ HED_WEIGHTS = "ControlNetHED.pth"
 
 # (input channels, output channels, 3x3 convs) of block1..block5 (v1.1 ControlNetHED_Apache2).
 _BLOCKS = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
+# Four 2x2 max pools between the blocks: a shorter side would pool away to nothing, so smaller
+# images (only reachable with resolution=None; detect sizes are at least 64) are padded to it.
+MIN_SIDE = 2 ** (len(_BLOCKS) - 1)
 
 
 class HEDBlock(nn.Module):
@@ -76,10 +79,13 @@ def load_hed(
 def hed_probability(rgb: np.ndarray, network: HEDNetwork) -> np.ndarray:
     """HxW float64 edge probability of a uint8 RGB image, at its own size (no resizing)."""
     height, width = rgb.shape[:2]
+    padded = pad_to_multiple(rgb, 1, min_side=MIN_SIDE)  # a no-op unless a side is below it
     with torch.no_grad():
-        side_logits = network(image_batch(rgb.astype(np.float32), network))
+        side_logits = network(image_batch(padded.astype(np.float32), network, channels_last=True))
+    padded_height, padded_width = padded.shape[:2]
     # v1.1 brings each side output to full size with OpenCV's bilinear resize, then averages.
-    full_size = [cv2.resize(to_numpy(logit)[0, 0], (width, height), interpolation=cv2.INTER_LINEAR)
+    full_size = [cv2.resize(to_numpy(logit)[0, 0], (padded_width, padded_height),
+                            interpolation=cv2.INTER_LINEAR)[:height, :width]
                  for logit in side_logits]
     fused = np.mean(np.stack(full_size, axis=2), axis=2).astype(np.float64)
     return 1.0 / (1.0 + np.exp(-fused))

@@ -34,6 +34,9 @@ EDGE_KERNEL = 7     # the first and last convs (reflection-padded by 3)
 # Two stride-2 convs down and two x2 transposed convs up: sides must be multiples of 4 to
 # come back at the same size.
 SIZE_MULTIPLE = 4
+# The residual blocks run at 1/4 size, where their reflection padding and instance norm need at
+# least 2 pixels a side: smaller images (resolution=None only) are padded up to this.
+MIN_SIDE = 2 * SIZE_MULTIPLE
 
 
 class ResidualBlock(nn.Module):
@@ -101,7 +104,7 @@ def lineart(
 
     def detect(rgb: np.ndarray) -> np.ndarray:
         height, width = rgb.shape[:2]
-        rgb_01 = pad_to_multiple(rgb, SIZE_MULTIPLE).astype(np.float32) / 255.0
+        rgb_01 = pad_to_multiple(rgb, SIZE_MULTIPLE, min_side=MIN_SIDE).astype(np.float32) / 255.0
         with torch.no_grad():
             drawing = to_numpy(network(image_batch(rgb_01, network)))[0, 0, :height, :width]
         # v1.1: x255, clipped, truncated (astype): dark lines on white.

@@ -242,7 +242,7 @@ def mlsd(
         ones = np.ones(padded.shape[:2] + (1,), np.float32)
         network_input = np.concatenate([padded, ones], axis=2) / HALF_RANGE - 1.0
         with torch.no_grad():
-            prediction = network(image_batch(network_input, network))
+            prediction = network(image_batch(network_input, network, channels_last=True))
         segments = decode_segments(prediction, thr_v, thr_d)
         canvas = np.zeros(padded.shape[:2], np.uint8)
         # v1.1 truncates the end points toward zero (int(val)) and draws 1-pixel lines.

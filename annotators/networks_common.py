@@ -54,11 +54,23 @@ def load_network(
     return network.to(device=device, dtype=dtype).eval()
 
 
-def image_batch(image_hwc: np.ndarray, network: nn.Module) -> torch.Tensor:
-    """HxWxC float array -> 1xCxHxW tensor on the network's device and dtype."""
+def image_batch(image_hwc: np.ndarray, network: nn.Module, channels_last: bool = False
+                ) -> torch.Tensor:
+    """HxWxC float array -> 1xCxHxW tensor on the network's device and dtype.
+
+    `channels_last=True` gives the view strides PyTorch recognises as channels-last memory
+    (batch stride H*W*C), so the convolutions run in that layout: on the CPU 13-30% faster for
+    M-LSD, PiDiNet and HED (bench/annotators.py), and for M-LSD the layout controlnet-aux feeds
+    it. The plain view's batch stride (C) is not recognised, and the first convolution copies it
+    to the usual channels-first layout.
+    """
     parameter = next(network.parameters())
-    tensor = torch.from_numpy(np.ascontiguousarray(image_hwc, dtype=np.float32))
-    return tensor.permute(2, 0, 1)[None].to(device=parameter.device, dtype=parameter.dtype)
+    array = np.ascontiguousarray(image_hwc, dtype=np.float32)
+    if channels_last:
+        tensor = torch.from_numpy(array.reshape((1,) + array.shape)).permute(0, 3, 1, 2)
+    else:
+        tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+    return tensor.to(device=parameter.device, dtype=parameter.dtype)
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -87,12 +99,16 @@ def soft_edges_to_scribble(edges: np.ndarray) -> np.ndarray:
     return np.where(thick > SCRIBBLE_STROKE_THRESHOLD, 255, 0).astype(np.uint8)
 
 
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Repeat the last row and column until both sides are multiples of `multiple`, so a network
-    that halves the resolution a few times gives back whole pixels. A no-op at v1.1's detect
-    sizes (multiples of 64); callers crop the result back with [:height, :width]."""
+def pad_to_multiple(image: np.ndarray, multiple: int, min_side: int = 1) -> np.ndarray:
+    """Repeat the last row and column until both sides are multiples of `multiple` and at least
+    `min_side`, so a network that halves the resolution a few times gives back whole pixels and
+    its innermost layers get enough of them. A no-op at v1.1's detect sizes (multiples of 64);
+    callers crop the result back with [:height, :width]."""
     height, width = image.shape[:2]
-    pad_bottom, pad_right = -height % multiple, -width % multiple
+    pad_bottom = max(min_side - height, 0)
+    pad_right = max(min_side - width, 0)
+    pad_bottom += -(height + pad_bottom) % multiple
+    pad_right += -(width + pad_right) % multiple
     if pad_bottom == 0 and pad_right == 0:
         return image
     extra = ((0, pad_bottom), (0, pad_right)) + ((0, 0),) * (image.ndim - 2)

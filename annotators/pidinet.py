@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, probability_to_uint8,
+from .networks_common import (image_batch, load_network, pad_to_multiple, probability_to_uint8,
                               soft_edges_to_scribble, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/table5_pidinet.pth (v1.1
@@ -44,6 +44,9 @@ STAGE_BLOCKS = (3, 4, 4, 4)          # block1_1..1_3, block2_1..2_4, block3_*, b
 STAGE_WIDTH = (1, 2, 4, 4)
 CDCM_DILATIONS = (5, 7, 9, 11)       # CDCM conv2_1..conv2_4
 CSAM_CHANNELS = 4                    # CSAM's hidden channels
+# Stages 2..4 each start with a 2x2 max pool: a shorter side would pool away to nothing, so
+# smaller images (only reachable with resolution=None; detect sizes are >= 64) are padded to it.
+MIN_SIDE = 2 ** (len(STAGE_BLOCKS) - 1)
 
 # Angular difference: each 3x3 tap (row-major index) minus its clockwise neighbour's tap.
 # pidinet.py createConvFunc('ad'): weights - weights[:, :, [3, 0, 1, 6, 4, 2, 7, 8, 5]].
@@ -192,10 +195,12 @@ def load_pidinet(
 
 def pidinet_probability(rgb: np.ndarray, network: PiDiNetNetwork) -> np.ndarray:
     """HxW fused edge probability of a uint8 RGB image, at its own size."""
-    bgr_01 = rgb[:, :, ::-1].astype(np.float32) / 255.0
+    height, width = rgb.shape[:2]
+    padded = pad_to_multiple(rgb, 1, min_side=MIN_SIDE)  # a no-op unless a side is below it
+    bgr_01 = padded[:, :, ::-1].astype(np.float32) / 255.0
     with torch.no_grad():
-        fused = network(image_batch(bgr_01, network))[-1]
-    return to_numpy(fused)[0, 0]
+        fused = network(image_batch(bgr_01, network, channels_last=True))[-1]
+    return to_numpy(fused)[0, 0, :height, :width]
 
 
 def pidinet(

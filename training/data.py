@@ -73,9 +73,8 @@ def make_conditions(
         from ..annotators import batch
     except ImportError:  # `training` is the top-level package
         from annotators import batch  # type: ignore[no-redef]
-    if annotator not in batch.ANNOTATORS and annotator not in getattr(batch, "LEARNED", {}):
-        raise ValueError(batch.unknown_annotator_message(annotator) if hasattr(batch, "unknown_annotator_message")
-                         else f"unknown annotator {annotator!r}")
+    if annotator not in batch.ANNOTATORS and annotator not in batch.LEARNED:
+        raise ValueError(batch.unknown_annotator_message(annotator))
     batch.run(annotator, root / IMAGES, root / CONDITIONS, dict(params or {}), list(weights_dirs))
     return root / CONDITIONS
 

@@ -1,6 +1,11 @@
-"""The folder CLI: every readable image annotated, everything else skipped with a message."""
+"""The folder CLI: every readable image annotated, everything else skipped with a message;
+learned annotators load their network once from the published file names."""
 
+import importlib
+import inspect
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +16,15 @@ import pytest
 from skimage import data
 
 from annotators import canny, tile
-from annotators.batch import main, parse_value
+from annotators.batch import LEARNED, main, parse_value
+from annotators.hed import HED_WEIGHTS, hed, load_hed
+from annotators.lineart import LINEART_COARSE_WEIGHTS, lineart, load_lineart
+from annotators.lineart_anime import LINEART_ANIME_WEIGHTS, lineart_anime, load_lineart_anime
+from annotators.mlsd import MLSD_WEIGHTS, load_mlsd, mlsd
+from annotators.openpose import load_openpose, openpose
+from annotators.openpose.networks import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
+from annotators.pidinet import PIDINET_WEIGHTS, load_pidinet, pidinet
+from tests.annotators.random_learned import random_network, random_openpose, save_published
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,3 +114,222 @@ def test_batch_runs_as_a_module(folder, tmp_path):
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(read_rgb(out / "astronaut.png"),
                                   tile(data.astronaut()[::4, ::4], 2))
+
+
+# --- learned annotators ----------------------------------------------------------------------------
+
+DETECT = 64  # the smallest detect resolution: the networks stay cheap
+
+
+@pytest.fixture
+def two_sizes(tmp_path: Path) -> Path:
+    """Two photos of different sizes and aspect ratios."""
+    source = tmp_path / "photos"
+    source.mkdir()
+    write_rgb(source / "astronaut.png", data.astronaut()[::8, ::8])  # 64 x 64
+    write_rgb(source / "coffee.png", data.coffee()[::6, ::6])        # 67 x 100
+    return source
+
+
+def photos(folder: Path) -> dict[str, np.ndarray]:
+    return {path.stem: read_rgb(path) for path in sorted(folder.glob("*.png"))}
+
+
+# batch name -> (module, loader, published file, the same map from the function itself)
+LEARNED_CASES = {
+    "hed_safe": ("hed", "load_hed", HED_WEIGHTS,
+                 lambda image, folder: hed(image, load_hed([folder]), DETECT, safe=True)),
+    "pidinet_scribble": ("pidinet", "load_pidinet", PIDINET_WEIGHTS,
+                         lambda image, folder: pidinet(image, load_pidinet([folder]), DETECT,
+                                                       scribble=True)),
+    "lineart_coarse": ("lineart", "load_lineart", LINEART_COARSE_WEIGHTS,
+                       lambda image, folder: lineart(image, load_lineart([folder], coarse=True),
+                                                     DETECT)),
+    "lineart_anime": ("lineart_anime", "load_lineart_anime", LINEART_ANIME_WEIGHTS,
+                      lambda image, folder: lineart_anime(image, load_lineart_anime([folder]),
+                                                          DETECT)),
+    "mlsd": ("mlsd", "load_mlsd", MLSD_WEIGHTS,
+             lambda image, folder: mlsd(image, load_mlsd([folder]), DETECT)),
+}
+
+
+@pytest.mark.parametrize("name", list(LEARNED_CASES))
+def test_learned_annotator_over_a_folder_equals_the_function(name, two_sizes, tmp_path):
+    module, loader, file_name, direct = LEARNED_CASES[name]
+    weights = tmp_path / "weights"
+    save_published(random_network(module, loader, seed=len(name)), weights, file_name)
+    out = tmp_path / "maps"
+    assert main(["--annotator", name, "--input", str(two_sizes), "--output", str(out),
+                 "--weights-dir", str(tmp_path / "empty"), "--weights-dir", str(weights),
+                 "--resolution", str(DETECT), "--device", "cpu"]) == 0
+    levels = set()
+    for stem, image in photos(two_sizes).items():
+        expected = direct(image, str(weights))
+        got = read_rgb(out / f"{stem}.png")
+        assert got.shape == image.shape  # each map at its own image's size
+        np.testing.assert_array_equal(got, expected)
+        levels |= set(np.unique(expected).tolist())
+    assert len(levels) > 1  # random weights that drew one flat colour would prove nothing
+
+
+def test_openpose_over_a_folder_writes_maps_and_keypoints(two_sizes, tmp_path):
+    weights = tmp_path / "weights"
+    save_published(random_openpose(seed=5).body, weights, BODY_WEIGHTS)
+    out = tmp_path / "poses"
+    assert main(["--annotator", "openpose", "--input", str(two_sizes), "--output", str(out),
+                 "--weights-dir", str(weights), "--resolution", str(DETECT),
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "astronaut.json", "astronaut.png", "coffee.json", "coffee.png"]
+    networks = load_openpose([str(weights)])
+    people = 0
+    for stem, image in photos(two_sizes).items():
+        pose_map, keypoints = openpose(image, networks, DETECT)
+        np.testing.assert_array_equal(read_rgb(out / f"{stem}.png"), pose_map)
+        assert json.loads((out / f"{stem}.json").read_text()) == keypoints
+        people += len(keypoints["people"])
+    assert people > 0  # the random body network finds "people": the JSON is not trivially empty
+
+
+def test_a_variant_fixes_its_options(two_sizes, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--annotator", "hed_safe", "--input", str(two_sizes), "--output", str(tmp_path / "o"),
+              "--weights-dir", str(tmp_path), "--param", "safe=false"])
+    assert stop.value.code == 2
+    assert "safe is set by the annotator's name; choose the variant instead" in capsys.readouterr().err
+
+
+def test_missing_weights_name_the_file_and_the_folders(two_sizes, tmp_path, capsys):
+    first, second = tmp_path / "annotators", tmp_path / "more"
+    out = tmp_path / "maps"
+    assert main(["--annotator", "openpose_hand", "--input", str(two_sizes), "--output", str(out),
+                 "--weights-dir", str(first), "--weights-dir", str(second)]) == 1
+    # load_openpose looks for every file before loading any: the body file is the first missing.
+    assert capsys.readouterr().err == (
+        f"error: annotator weights '{BODY_WEIGHTS}' not found. Download {BODY_WEIGHTS} from "
+        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} (looked in: {first}, "
+        f"{second}). Nothing is downloaded automatically.\n")
+    assert not out.exists()  # stopped before the first image
+
+
+def test_weights_dir_is_required_without_comfyui(two_sizes, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["--annotator", "mlsd", "--input", str(two_sizes), "--output", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    assert ("learned annotators need their weight files: pass --weights-dir FOLDER (the folder "
+            "holding them, e.g. ComfyUI/models/annotators), or set COMFYUI_PATH to your ComfyUI "
+            "checkout") in capsys.readouterr().err
+
+
+def test_weights_default_to_comfyui_models_annotators(two_sizes, tmp_path, monkeypatch):
+    comfyui = tmp_path / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "folder_paths.py").write_text("")  # what marks a ComfyUI checkout
+    save_published(random_network("mlsd", "load_mlsd", seed=7),
+                   comfyui / "models" / "annotators", MLSD_WEIGHTS)
+    monkeypatch.setenv("COMFYUI_PATH", str(comfyui))
+    out = tmp_path / "lines"
+    assert main(["--annotator", "mlsd", "--input", str(two_sizes), "--output", str(out),
+                 "--resolution", str(DETECT), "--device", "cpu"]) == 0
+    image = photos(two_sizes)["coffee"]
+    expected = mlsd(image, load_mlsd([str(comfyui / "models" / "annotators")]), DETECT)
+    np.testing.assert_array_equal(read_rgb(out / "coffee.png"), expected)
+
+
+def test_comfyui_path_that_is_no_checkout_is_named(two_sizes, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["--annotator", "hed", "--input", str(two_sizes), "--output", str(tmp_path / "o")])
+    assert (f"COMFYUI_PATH={tmp_path} is not a ComfyUI checkout (no folder_paths.py there); fix "
+            "it or pass --weights-dir FOLDER") in capsys.readouterr().err
+
+
+def test_unknown_annotator_lists_every_name_with_its_weight_files(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--annotator", "hedd", "--input", str(folder), "--output", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    text = capsys.readouterr().err
+    assert "unknown annotator 'hedd' (did you mean hed" in text
+    expected_files = {  # from the modules' constants, not from the CLI's table
+        "canny": "(no weights)", "tile": "(no weights)",
+        "hed_scribble": HED_WEIGHTS, "pidinet": PIDINET_WEIGHTS, "mlsd": MLSD_WEIGHTS,
+        "lineart_coarse": LINEART_COARSE_WEIGHTS, "lineart_anime": LINEART_ANIME_WEIGHTS,
+        "openpose": BODY_WEIGHTS,
+        "openpose_full": f"{BODY_WEIGHTS}, {HAND_WEIGHTS}, {FACE_WEIGHTS}",
+    }
+    for name, files in expected_files.items():
+        assert re.search(rf"^  {name} +{re.escape(files)}$", text, re.MULTILINE), name
+
+
+# Annotators written in their own modules (MiDaS, NormalBAE, manga line, UniFormer): the CLI
+# names their entry points; this checks that the names resolve, whenever the module is here.
+OPTIONAL_MODULES = sorted({spec.module for spec in LEARNED.values()}
+                          - {"hed", "pidinet", "mlsd", "lineart", "lineart_anime", "openpose"})
+
+
+@pytest.mark.parametrize("module_name", OPTIONAL_MODULES)
+def test_registry_names_resolve_in_optional_modules(module_name):
+    try:
+        module = importlib.import_module(f"annotators.{module_name}")
+    except ModuleNotFoundError as missing:
+        if missing.name != f"annotators.{module_name}":
+            raise
+        pytest.skip(f"annotators/{module_name}.py is not written yet")
+    for name, spec in LEARNED.items():
+        if spec.module != module_name:
+            continue
+        function = getattr(module, spec.function)
+        getattr(module, spec.loader)
+        for dotted in spec.weights:
+            files = getattr(module, dotted.rsplit(".", 1)[1])
+            assert isinstance(files, str) or all(isinstance(f, str) for f in files), name
+        parameters = list(inspect.signature(function).parameters)
+        assert parameters[2] == "resolution", name  # (image, network, resolution, ...)
+
+
+def test_progress_bar_counts_the_files(folder, tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    main(["--annotator", "binary", "--input", str(folder), "--output", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert re.search(r"binary: 100%\|[^|]*\| 5/5 ", err), err  # tqdm's bar on stderr
+
+
+def test_two_files_with_one_name_write_once(tmp_path, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_rgb(source / "photo.jpg", data.astronaut()[::8, ::8])
+    write_rgb(source / "photo.png", data.coffee()[::8, ::8])
+    out = tmp_path / "out"
+    assert main(["--annotator", "tile", "--input", str(source), "--output", str(out)]) == 0
+    np.testing.assert_array_equal(read_rgb(out / "photo.png"),
+                                  tile(read_rgb(source / "photo.jpg")))  # name order: .jpg first
+    captured = capsys.readouterr()
+    assert ("skipping photo.png: photo.jpg already wrote photo.png; rename one of them"
+            in captured.out + captured.err)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--annotator", "tile", "--resolution", "256"],
+     "tile has no detect resolution; leave out --resolution"),
+    (["--annotator", "canny", "--resolution", "32"],
+     "argument --resolution: '32' is not a detect resolution; give whole pixels, at least 64 "
+     "(sides are rounded to a multiple of 64), or 'none' for each image's own size"),
+    (["--annotator", "canny", "--resolution", "256", "--param", "resolution=128"],
+     "give the resolution once: --resolution or --param resolution="),
+    (["--annotator", "hed", "--weights-dir", ".", "--device", "tpu9"],
+     "--device 'tpu9' is not a torch device; use auto, cpu, cuda, cuda:1 or mps"),
+])
+def test_bad_options_are_refused(folder, tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as stop:
+        main(arguments + ["--input", str(folder), "--output", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resolution_none_runs_at_each_images_size(folder, tmp_path):
+    out = tmp_path / "edges"
+    main(["--annotator", "canny", "--input", str(folder), "--output", str(out),
+          "--resolution", "none"])
+    np.testing.assert_array_equal(read_rgb(out / "astronaut.png"),
+                                  canny(data.astronaut()[::4, ::4], resolution=None))

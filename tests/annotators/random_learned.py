@@ -1,0 +1,98 @@
+"""Learned annotator networks with random weights, for tests that check the plumbing around a
+network (folders, input handling) rather than its numbers, which the parity tests cover.
+
+Weights are He-scaled (fan-in) so activations neither vanish nor blow up through the depth, and
+HED / PiDiNet get the same two adjustments as test_learned_edges.py (a plausible mean colour for
+HED's 0..255 input; smaller PiDiNet read-outs), so the maps are not all one value.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import typing
+from pathlib import Path
+import torch
+
+HED_MEAN_COLOUR = (123.0, 117.0, 104.0)  # a typical photo mean (the ImageNet one, x255)
+HED_INPUT_SCALE = 64.0                   # 0..255 minus the mean is about +-64 on a photo
+PIDINET_READOUT_SCALE = 0.01             # as test_learned_edges.py: keeps the fused sigmoid off 0/1
+NOISE = 0.1                              # biases, norm shifts; norm scales are 1 +- this
+
+
+def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """`template`'s keys and shapes with random values: weights N(0, 2/fan_in), 1-D weights
+    (norm scales) 1 + N(0, 0.1), running variances in 0.5..1.5, everything else N(0, 0.1)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in template.items():
+        if not value.is_floating_point():  # num_batches_tracked
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
+            continue
+        noise = torch.randn(value.shape, generator=generator)
+        if key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif value.ndim >= 2 and value[0].numel() > 1:
+            state[key] = noise * math.sqrt(2.0 / value[0].numel())
+        elif key.endswith("weight") and value.ndim == 1:
+            state[key] = 1.0 + NOISE * noise
+        else:
+            state[key] = NOISE * noise
+    return state
+
+
+def adjust(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-network fixes that keep random maps from saturating (see the module docstring)."""
+    if name == "hed":
+        state["norm"] = torch.tensor(HED_MEAN_COLOUR).view(1, 3, 1, 1)
+        state["block1.convs.0.weight"] = state["block1.convs.0.weight"] / HED_INPUT_SCALE
+    if name == "pidinet":
+        for key in [k for k in state if k.startswith("conv_reduces.") and k.endswith("weight")]:
+            state[key] = state[key] * PIDINET_READOUT_SCALE
+    return state
+
+
+def network_class(module_name: str, loader_name: str) -> type[torch.nn.Module]:
+    """The class a loader returns, from its return annotation (every `load_*` is annotated)."""
+    module = importlib.import_module(f"annotators.{module_name}")
+    return typing.get_type_hints(getattr(module, loader_name))["return"]
+
+
+def template_of(cls: type[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):  # shapes only: skips the default initialisation
+        return cls().state_dict()
+
+
+def random_network(module_name: str, loader_name: str, seed: int) -> torch.nn.Module:
+    """An eval-mode network of the class `annotators.<module_name>.<loader_name>` returns,
+    holding random weights."""
+    cls = network_class(module_name, loader_name)
+    state = adjust(module_name, random_state_dict(template_of(cls), seed))
+    network = cls()
+    network.load_state_dict(state, strict=True)
+    return network.eval().requires_grad_(False)
+
+
+def random_openpose(seed: int, hands: bool = False, face: bool = False):
+    """OpenPoseNetworks with random body (and hand / face) networks."""
+    from annotators.openpose.networks import (BodyPoseNetwork, FaceNetwork, HandPoseNetwork,
+                                              OpenPoseNetworks)
+
+    def make(cls: type[torch.nn.Module], offset: int) -> torch.nn.Module:
+        network = cls()
+        network.load_state_dict(random_state_dict(template_of(cls), seed + offset), strict=True)
+        return network.eval().requires_grad_(False)
+
+    return OpenPoseNetworks(body=make(BodyPoseNetwork, 0),
+                            hand=make(HandPoseNetwork, 1) if hands else None,
+                            face=make(FaceNetwork, 2) if face else None)
+
+
+def save_published(network: torch.nn.Module, folder: Path, file_name: str) -> Path:
+    """The network's weights as `folder/file_name`, in float16 (half the disk traffic; every
+    loader casts to its parameters' dtype, so loading it back gives the float16 values)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_name
+    torch.save({key: value.half() if value.is_floating_point() else value
+                for key, value in network.state_dict().items()}, path)
+    return path
