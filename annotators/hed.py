@@ -81,7 +81,7 @@ def hed_probability(rgb: np.ndarray, network: HEDNetwork) -> np.ndarray:
     height, width = rgb.shape[:2]
     padded = pad_to_multiple(rgb, 1, min_side=MIN_SIDE)  # a no-op unless a side is below it
     with torch.no_grad():
-        side_logits = network(image_batch(padded.astype(np.float32), network, channels_last=True))
+        side_logits = network(image_batch(padded.astype(np.float32), network))
     padded_height, padded_width = padded.shape[:2]
     # v1.1 brings each side output to full size with OpenCV's bilinear resize, then averages.
     full_size = [cv2.resize(to_numpy(logit)[0, 0], (padded_width, padded_height),

@@ -199,7 +199,7 @@ def pidinet_probability(rgb: np.ndarray, network: PiDiNetNetwork) -> np.ndarray:
     padded = pad_to_multiple(rgb, 1, min_side=MIN_SIDE)  # a no-op unless a side is below it
     bgr_01 = padded[:, :, ::-1].astype(np.float32) / 255.0
     with torch.no_grad():
-        fused = network(image_batch(bgr_01, network, channels_last=True))[-1]
+        fused = network(image_batch(bgr_01, network))[-1]
     return to_numpy(fused)[0, 0, :height, :width]
 
 
