@@ -42,6 +42,9 @@ from typing import Any, Callable
 
 import torch
 
+from workflows import headless
+from workflows.random_models import sd15_unet_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("balanced", "prompt_more_important", "controlnet_more_important", "cfg_resolution_weighting")
@@ -74,11 +77,10 @@ COND_ONLY_TARGET = 0.55
 # --- ComfyUI in-process ---------------------------------------------------------------------
 
 def find_comfyui() -> Path:
-    above_custom_nodes = REPO_ROOT.parent.parent if REPO_ROOT.parent.name == "custom_nodes" else None
-    for candidate in (os.environ.get("COMFYUI_PATH"), above_custom_nodes, Path.home() / "comfy" / "ComfyUI"):
-        if candidate and (Path(candidate) / "comfy" / "controlnet.py").is_file():
-            return Path(candidate).resolve()
-    raise SystemExit("no ComfyUI checkout found: set COMFYUI_PATH to its folder")
+    root, why_not = headless.find_comfyui()
+    if root is None:
+        raise SystemExit(f"{why_not}: set COMFYUI_PATH to its folder")
+    return root
 
 
 class Comfy:
@@ -113,14 +115,7 @@ class Comfy:
 
 def unet_config(width: int, dtype: torch.dtype) -> dict:
     """SD1.5's U-Net (4 levels, 2 ResBlocks each, attention on the first three) at `width`."""
-    return dict(
-        image_size=32, in_channels=4, out_channels=4, model_channels=width, num_res_blocks=[2, 2, 2, 2],
-        channel_mult=list(SD15_CHANNEL_MULT), transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-        transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
-        context_dim=SD15_CONTEXT_DIM, use_spatial_transformer=True, use_linear_in_transformer=False,
-        legacy=False, adm_in_channels=None, use_checkpoint=False, use_temporal_resblock=False,
-        use_temporal_attention=False, dtype=dtype,
-    )
+    return {**sd15_unet_config(width, SD15_CHANNEL_MULT, SD15_CONTEXT_DIM), "dtype": dtype}
 
 
 def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:

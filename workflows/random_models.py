@@ -50,25 +50,33 @@ ANNOTATORS_REPO = "https://huggingface.co/lllyasviel/Annotators"
 SD15_MODEL_CHANNELS = 320
 SD15_CONTEXT_DIM = 768
 TINY_CHANNEL_MULT = (1, 1, 1, 1)  # SD1.5: (1, 2, 4, 4)
-TINY_UNET_CONFIG = dict(
-    image_size=32,
-    in_channels=4,
-    out_channels=4,
-    model_channels=SD15_MODEL_CHANNELS,
-    num_res_blocks=[2, 2, 2, 2],
-    channel_mult=list(TINY_CHANNEL_MULT),
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    context_dim=SD15_CONTEXT_DIM,
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    adm_in_channels=None,
-    use_checkpoint=False,
-    use_temporal_resblock=False,
-    use_temporal_attention=False,
-)
+
+
+def sd15_unet_config(model_channels: int, channel_mult: tuple[int, ...], context_dim: int) -> dict:
+    """SD1.5's U-Net topology as ComfyUI's UNetModel takes it (4 levels of 2 ResBlocks, attention
+    on the first three and in the middle block) at the given widths."""
+    return dict(
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        model_channels=model_channels,
+        num_res_blocks=[2, 2, 2, 2],
+        channel_mult=list(channel_mult),
+        transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+        transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        transformer_depth_middle=1,
+        context_dim=context_dim,
+        use_spatial_transformer=True,
+        use_linear_in_transformer=False,
+        legacy=False,
+        adm_in_channels=None,
+        use_checkpoint=False,
+        use_temporal_resblock=False,
+        use_temporal_attention=False,
+    )
+
+
+TINY_UNET_CONFIG = sd15_unet_config(SD15_MODEL_CHANNELS, TINY_CHANNEL_MULT, SD15_CONTEXT_DIM)
 STORED_DTYPE = torch.float16
 
 

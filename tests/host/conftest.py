@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tests.core.tiny import randomize  # the same random-weight recipe as the core tests
+from workflows.headless import find_comfyui
+from workflows.random_models import sd15_unet_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,25 +34,7 @@ CONTEXT_DIM = 64
 TOKENS = 8
 LATENT_SIDE = 8  # 64 px images: 8 latent pixels, down to 1 at the deepest level
 IMAGE_SIDE = LATENT_SIDE * 8
-UNET_CONFIG = dict(
-    image_size=32,
-    in_channels=4,
-    out_channels=4,
-    model_channels=MODEL_CHANNELS,
-    num_res_blocks=[2, 2, 2, 2],
-    channel_mult=list(CHANNEL_MULT),
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    context_dim=CONTEXT_DIM,
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    adm_in_channels=None,
-    use_checkpoint=False,
-    use_temporal_resblock=False,
-    use_temporal_attention=False,
-)
+UNET_CONFIG = sd15_unet_config(MODEL_CHANNELS, CHANNEL_MULT, CONTEXT_DIM)
 # The same ControlNet in diffusers' terms (for writing a diffusers folder).
 DIFFUSERS_CONFIG = dict(
     block_out_channels=tuple(MODEL_CHANNELS * m for m in CHANNEL_MULT),
@@ -60,21 +43,6 @@ DIFFUSERS_CONFIG = dict(
     attention_head_dim=[MODEL_CHANNELS * m // 64 for m in CHANNEL_MULT],  # head counts: 64-channel heads
     layers_per_block=2,
 )
-
-
-def find_comfyui() -> tuple[Path | None, str]:
-    """(ComfyUI root, '') or (None, why not)."""
-    above_custom_nodes = REPO_ROOT.parent.parent if REPO_ROOT.parent.name == "custom_nodes" else None
-    candidates = [
-        ("$COMFYUI_PATH", os.environ.get("COMFYUI_PATH") or None),
-        ("the folder above custom_nodes/", above_custom_nodes),
-        ("~/comfy/ComfyUI", Path.home() / "comfy" / "ComfyUI"),
-    ]
-    for _, candidate in candidates:
-        if candidate and (Path(candidate) / "comfy" / "controlnet.py").is_file() and (Path(candidate) / "nodes.py").is_file():
-            return Path(candidate).resolve(), ""
-    tried = ", ".join(f"{label} ({path or 'not applicable'})" for label, path in candidates)
-    return None, f"no ComfyUI checkout found; looked at {tried}"
 
 
 class Host:
