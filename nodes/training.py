@@ -29,7 +29,7 @@ def _annotators() -> list[str]:
         from ..annotators import batch
     except ImportError:  # an annotator's dependency is missing: training still works with condition folders
         return [NO_ANNOTATOR]
-    return [NO_ANNOTATOR, *sorted(batch.ANNOTATORS), *sorted(getattr(batch, "LEARNED", {}))]
+    return [NO_ANNOTATOR, *sorted(batch.ANNOTATORS), *sorted(batch.LEARNED)]
 
 
 class CNS_CreateControlNet:

@@ -5,9 +5,11 @@
         --output control_mine.safetensors [--controlnet control_new.safetensors] --steps 10000
     python -m training.cli toy
 
-`train` needs the dataset already encoded (latents, hints, text encodings: EncodedDataset), as
-the pack has no VAE or text encoder of its own; the Train ControlNet node writes one with
-ComfyUI's VAE and CLIP ('encoded_dataset' input). Inside ComfyUI the node does everything.
+`--data` is a dataset folder (docs/training.md) or an encoded dataset (latents, hints, text
+encodings: EncodedDataset). A folder is encoded once with the VAE and text encoder of the
+`--base` checkpoint, which ComfyUI loads (the pack has no VAE or CLIP of its own; ComfyUI is
+found as the tests find it: $COMFYUI_PATH, the folder above custom_nodes/, ~/comfy/ComfyUI), and
+cached beside the output as <output>.encoded.safetensors, as the Train ControlNet node does.
 """
 
 from __future__ import annotations
@@ -64,15 +66,29 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    if os.path.isdir(args.data):
+def encode_folder(args: argparse.Namespace, device: torch.device) -> EncodedDataset:
+    """The dataset folder encoded with the --base checkpoint's VAE and text encoder, through
+    ComfyUI (cached beside the output; a resumed run reuses the cache)."""
+    try:
+        from workflows.headless import import_comfyui
+
+        import_comfyui(cpu=device.type == "cpu")
+    except (ImportError, RuntimeError) as error:
         raise SystemExit(
-            f"error: '{args.data}' is a folder. The command line trains on an encoded dataset (latents + text encodings), "
-            "because encoding needs the base model's VAE and text encoder: run the 'Train ControlNet (ControlNet Suite)' "
-            "node once with its 'encoded_dataset' input set, then pass that file here"
-        )
-    data = EncodedDataset.load(args.data)
+            f"error: '{args.data}' is a dataset folder, and encoding its images and prompts needs ComfyUI (for the "
+            f"checkpoint's VAE and text encoder): {error}. Set COMFYUI_PATH to a ComfyUI checkout, or pass an encoded "
+            "dataset (.safetensors) written by the Train ControlNet node"
+        ) from None
+    from .comfy_host import dataset_for_comfy, load_checkpoint_with_comfy
+
+    model, clip, vae = load_checkpoint_with_comfy(args.base)
+    return dataset_for_comfy(args.data, args.output, model, vae, clip, args.resolution, args.annotator,
+                             resume=not args.restart, log=_say)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = encode_folder(args, device) if os.path.isdir(args.data) else EncodedDataset.load(args.data)
     unet = load_unet(args.base, device=device)
     if args.controlnet:
         controlnet = loader.load_controlnet(args.controlnet).model
@@ -100,9 +116,11 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="stored precision (train in fp32)")
     make.set_defaults(run=cmd_create)
 
-    tr = sub.add_parser("train", help="train a ControlNet on an encoded dataset with the paper's recipe")
+    tr = sub.add_parser("train", help="train a ControlNet on a dataset folder or an encoded dataset with the paper's recipe")
     tr.add_argument("--base", required=True, help="the base checkpoint (its U-Net stays locked)")
-    tr.add_argument("--data", required=True, help="an encoded dataset .safetensors (see the module docstring)")
+    tr.add_argument("--data", required=True, help="a dataset folder (images/, conditions/) or an encoded dataset .safetensors")
+    tr.add_argument("--resolution", type=int, default=512, help="dataset folders: centre-cropped to this square (default 512)")
+    tr.add_argument("--annotator", help="dataset folders without conditions/: the annotator that makes them (e.g. canny)")
     tr.add_argument("--output", required=True, help="the trained ControlNet file; checkpoint and loss curve go beside it")
     tr.add_argument("--controlnet", help="start from this ControlNet (default: a new trainable copy of the base)")
     tr.add_argument("--prediction", choices=PREDICTIONS, default="eps", help="v for SD2.x 768-v models")

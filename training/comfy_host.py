@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ._core import files
 from .create import new_controlnet
 from .data import EncodedDataset, Triple
 from .noise import EPS, V_PREDICTION, NoiseSchedule
@@ -62,6 +63,7 @@ def controlnet_from_comfy(model: Any, hint_channels: int):
         return new_controlnet(base_unet_weights(model), hint_channels)
 
 
+@torch.no_grad()  # the encoders are never trained: a graph through them would outlive the first step
 def encode_with_comfy(triples: Sequence[Triple], model: Any, vae: Any, clip: Any, batch_size: int = 4) -> EncodedDataset:
     """Latents with the VAE (scaled as the model takes them) and prompts with CLIP; for SDXL the
     pooled text + size embedding `y` too. Prompts longer than the empty prompt's token count are
@@ -94,6 +96,27 @@ def encode_with_comfy(triples: Sequence[Triple], model: Any, vae: Any, clip: Any
     has_y = empty_y is not None
     return EncodedDataset(torch.cat(latents), hints, torch.stack(contexts), empty_context,
                           torch.stack(ys) if has_y else None, empty_y)
+
+
+def load_checkpoint_with_comfy(path: str) -> tuple[Any, Any, Any]:
+    """(MODEL, CLIP, VAE) of a full checkpoint, loaded by ComfyUI as its checkpoint loader does;
+    for the command line, which has no VAE or text encoder of its own. ComfyUI must already be
+    importable (workflows.headless.import_comfyui)."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    # ComfyUI builds a VAE even from a file without VAE weights (randomly initialised, with a
+    # warning): look at the file's keys under the prefixes ComfyUI reads for this model family.
+    config = model.model.model_config
+    keys = files.open_weights(path).shapes
+    parts = (("text encoder", config.text_encoder_key_prefix), ("VAE", config.vae_key_prefix))
+    missing = [name for name, prefixes in parts if not any(k.startswith(tuple(prefixes)) for k in keys)]
+    if missing or clip is None:
+        raise ValueError(
+            f"'{path}' has no {' and '.join(missing or ['text encoder'])}: encoding a dataset folder needs a full "
+            "checkpoint (U-Net, VAE and text encoder in one file, e.g. v1-5-pruned-emaonly.safetensors)"
+        )
+    return model, clip, vae
 
 
 def dataset_for_comfy(

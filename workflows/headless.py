@@ -35,6 +35,24 @@ def find_comfyui() -> tuple[Path | None, str]:
     return None, f"no ComfyUI checkout found; looked at {tried}"
 
 
+def import_comfyui(root: Path | None = None, cpu: bool = True) -> Path:
+    """Make ComfyUI's modules (comfy.*, nodes, folder_paths) importable in this process and, with
+    `cpu`, keep it on the CPU; returns ComfyUI's root. Raises RuntimeError when none is found."""
+    if root is None:
+        root, why_not = find_comfyui()
+        if root is None:
+            raise RuntimeError(why_not)
+    # ComfyUI's root goes first: the pack's own `nodes/` package would shadow ComfyUI's `nodes`.
+    if str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
+    from comfy.cli_args import args
+
+    if cpu:
+        args.cpu = True  # before model_management is imported: a CPU-only torch fails otherwise
+    return root
+
+
 class _ServerStub:
     """The four members execution.py and the progress handler touch when there is no web server."""
 
@@ -60,16 +78,8 @@ class RunResult:
 class Comfy:
     """ComfyUI booted on the CPU (or its own device choice with `cpu=False`) with the pack loaded."""
 
-    def __init__(self, root: Path, cpu: bool = True):
-        self.root = root
-        # ComfyUI's root goes first: the pack's own `nodes/` package would shadow ComfyUI's `nodes`.
-        if str(root) in sys.path:
-            sys.path.remove(str(root))
-        sys.path.insert(0, str(root))
-        from comfy.cli_args import args
-
-        if cpu:
-            args.cpu = True  # before model_management is imported: a CPU-only torch fails otherwise
+    def __init__(self, root: Path | None = None, cpu: bool = True):
+        self.root = import_comfyui(root, cpu)
         import execution
         import folder_paths
         import nodes
@@ -142,9 +152,5 @@ def boot(root: Path | None = None, cpu: bool = True) -> Comfy:
     first call only."""
     global _BOOTED
     if _BOOTED is None:
-        if root is None:
-            root, why_not = find_comfyui()
-            if root is None:
-                raise RuntimeError(why_not)
         _BOOTED = Comfy(root, cpu=cpu)
     return _BOOTED
