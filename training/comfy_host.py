@@ -104,7 +104,13 @@ def load_checkpoint_with_comfy(path: str) -> tuple[Any, Any, Any]:
     importable (workflows.headless.import_comfyui)."""
     import comfy.sd
 
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    except RuntimeError as error:  # "Could not detect model type of: ..." and ComfyUI's hint
+        raise ValueError(
+            f"ComfyUI does not recognise '{path}' as a checkpoint it can load ({str(error).splitlines()[0]}): encoding "
+            "a dataset folder needs a full SD1.x / SD2.x / SDXL checkpoint (U-Net, VAE and text encoder in one file)"
+        ) from error
     # ComfyUI builds a VAE even from a file without VAE weights (randomly initialised, with a
     # warning): look at the file's keys under the prefixes ComfyUI reads for this model family.
     config = model.model.model_config

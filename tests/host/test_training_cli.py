@@ -101,3 +101,19 @@ def test_a_checkpoint_without_vae_or_text_encoder_is_refused_with_the_fix(host, 
         f"'{unet_only}' has no text encoder and VAE: encoding a dataset folder needs a full checkpoint (U-Net, VAE and "
         "text encoder in one file, e.g. v1-5-pruned-emaonly.safetensors)"
     )
+
+
+def test_a_file_comfyui_cannot_recognise_is_refused_with_the_fix(host, tmp_path):
+    not_sd = tmp_path / "not_sd.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.weight": torch.zeros(2)}, str(not_sd))
+    data = dataset_folder(tmp_path / "dataset")
+
+    with pytest.raises(ValueError) as error:
+        cli.main(train_args(str(not_sd), data, tmp_path / "control.safetensors"))
+    message = str(error.value)
+    assert message.startswith(f"ComfyUI does not recognise '{not_sd}' as a checkpoint it can load (")
+    assert message.endswith(
+        "encoding a dataset folder needs a full SD1.x / SD2.x / SDXL checkpoint (U-Net, VAE and text encoder in one file)"
+    )

@@ -189,9 +189,22 @@ def test_cli_creates_and_trains_from_a_checkpoint_file(tmp_path, capsys):
     assert torch.equal(trained["control_model.middle_block_out.0.weight"], state["controlnet"]["middle_block_out.0.weight"])
     assert "resuming from" in capsys.readouterr().err
 
-    with pytest.raises(SystemExit, match="is a folder. The command line trains on an encoded dataset"):
+
+
+def test_cli_without_comfyui_says_a_dataset_folder_needs_it(tmp_path, monkeypatch):
+    """Encoding a folder needs ComfyUI's VAE and text encoder (tests/host/test_training_cli.py
+    covers the folder path with ComfyUI); without one the command says why and what to do."""
+    import workflows.headless
+
+    monkeypatch.setattr(workflows.headless, "find_comfyui", lambda: (None, "no ComfyUI checkout found; looked at X"))
+    with pytest.raises(SystemExit) as error:
         cli.main(["train", "--base", str(tmp_path / "base.safetensors"), "--data", str(tmp_path),
                   "--output", str(tmp_path / "x.safetensors")])
+    assert str(error.value) == (
+        f"error: '{tmp_path}' is a dataset folder, and encoding its images and prompts needs ComfyUI (for the "
+        "checkpoint's VAE and text encoder): no ComfyUI checkout found; looked at X. Set COMFYUI_PATH to a ComfyUI "
+        "checkout, or pass an encoded dataset (.safetensors) written by the Train ControlNet node"
+    )
 
 
 def test_toy_metric_recovers_the_drawn_shapes_exactly():
