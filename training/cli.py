@@ -27,7 +27,7 @@ from .create import new_controlnet, new_controlnet_from_file
 from .data import EncodedDataset
 from .loop import MIXED_PRECISION, Trainer, TrainingOptions
 from .noise import PREDICTIONS, NoiseSchedule
-from .session import DEFAULT_CHECKPOINT_EVERY, train
+from .session import DEFAULT_CHECKPOINT_EVERY, OutputFiles, train
 from .unet import load_unet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -68,7 +68,11 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def encode_folder(args: argparse.Namespace, device: torch.device) -> EncodedDataset:
     """The dataset folder encoded with the --base checkpoint's VAE and text encoder, through
-    ComfyUI (cached beside the output; a resumed run reuses the cache)."""
+    ComfyUI (cached beside the output; a resumed run reuses the cache without ComfyUI)."""
+    cache = OutputFiles.beside(args.output).encoded
+    if not args.restart and os.path.isfile(cache):
+        _say(f"using the encoded dataset cached in {cache}")
+        return EncodedDataset.load(cache)
     try:
         from workflows.headless import import_comfyui
 
@@ -81,9 +85,14 @@ def encode_folder(args: argparse.Namespace, device: torch.device) -> EncodedData
         ) from None
     from .comfy_host import dataset_for_comfy, load_checkpoint_with_comfy
 
+    import comfy.model_management
+
     model, clip, vae = load_checkpoint_with_comfy(args.base)
-    return dataset_for_comfy(args.data, args.output, model, vae, clip, args.resolution, args.annotator,
+    data = dataset_for_comfy(args.data, args.output, model, vae, clip, args.resolution, args.annotator,
                              resume=not args.restart, log=_say)
+    comfy.model_management.unload_all_models()  # the VAE and text encoder are done with: free them for training
+    comfy.model_management.soft_empty_cache()
+    return data
 
 
 def cmd_train(args: argparse.Namespace) -> int:

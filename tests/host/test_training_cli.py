@@ -76,6 +76,12 @@ def test_a_dataset_folder_is_encoded_with_the_checkpoints_vae_and_clip_then_trai
     checkpoint_state = torch.load(files.checkpoint, weights_only=True)
     assert checkpoint_state["step"] == 2
 
+    # resuming reads the cached encoding (it does not encode the folder again)
+    (data / "images" / "red.png").unlink()
+    assert cli.main(train_args(checkpoint, data, output, "--steps", "3")) == 0  # the last --steps counts
+    assert len(EncodedDataset.load(files.encoded)) == len(NAMES)
+    assert torch.load(files.checkpoint, weights_only=True)["step"] == 3
+
 
 def test_a_folder_without_conditions_uses_the_named_annotator(checkpoint, tmp_path):
     data = dataset_folder(tmp_path / "dataset", with_conditions=False)
