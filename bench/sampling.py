@@ -87,10 +87,7 @@ class Comfy:
     """ComfyUI booted in this process with the pack loaded through its custom-node loader."""
 
     def __init__(self, device: str, models_dir: Path):
-        sys.path.insert(0, str(find_comfyui()))  # before the repo root: our `nodes/` would shadow ComfyUI's
-        from comfy.cli_args import args
-
-        args.cpu = device == "cpu"  # before model_management is imported
+        headless.import_comfyui(find_comfyui(), cpu=device == "cpu")
         import comfy.model_management
         import comfy.model_patcher
         import comfy.sample
@@ -371,14 +368,10 @@ def report(configs, times, in_controls, memory, counts, device_line: str, args) 
     return "\n".join(lines)
 
 
-def hint_state_bytes(config: Config, args) -> int:
-    """What the controls of `config` keep from step to step besides their weights: ours the
-    encoded hint (model_channels × latent², the price of encoding it once per run), the built-in
-    the hint image resized to the latent (3 × (8·latent)²)."""
-    if config.kind == NONE:
-        return 0
-    per_latent_pixel = 3 * LATENT_TO_PIXELS**2 if config.kind == BUILTIN else args.width_channels
-    return config.controls * per_latent_pixel * args.latent**2 * DTYPES[args.dtype].itemsize
+def encoded_hint_bytes(config: Config, args) -> int:
+    """What our controls of `config` keep from step to step besides their weights: the encoded
+    hint, model_channels × latent² each (the price of encoding it once per run)."""
+    return config.controls * args.width_channels * args.latent**2 * DTYPES[args.dtype].itemsize
 
 
 def check_targets(configs, overhead, inside, memory, args) -> list[str]:
@@ -398,13 +391,12 @@ def check_targets(configs, overhead, inside, memory, args) -> list[str]:
         if {f"{mode}×1", f"{BUILTIN}×1"} <= names:
             value, text = ratio(f"{mode}×1", f"{BUILTIN}×1")
             line(value <= COND_ONLY_TARGET, f"{mode}, 1 control: overhead {text} the built-in's (≤ {COND_ONLY_TARGET})")
-    for mode in (BUILTIN, *MODES):
+    if {f"{BUILTIN}×1", f"{BUILTIN}×3"} <= names:  # for comparison, no target
+        out.append(f"  [    ] built-in, 3 chained: overhead {ratio(f'{BUILTIN}×3', f'{BUILTIN}×1')[1]} one control's")
+    for mode in MODES:
         one, three = f"{mode}×1", f"{mode}×3"
         if {one, three} <= names:
             value, text = ratio(three, one)
-            if mode == BUILTIN:  # for comparison, no target
-                out.append(f"  [    ] built-in, 3 chained: overhead {text} one control's")
-                continue
             line(value <= 3.0, f"{mode}, 3 stacked: overhead {text} one control's (≤ 3)")
             if one in memory and three in memory:
                 # No activations or residuals may be held per stacked control: the growth is at
@@ -412,7 +404,7 @@ def check_targets(configs, overhead, inside, memory, args) -> list[str]:
                 by_config = {c.name: c for c in configs}
                 growth = memory[three] - memory[one]
                 weights = weight_bytes(by_config[three].control_models) - weight_bytes(by_config[one].control_models)
-                hints = hint_state_bytes(by_config[three], args) - hint_state_bytes(by_config[one], args)
+                hints = encoded_hint_bytes(by_config[three], args) - encoded_hint_bytes(by_config[one], args)
                 line(growth <= weights + hints, f"{mode}, 3 stacked: peak memory +{growth / MIB:.2f} MiB over 1 control; "
                      f"their extra weights {weights / MIB:.2f} MiB + their encoded hints {hints / MIB:.2f} MiB")
     return out

@@ -27,7 +27,8 @@ from .create import new_controlnet, new_controlnet_from_file
 from .data import EncodedDataset
 from .loop import MIXED_PRECISION, Trainer, TrainingOptions
 from .noise import PREDICTIONS, NoiseSchedule
-from .session import DEFAULT_CHECKPOINT_EVERY, OutputFiles, train
+from .comfy_host import cached_encoding, dataset_for_comfy, load_checkpoint_with_comfy
+from .session import DEFAULT_CHECKPOINT_EVERY, train
 from .unet import load_unet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,10 +70,9 @@ def cmd_create(args: argparse.Namespace) -> int:
 def encode_folder(args: argparse.Namespace, device: torch.device) -> EncodedDataset:
     """The dataset folder encoded with the --base checkpoint's VAE and text encoder, through
     ComfyUI (cached beside the output; a resumed run reuses the cache without ComfyUI)."""
-    cache = OutputFiles.beside(args.output).encoded
-    if not args.restart and os.path.isfile(cache):
-        _say(f"using the encoded dataset cached in {cache}")
-        return EncodedDataset.load(cache)
+    cached = cached_encoding(args.output, resume=not args.restart, log=_say)
+    if cached is not None:
+        return cached
     try:
         from workflows.headless import import_comfyui
 
@@ -83,7 +83,6 @@ def encode_folder(args: argparse.Namespace, device: torch.device) -> EncodedData
             f"checkpoint's VAE and text encoder): {error}. Set COMFYUI_PATH to a ComfyUI checkout, or pass an encoded "
             "dataset (.safetensors) written by the Train ControlNet node"
         ) from None
-    from .comfy_host import dataset_for_comfy, load_checkpoint_with_comfy
 
     import comfy.model_management
 

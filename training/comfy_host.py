@@ -125,6 +125,17 @@ def load_checkpoint_with_comfy(path: str) -> tuple[Any, Any, Any]:
     return model, clip, vae
 
 
+def cached_encoding(output: str, resume: bool, log: Any = print) -> EncodedDataset | None:
+    """The encoded dataset a run writing `output` cached earlier, when resuming and it exists."""
+    import os
+
+    cache = OutputFiles.beside(output).encoded
+    if not (resume and os.path.isfile(cache)):
+        return None
+    log(f"using the encoded dataset cached in {cache}")
+    return EncodedDataset.load(cache)
+
+
 def dataset_for_comfy(
     dataset: str, output: str, model: Any, vae: Any, clip: Any, resolution: int, annotator: str | None, resume: bool,
     log: Any = print,
@@ -139,10 +150,10 @@ def dataset_for_comfy(
         return EncodedDataset.load(dataset)
     if not os.path.isdir(dataset):
         raise ValueError(f"dataset '{dataset}' is neither a folder of images nor an encoded dataset file")
+    cached = cached_encoding(output, resume, log)
+    if cached is not None:
+        return cached
     cache = OutputFiles.beside(output).encoded
-    if resume and os.path.isfile(cache):
-        log(f"using the encoded dataset cached in {cache}")
-        return EncodedDataset.load(cache)
     if vae is None or clip is None:
         raise ValueError("a dataset folder needs the VAE and CLIP inputs connected, to encode the images and prompts")
     encoded = encode_with_comfy(read_triples(dataset, resolution, annotator), model, vae, clip)

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tests.core.tiny import randomize  # the same random-weight recipe as the core tests
-from workflows.headless import find_comfyui
+from workflows.headless import find_comfyui, import_comfyui
 from workflows.random_models import sd15_unet_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,12 +49,7 @@ class Host:
     """ComfyUI booted on CPU with the pack loaded, plus the tiny model and ControlNet files."""
 
     def __init__(self, comfyui: Path, models_dir: Path):
-        # ComfyUI's root goes first: the repo root (on sys.path for the core tests) has a
-        # `nodes/` package that would shadow ComfyUI's `nodes` module.
-        sys.path.insert(0, str(comfyui))
-        from comfy.cli_args import args
-
-        args.cpu = True  # before model_management is imported: no GPU, fp32 everywhere
+        import_comfyui(comfyui, cpu=True)  # ComfyUI's root first on sys.path; no GPU, fp32 everywhere
         # Tiny tensors gain nothing from threads, and OpenMP threads spinning against other
         # processes on a small runner slow these tests down several times over.
         torch.set_num_threads(1)
