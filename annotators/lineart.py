@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import image_batch, load_network, pad_to_multiple, to_numpy
+from .networks_common import (InstanceNorm2d, SingleChannelConv2d, image_batch, load_network,
+                              pad_to_multiple, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/sk_model.pth (v1.1 annotator/lineart)
 LINEART_WEIGHTS = "sk_model.pth"
@@ -45,9 +46,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), InstanceNorm2d(channels),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), InstanceNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
@@ -62,20 +63,20 @@ class LineartNetwork(nn.Module):
         # The Sequential indices are part of the published key names (model0.1.weight, ...).
         self.model0 = nn.Sequential(
             nn.ReflectionPad2d(EDGE_KERNEL // 2), nn.Conv2d(3, c, EDGE_KERNEL),
-            nn.InstanceNorm2d(c), nn.ReLU(inplace=True))
+            InstanceNorm2d(c), nn.ReLU(inplace=True))
         self.model1 = nn.Sequential(  # down: 64 -> 128 -> 256 channels, /4 resolution
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * c),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), InstanceNorm2d(2 * c),
             nn.ReLU(inplace=True),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.InstanceNorm2d(4 * c),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), InstanceNorm2d(4 * c),
             nn.ReLU(inplace=True))
         self.model2 = nn.Sequential(*[ResidualBlock(4 * c) for _ in range(RESIDUAL_BLOCKS)])
         self.model3 = nn.Sequential(  # up: 256 -> 128 -> 64 channels, x4 resolution
             nn.ConvTranspose2d(4 * c, 2 * c, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(2 * c), nn.ReLU(inplace=True),
+            InstanceNorm2d(2 * c), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * c, c, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(c), nn.ReLU(inplace=True))
+            InstanceNorm2d(c), nn.ReLU(inplace=True))
         self.model4 = nn.Sequential(
-            nn.ReflectionPad2d(EDGE_KERNEL // 2), nn.Conv2d(c, 1, EDGE_KERNEL), nn.Sigmoid())
+            nn.ReflectionPad2d(EDGE_KERNEL // 2), SingleChannelConv2d(c, EDGE_KERNEL), nn.Sigmoid())
 
     def forward(self, rgb_01: torch.Tensor) -> torch.Tensor:
         return self.model4(self.model3(self.model2(self.model1(self.model0(rgb_01)))))
@@ -106,7 +107,8 @@ def lineart(
         height, width = rgb.shape[:2]
         rgb_01 = pad_to_multiple(rgb, SIZE_MULTIPLE, min_side=MIN_SIDE).astype(np.float32) / 255.0
         with torch.no_grad():
-            drawing = to_numpy(network(image_batch(rgb_01, network)))[0, 0, :height, :width]
+            drawing = to_numpy(network(image_batch(rgb_01, network, channels_last=True))
+                               )[0, 0, :height, :width]
         # v1.1: x255, clipped, truncated (astype): dark lines on white.
         return (drawing * 255.0).clip(0, 255).astype(np.uint8)
 

@@ -59,7 +59,7 @@ def midas_inverse_depth(rgb: np.ndarray, network: MiDaSNetwork) -> np.ndarray:
     height, width = rgb.shape[:2]
     scaled = pad_to_multiple(rgb, SIZE_MULTIPLE).astype(np.float32) / HALF_RANGE - 1.0
     with torch.no_grad():
-        depth = network(image_batch(scaled, network))
+        depth = network(image_batch(scaled, network, channels_last=True))
     return to_numpy(depth)[0, :height, :width]
 
 

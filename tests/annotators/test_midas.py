@@ -33,6 +33,8 @@ from annotators.midas_network import (WEIGHT_STANDARDIZATION_EPS,  # noqa: E402
                                       StandardizedConv2d, pad_same)
 from annotators.weights import MissingWeightsError  # noqa: E402
 
+from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
+
 SEED = 0
 # Raw outputs: equal within this, relative to the output's largest magnitude. This network in
 # float32 and float64 differs by ~7e-5 on this input, so the bound is float32's own noise;
@@ -172,22 +174,40 @@ def oracle_maps(oracle: torch.nn.Module, image: np.ndarray, image_resolution: in
         image_resolution=image_resolution, output_type="np", **options)
 
 
-# Both tests expect exact equality: the network is op-for-op the oracle's (its raw output is
-# bit-equal on CPU), and the post-processing repeats v1.0's float32 arithmetic, truncation
-# included, so no pixel may differ.
+# Our pre- and post-processing repeat v1.0's float32 arithmetic, truncation included: around
+# the oracle's own network they give exactly its maps. Our network runs its convolutions
+# channels-last (the same sums in another order, equal within RAW_TOLERANCE), so its maps are
+# the oracle's within rounding (parity.py).
+
+def assert_normals_within_rounding(normal: np.ndarray, expected_normal: np.ndarray,
+                                   expected_depth: np.ndarray, background_threshold: float) -> None:
+    """As assert_levels_within_rounding, except where a pixel's relative depth lies at the
+    background threshold: rounding may move it across (drawn facing the camera on one side,
+    sloped on the other), so it may differ by more, and so may its neighbours once a bilinear
+    resize has spread it."""
+    threshold_level = background_threshold * 255  # the depth map is relative depth x 255
+    at_threshold = np.abs(expected_depth[..., 0].astype(np.float32) - threshold_level) <= 2
+    near_threshold = cv2.dilate(at_threshold.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    jumped = np.abs(normal.astype(np.int16) - expected_normal).max(axis=2) > 1
+    assert not np.any(jumped & ~near_threshold)
+    assert_levels_within_rounding(np.where(jumped[..., None], expected_normal, normal),
+                                  expected_normal, RAW_TOLERANCE)
+
 
 def test_depth_and_normal_with_defaults_equal_oracle(networks):
     """midas_depth / midas_normal with their defaults (ControlNet 1.0 gradio's threshold 0.4,
     a = 2*pi) on an image already at a detect size: no resize on either side."""
     oracle, ours = networks
     expected_depth, expected_normal = oracle_maps(oracle, PHOTO_192, DETECT, bg_th=0.4)
+    assert_not_degenerate(expected_depth, expected_normal)
+    oracle_network = ChannelsFirst(oracle)
+    np.testing.assert_array_equal(midas_depth(PHOTO_192, oracle_network, DETECT), expected_depth)
+    np.testing.assert_array_equal(midas_normal(PHOTO_192, oracle_network, DETECT), expected_normal)
     depth = midas_depth(PHOTO_192, ours, resolution=DETECT)
     normal = midas_normal(PHOTO_192, ours, resolution=DETECT)
-    assert depth.dtype == normal.dtype == np.uint8
     assert depth.shape == normal.shape == PHOTO_192.shape
-    assert_not_degenerate(expected_depth, expected_normal)
-    np.testing.assert_array_equal(depth, expected_depth)
-    np.testing.assert_array_equal(normal, expected_normal)
+    assert_levels_within_rounding(depth, expected_depth, RAW_TOLERANCE)
+    assert_normals_within_rounding(normal, expected_normal, expected_depth, 0.4)
     assert np.array_equal(depth[..., 0], depth[..., 1]) and np.array_equal(depth[..., 0], depth[..., 2])
 
 
@@ -196,12 +216,15 @@ def test_both_maps_resized_back_with_options_equal_oracle(networks):
     controlnet-aux's own default threshold 0.1 and a steeper z (a = pi)."""
     oracle, ours = networks
     expected_depth, expected_normal = oracle_maps(oracle, PHOTO_384, 256, bg_th=0.1, a=math.pi)
-    depth, normal = midas_depth_and_normal(PHOTO_384, ours, DETECT, background_threshold=0.1,
-                                           z_component=math.pi)
-    assert depth.shape == normal.shape == PHOTO_384.shape
     assert_not_degenerate(expected_depth, expected_normal)
-    np.testing.assert_array_equal(depth, expected_depth)
-    np.testing.assert_array_equal(normal, expected_normal)
+    options = dict(background_threshold=0.1, z_component=math.pi)
+    oracle_maps_ours = midas_depth_and_normal(PHOTO_384, ChannelsFirst(oracle), DETECT, **options)
+    np.testing.assert_array_equal(oracle_maps_ours[0], expected_depth)
+    np.testing.assert_array_equal(oracle_maps_ours[1], expected_normal)
+    depth, normal = midas_depth_and_normal(PHOTO_384, ours, DETECT, **options)
+    assert depth.shape == normal.shape == PHOTO_384.shape
+    assert_levels_within_rounding(depth, expected_depth, RAW_TOLERANCE)
+    assert_normals_within_rounding(normal, expected_normal, expected_depth, 0.1)
 
 
 def test_odd_sizes_without_resolution_come_back_at_the_input_size(networks):
