@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, pad_to_multiple, probability_to_uint8,
-                              soft_edges_to_scribble, to_numpy)
+from .networks_common import (image_batch, load_network, max_pool_2x2, pad_to_multiple,
+                              probability_to_uint8, soft_edges_to_scribble, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/ControlNetHED.pth (v1.1 annotator/hed)
 HED_WEIGHTS = "ControlNetHED.pth"
@@ -45,7 +45,7 @@ class HEDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = F.relu(conv(x), inplace=True)  # conv's fresh output: no copy
         return x, self.projection(x)
 
 
@@ -63,7 +63,7 @@ class HEDNetwork(nn.Module):
         side_logits = []
         for index in range(1, len(_BLOCKS) + 1):
             if index > 1:
-                x = F.max_pool2d(x, kernel_size=2, stride=2)  # every block after the first halves
+                x = max_pool_2x2(x)  # every block after the first halves
             x, logit = getattr(self, f"block{index}")(x)
             side_logits.append(logit)
         return side_logits

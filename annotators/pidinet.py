@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, pad_to_multiple, probability_to_uint8,
-                              soft_edges_to_scribble, to_numpy)
+from .networks_common import (image_batch, load_network, max_pool_2x2, pad_to_multiple,
+                              probability_to_uint8, soft_edges_to_scribble, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/table5_pidinet.pth (v1.1
 # annotator/pidinet). Stored as {'state_dict': {'module.<key>': ...}}: both layers are unwrapped.
@@ -103,8 +103,8 @@ class PDCBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:
-            x = F.max_pool2d(x, kernel_size=2, stride=2)
-        y = self.conv2(F.relu(self.conv1(x)))
+            x = max_pool_2x2(x)
+        y = self.conv2(F.relu(self.conv1(x), inplace=True))  # conv1's fresh output: no copy
         return y + (self.shortcut(x) if self.downsample else x)
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..networks_common import max_pool_2x2
 from ..weights import BadWeightsError, find_weights, load_state_dict
 
 BODY_WEIGHTS = "body_pose_model.pth"  # lllyasviel/Annotators file names
@@ -75,11 +76,11 @@ class LayerChains(nn.Module):
         """ReLU after every conv except the chain's last (the output maps), unless asked."""
         for index, layer in enumerate(layers):
             if layer == POOL:
-                x = F.max_pool2d(x, kernel_size=2, stride=2)
+                x = max_pool_2x2(x)
                 continue
             x = getattr(self, layer[0])(x)
             if index < len(layers) - 1 or relu_after_last:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)  # the conv's fresh output: no copy
         return x
 
 

@@ -1,6 +1,6 @@
 """The faster stand-ins for standard layers in annotators/networks_common.py and the NormalBAE
-refinement MLP: each equals the layer it replaces within float rounding, in both memory
-layouts, with the same state-dict keys."""
+refinement MLP: each equals the layer it replaces within float rounding (max pooling exactly),
+in both memory layouts, with the same state-dict keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from annotators.networks_common import InstanceNorm2d, SingleChannelConv2d
+from annotators.networks_common import InstanceNorm2d, SingleChannelConv2d, max_pool_2x2
 from annotators.normalbae import pointwise_mlp, refinement_mlp
 
 # float32 sums of a few thousand terms, in another order: relative to the output's magnitude.
@@ -63,3 +63,11 @@ def test_pointwise_mlp_equals_the_conv1d_stack():
         expected = mlp(pixels.clone())  # Conv1d over channels x pixels, as the published model
         got = pointwise_mlp(mlp, pixels.transpose(1, 2).reshape(-1, 9))
     assert_close_relative(got.view(2, 37, -1).transpose(1, 2), expected)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("height, width", [(8, 6), (9, 7), (2, 3)])
+def test_max_pool_2x2_is_exactly_max_pool2d(layout, height, width):
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
+    x = x.contiguous(memory_format=layout)
+    assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, kernel_size=2, stride=2))
