@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import platform
 import socket
@@ -59,24 +58,9 @@ def _refuse_connections(*args: object, **kwargs: object) -> None:
 
 # --- random weights --------------------------------------------------------------------------------
 
-def random_state(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """He-scaled weights (fan-in), norm scales near 1, small biases, running variances 0.5..1.5."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in template.items():
-        if not value.is_floating_point():
-            state[key] = torch.zeros(value.shape, dtype=value.dtype)
-            continue
-        noise = torch.randn(value.shape, generator=generator)
-        if key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif value.ndim >= 2 and value[0].numel() > 1:
-            state[key] = noise * math.sqrt(2.0 / value[0].numel())
-        elif key.endswith("weight") and value.ndim == 1:
-            state[key] = 1.0 + 0.1 * noise
-        else:
-            state[key] = 0.1 * noise
-    return state
+# He-scaled weights (fan-in), norm scales near 1, small biases, running variances 0.5..1.5: the
+# same random weights the annotator tests use.
+from tests.annotators.random_learned import random_state_dict  # noqa: E402
 
 
 def built(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -93,7 +77,7 @@ def same_weights(theirs: Callable[[], torch.nn.Module], ours: Callable[[], torch
     """(their network, our network) holding the same random weights; `rename` maps their key
     names to ours."""
     their_network = built(theirs)
-    state = random_state(their_network.state_dict(), seed)
+    state = random_state_dict(their_network.state_dict(), seed)
     their_network.load_state_dict(state, strict=True)
     our_network = built(ours)
     our_network.load_state_dict({rename(key): value for key, value in state.items()}, strict=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import math
 import re
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
+
+from tests.annotators.random_learned import random_state_dict  # the annotator tests' recipe
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
@@ -392,25 +393,10 @@ def test_pixel_perfect_resolution(pack, mode):
 # --- learned nodes -------------------------------------------------------------------------------
 
 def random_weights(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """`template`'s keys and shapes with He-scaled random values (conv/linear weights
-    N(0, 2/fan_in), norm scales 1 + N(0, 0.1), shifts N(0, 0.1), running variances 0.5..1.5), so
-    activations neither vanish nor explode; stored as float16 to keep the files small."""
-    generator = torch.Generator().manual_seed(seed)
-    weights = {}
-    for key, value in template.items():
-        if not value.is_floating_point():  # num_batches_tracked
-            weights[key] = torch.zeros(value.shape, dtype=value.dtype)
-            continue
-        noise = torch.randn(value.shape, generator=generator)
-        if key.endswith("running_var"):
-            weights[key] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif value.ndim >= 2:
-            weights[key] = noise * math.sqrt(2.0 / max(1, value[0].numel()))
-        elif key.endswith("weight"):
-            weights[key] = 1.0 + 0.1 * noise
-        else:
-            weights[key] = 0.1 * noise
-    return {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+    """random_state_dict's He-scaled random weights (activations neither vanish nor explode),
+    stored as float16 to keep the files small."""
+    return {key: value.half() if value.is_floating_point() else value
+            for key, value in random_state_dict(template, seed).items()}
 
 
 # (annotators module, weight-file constant, network class) of every learned network.
