@@ -25,11 +25,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BlockSpec, ControlNetConfig
+from .cpu_conv import large_kernel_conv2d
 
 TORCH_OPS = SimpleNamespace(Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
 GROUP_NORM_GROUPS = 32  # GroupNorm32 in the original code
 TRANSFORMER_NORM_EPS = 1e-6  # SpatialTransformer's GroupNorm
 FEED_FORWARD_MULT = 4
+
+
+def with_large_kernel_convs(ops: Any) -> SimpleNamespace:
+    """The host's layers, its Conv2d running large kernels on small CPU maps as a matrix
+    product (cpu_conv: the same convolution, without oneDNN's per-call copy of the kernel)."""
+    return SimpleNamespace(
+        Linear=ops.Linear, Conv2d=large_kernel_conv2d(ops.Conv2d), GroupNorm=ops.GroupNorm, LayerNorm=ops.LayerNorm
+    )
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -211,6 +220,7 @@ class ControlNet(nn.Module):
     ):
         super().__init__()
         kw = {"dtype": dtype, "device": device}
+        ops = with_large_kernel_convs(ops)
         self.config = cfg
         # The dtype forward computes in; None: the weights' dtype. A host that stores weights in
         # a smaller dtype than it computes in (ComfyUI's manual_cast) sets it and supplies layers
