@@ -9,8 +9,11 @@ same numbers, results must be bit-identical (torch.equal), not merely close.
 
 Also here: a ControlNet stored in one dtype and computed in another (ComfyUI's manual_cast, as
 `--fp16-unet` on a CPU gives) computes what the same weights, rounded to that dtype, compute in
-fp32, and matches ComfyUI's built-in on the same file.
+fp32, and matches ComfyUI's built-in on the same file; and the large-kernel matrix product
+(controlnet_core/cpu_conv.py) is reached through ComfyUI's weight-casting layers.
 """
+
+import importlib
 
 import pytest
 import torch
@@ -250,3 +253,27 @@ def test_fp16_storage_samples_like_the_builtin(host, files, fp16_unet):
     effect = (builtin - plain).abs().max().item()
     assert effect > 1e-2
     assert (ours - builtin).abs().max().item() <= 1e-4 * effect
+
+
+def test_large_kernels_run_as_a_product_through_comfyuis_weight_casting(host, monkeypatch):
+    """Our ControlNet's layers come from ComfyUI's ops; with fp16 weights on a CPU ComfyUI casts
+    each kernel to fp32 per call (manual_cast). The large-kernel path must see the cast kernel:
+    the layer gives exactly the product of the input and the fp32-cast weights (F.conv2d's
+    oneDNN result differs in the last bits, so a layer that skipped the path would fail)."""
+    cpu_conv = importlib.import_module(f"{host.pack.__name__}.controlnet_core.cpu_conv")
+    monkeypatch.setattr(cpu_conv, "GLIBC_DYNAMIC_MMAP", True)
+    channels = 1280  # 1280×1280×3×3: 56 MiB once cast to fp32
+    layer = cpu_conv.large_kernel_conv2d(host.comfy.ops.manual_cast.Conv2d)(
+        channels, channels, 3, padding=1, dtype=torch.float16
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.01)
+        layer.bias.copy_(torch.randn(channels, generator=gen))
+        x = torch.randn(1, channels, 8, 8, generator=gen)
+        got = layer(x)
+        expected = cpu_conv.conv2d_as_matmul(
+            x, layer.weight.float(), layer.bias.float(), layer.stride, layer.padding, layer.dilation
+        )
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)
