@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +46,14 @@ def glibc_dynamic_mmap_threshold() -> bool:
 GLIBC_DYNAMIC_MMAP = glibc_dynamic_mmap_threshold()
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def output_size(
+    x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> tuple[int, int]:
+    """(height, width) of a 2-d convolution's output on `x` (B × C × H × W), as F.conv2d gives."""
+    height, width = (
+        (x.shape[i + 2] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in (0, 1)
+    )
+    return height, width
 
 
 def conv2d_as_matmul(
@@ -59,7 +66,7 @@ def conv2d_as_matmul(
 ) -> torch.Tensor:
     """F.conv2d (groups 1, zero padding) as im2col and one matrix product per batch row."""
     kernel = weight.shape[-2:]
-    height, width = (output_size(x.shape[i + 2], kernel[i], stride[i], padding[i], dilation[i]) for i in (0, 1))
+    height, width = output_size(x, kernel, stride, padding, dilation)
     columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # B × (C·kh·kw) × pixels
     out = torch.matmul(weight.reshape(weight.shape[0], -1), columns)
     if bias is not None:
@@ -75,10 +82,7 @@ def prefers_matmul(x: torch.Tensor, weight: torch.Tensor, layer: torch.nn.Conv2d
         return False
     if weight.numel() * weight.element_size() <= GLIBC_MAX_MMAP_THRESHOLD_BYTES:
         return False
-    height, width = (
-        output_size(x.shape[i + 2], weight.shape[i + 2], layer.stride[i], layer.padding[i], layer.dilation[i])
-        for i in (0, 1)
-    )
+    height, width = output_size(x, weight.shape[-2:], layer.stride, layer.padding, layer.dilation)
     return x.shape[0] * height * width <= MATMUL_MAX_OUTPUT_PIXELS
 
 
