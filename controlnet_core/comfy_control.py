@@ -12,6 +12,8 @@ weights and masks of `control_modes`, and does no work twice:
   latent size, dropped in cleanup), not at every step;
 - modes that leave the unconditional branch without control run the ControlNet on the
   conditional rows only;
+- CFG's cond and uncond rows of one latent differ only in their text context: the model runs
+  what precedes its first cross-attention once for both;
 - a step outside start/end returns the previous control's residuals and runs nothing;
 - residuals are weighted, and summed with the previous control's, in place (no copies).
 
@@ -288,6 +290,10 @@ class SuiteControl(comfy.controlnet.ControlBase):
             x_noisy, sigma, context = x_noisy[rows], sigma[rows], context[rows]
             y = None if y is None else y[rows]
         chunks_run = x_noisy.shape[0] // per_chunk
+        if chunks_run > 1 and same_chunks(per_chunk, x_noisy, sigma, y):
+            # CFG's cond and uncond chunks of one latent: given once, with every chunk's
+            # context, the model runs what precedes its first cross-attention once
+            x_noisy, sigma, y = x_noisy[:per_chunk], sigma[:per_chunk], None if y is None else y[:per_chunk]
 
         x = self.model_sampling_current.calculate_input(sigma, x_noisy)
         timesteps = self.model_sampling_current.timestep(sigma)
@@ -297,7 +303,7 @@ class SuiteControl(comfy.controlnet.ControlBase):
             timesteps.float(),
             model_management.cast_to_device(context, device, dtype),
             y=None if y is None else y.to(device, dtype),
-            encoded_hint=repeat_per_chunk(prepared.encoded, per_chunk, chunks_run),
+            encoded_hint=repeat_per_chunk(prepared.encoded, per_chunk, x_noisy.shape[0] // per_chunk),
         )
         weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
         residuals = scale_in_place(residuals, weights)
@@ -372,6 +378,17 @@ def check_batch(what: str, images: int, latents: int) -> None:
         f"the {what} has {images} images and the latent batch has {latents}: they cannot be paired. "
         f"Give 1 {what} image, {latents}, or a number that divides {latents}"
     )
+
+
+def same_chunks(per_chunk: int, *tensors: torch.Tensor | None) -> bool:
+    """Whether each of `tensors` (None skipped) is its first `per_chunk` rows repeated."""
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        chunks = tensor.reshape(-1, per_chunk, *tensor.shape[1:])
+        if not torch.equal(chunks, chunks[:1].expand_as(chunks)):
+            return False
+    return True
 
 
 def repeat_per_chunk(tensor: torch.Tensor, per_chunk: int, num_chunks: int) -> torch.Tensor:

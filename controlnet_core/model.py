@@ -49,6 +49,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def repeat_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` with its batch tiled to `rows` rows (row i of the result is row i mod its batch);
+    itself when it has them already."""
+    if tensor.shape[0] == rows:
+        return tensor
+    return tensor.repeat(rows // tensor.shape[0], *([1] * (tensor.ndim - 1)))
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -138,6 +146,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
+        # The first use of the context: rows given once for several contexts part here (forward)
+        x = repeat_rows(x, context.shape[0])
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -177,10 +187,10 @@ class SpatialTransformer(nn.Module):
         # contiguous: the transposed view is channels-last in memory, and a channels-last input
         # makes every later convolution re-lay-out its weights at each call (profiled on CPU:
         # a fifth of the forward time at SD1.5 width)
-        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + x_in
+        return x + repeat_rows(x_in, x.shape[0])
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -189,7 +199,7 @@ class TimestepEmbedSequential(nn.Sequential):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = layer(x, repeat_rows(emb, x.shape[0]))
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
             else:
@@ -297,7 +307,18 @@ class ControlNet(nn.Module):
         """Residuals in input-block order plus the middle one (see module docstring).
 
         Pass `encoded_hint` (from `encode_hint`) instead of `hint` to reuse a cached encoding.
+
+        `context` may have k times the rows of `x` (and of `timesteps`, `y`, the hint): the
+        inputs are then the same for k contexts, as CFG's cond and uncond rows of one latent
+        are. Everything before the first cross-attention is the same for those rows, so it runs
+        once; the rows are tiled there (row i of the result pairs with context row i, input row
+        i mod len(x)), and the residuals have the context's rows.
         """
+        if context is not None and context.shape[0] % x.shape[0]:
+            raise ValueError(
+                f"context has {context.shape[0]} rows and x {x.shape[0]}: give as many context rows as x rows, "
+                "or a multiple of them"
+            )
         guided_hint = self.encode_hint(hint) if encoded_hint is None else encoded_hint
         emb = self.time_embedding(timesteps, y)
         context = context.to(self.dtype) if context is not None else None
@@ -312,6 +333,8 @@ class ControlNet(nn.Module):
             outs.append(zero_conv(h))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h))
+        rows = h.shape[0] if context is None else context.shape[0]
+        outs = [repeat_rows(o, rows) for o in outs]  # those from before the first cross-attention
         if self.config.global_average_pooling:
             outs = [o.mean(dim=(2, 3), keepdim=True) for o in outs]
         return outs

@@ -1,11 +1,13 @@
 """The control object's fast paths give what the plain path gives.
 
 The fast paths (bench/sampling.py measures them): the hint is encoded once per run, not at
-every step; cond-only modes run the conditional rows only; residuals are weighted and summed
-with earlier controls in place; the model's activations stay contiguous. Each test builds the
-plain path from the parts (the model's own `forward` with the raw hint, control_modes' copying
-functions, `earlier + ours`) and compares. Where the fast path runs the same operations on the
-same numbers, results must be bit-identical (torch.equal), not merely close.
+every step; cond-only modes run the conditional rows only; cond and uncond rows of one latent
+run once up to the first cross-attention; residuals are weighted and summed with earlier
+controls in place; the model's activations stay contiguous. Each test builds the plain path
+from the parts (the model's own `forward` with the raw hint, control_modes' copying functions,
+`earlier + ours`) and compares. Where the fast path runs the same operations on the same
+numbers, results must be bit-identical (torch.equal), not merely close; where it runs rows in a
+smaller batch, they must agree to fp32 rounding.
 
 Also here: a ControlNet stored in one dtype and computed in another (ComfyUI's manual_cast, as
 `--fp16-unet` on a CPU gives) computes what the same weights, rounded to that dtype, compute in
@@ -28,6 +30,9 @@ BLOCK_WEIGHTS = "0.5, 1, 1.5, 2, 0.25, 1, 1, 1, 1, 1, 0.3, 1, 2"
 # Built-in vs ours on the same weights: they differ only in float rounding (different attention
 # kernels); relative to each residual's largest magnitude.
 KERNEL_TOLERANCE = 1e-5
+# The same rows computed in a batch of another size (rows shared before the first cross-attention):
+# CPU kernels block by batch size, so results agree to fp32 rounding, not bit for bit.
+BATCH_ROUNDING = 1e-5
 # fp16 keeps 11 significant bits: each weight moves by up to 2^-11 ≈ 4.9e-4 of itself; through
 # the depth of the network the residuals move by well under 1e-2 of their magnitude.
 FP16_WEIGHT_EFFECT = 1e-2
@@ -153,16 +158,21 @@ def test_sum_that_does_not_fit_ours_is_not_written_in_place(host):
 
 def test_a_sampling_run_does_each_piece_of_work_once(host, files):
     """Over a whole run with three stacked controls: each encodes its hint once; balanced runs
-    every row at every step, cond-only modes the conditional row only."""
+    the latent's row once up to the first cross-attention and both rows from there (CFG's cond
+    and uncond hold the same latent), cond-only modes the conditional row only."""
     names = [files.original, files.second, files.original]
     modes = ["balanced", "controlnet_more_important", "cfg_resolution_weighting"]
     nets = [host.suite_controlnet(n) for n in names]
-    rows = {i: [] for i in range(3)}
+    rows = {i: [] for i in range(3)}  # (rows into the model, rows into its first cross-attention) per step
     encodes = {i: 0 for i in range(3)}
     handles = []
     for i, net in enumerate(nets):
-        handles.append(net.loaded.model.register_forward_pre_hook(lambda m, a, i=i: rows[i].append(a[0].shape[0])))
-        handles.append(net.loaded.model.input_hint_block.register_forward_pre_hook(
+        model = net.loaded.model
+        first_cross_attention = next(m for name, m in model.named_modules() if name.endswith("attn2"))
+        handles.append(model.register_forward_pre_hook(lambda m, a, i=i: rows[i].append((a[0].shape[0],))))
+        handles.append(first_cross_attention.register_forward_pre_hook(
+            lambda m, a, i=i: rows[i].append(rows[i].pop() + (a[0].shape[0],))))
+        handles.append(model.input_hint_block.register_forward_pre_hook(
             lambda m, a, i=i: encodes.__setitem__(i, encodes[i] + 1)))
     stack = None
     for net, mode in zip(nets, modes):
@@ -174,7 +184,44 @@ def test_a_sampling_run_does_each_piece_of_work_once(host, files):
         for h in handles:
             h.remove()
     assert encodes == {0: 1, 1: 1, 2: 1}
-    assert rows == {0: [2] * steps, 1: [1] * steps, 2: [1] * steps}
+    assert rows == {0: [(1, 2)] * steps, 1: [(1, 1)] * steps, 2: [(1, 1)] * steps}
+
+
+@pytest.mark.parametrize("mode", ["balanced", "prompt_more_important"])
+def test_cond_and_uncond_of_one_latent_share_the_rows_before_cross_attention(host, files, mode):
+    """ComfyUI's CFG batch: the same latent and sigma in the cond and uncond chunks. The model
+    gets the latent once (seen at its input) and gives what the plain path gives for both rows,
+    to fp32 rounding (a batch of 1 and one of 2 round differently on the CPU)."""
+    control = control_on(host, host.suite_controlnet(files.original), mode)
+    x, sigma, cond = step_inputs(host)
+    x = x[:1].repeat(2, 1, 1, 1)
+    rows_in = []
+    hook = control.loaded.model.register_forward_pre_hook(lambda m, a: rows_in.append(a[0].shape[0]))
+    try:
+        with torch.no_grad():
+            got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
+    finally:
+        hook.remove()
+        control.cleanup()
+    assert rows_in == [1]
+    expected = plain_residuals(host, control, x, sigma, cond)
+    assert not torch.equal(expected[-1][0], expected[-1][1])  # the two contexts give different rows
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape and e.abs().max() > 1e-3, f"residual {i}"
+        error = (g - e).abs().max().item()
+        assert error <= BATCH_ROUNDING * e.abs().max().item(), f"residual {i}: max error {error:.2e}"
+
+
+def test_chunks_are_shared_only_when_every_input_repeats(host):
+    same_chunks = host.comfy_control.same_chunks
+    a, b = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    sigma = torch.full((4,), 3.0)
+    assert same_chunks(2, torch.cat([a, b, a, b]), sigma, None)
+    assert not same_chunks(2, torch.cat([a, b, b, a]), sigma, None)  # same rows, other order
+    assert not same_chunks(2, torch.cat([a, b, a, b]), torch.tensor([3.0, 3.0, 3.0, 2.0]), None)
+    y = torch.randn(4, 6)  # SDXL's pooled text differs between cond and uncond
+    assert not same_chunks(2, torch.cat([a, b, a, b]), sigma, y)
+    assert same_chunks(2, torch.cat([a, b, a, b]), sigma, y[:2].repeat(2, 1))
 
 
 # --- stored in one dtype, computed in another (ComfyUI's manual_cast) ---------------------------
