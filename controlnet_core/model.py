@@ -146,7 +146,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
-        # The first use of the context: rows given once for several contexts part here (forward)
+        # the first use of the context: rows given once for several contexts are tiled here
+        # (ControlNet.forward)
         x = repeat_rows(x, context.shape[0])
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
@@ -172,7 +173,7 @@ class SpatialTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         x_in = x
         x = self.norm(x)
         if not self.use_linear:
@@ -190,7 +191,7 @@ class SpatialTransformer(nn.Module):
         x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + repeat_rows(x_in, x.shape[0])
+        return x + repeat_rows(x_in, x.shape[0])  # x has the context's rows now
 
 
 class TimestepEmbedSequential(nn.Sequential):
