@@ -195,8 +195,14 @@ def test_two_hint_images_pair_with_two_latents(host, files):
     x = torch.cat([x, x])  # 2 latents x (cond, uncond): rows [c0, c1, u0, u1]
     sigma = torch.full((4,), 4.0)
     cond = {"c_crossattn": torch.cat([cond["c_crossattn"]] * 2)}
+    calls = count_calls(control_net.loaded.model)
+    try:
+        with torch.no_grad():
+            got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]}))
+    finally:
+        del control_net.loaded.model.forward
+    assert calls == [2]  # both chunks hold the same 2 latents: given once, with 4 contexts
     with torch.no_grad():
-        got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]}))
         model = control_net.loaded.model
         sampling = host.model.model.model_sampling
         raw = model(sampling.calculate_input(sigma, x), torch.cat([images, images]).movedim(-1, 1),
@@ -205,7 +211,8 @@ def test_two_hint_images_pair_with_two_latents(host, files):
         assert torch.allclose(g, STRENGTH * r, rtol=0, atol=TOLERANCE * STRENGTH * r.abs().max())
 
 
-def test_mask_of_the_same_aspect_ratio_is_resized_and_restricts_the_control(host, files):
+@pytest.mark.parametrize("one_latent", [False, True], ids=["two latents", "cond and uncond of one latent"])
+def test_mask_of_the_same_aspect_ratio_is_resized_and_restricts_the_control(host, files, one_latent):
     control_net = host.suite_controlnet(files.original)
     mask = torch.ones(1, 2 * LATENT_SIDE * 8, 2 * LATENT_SIDE * 8)  # twice the image's size
     mask[..., mask.shape[-1] // 2 :] = 0.0  # control on the left half only
@@ -216,6 +223,8 @@ def test_mask_of_the_same_aspect_ratio_is_resized_and_restricts_the_control(host
     base = host.model.model
     control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
     x, sigma, cond = step_inputs(host)
+    if one_latent:  # the model then runs the rows before its first cross-attention once
+        x = x[:1].repeat(2, 1, 1, 1)
     with torch.no_grad():
         got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]}))
     raw = raw_residuals(host, control_net, x, sigma, cond)
