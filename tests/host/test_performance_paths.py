@@ -65,7 +65,7 @@ def test_fast_path_is_bit_identical_to_the_plain_path(host, files, mode):
     control = positive[0][1]["control"]
     base = host.model.model
     control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
-    x, sigma, cond = step_inputs(host)
+    x, sigma, cond = step_inputs(host)  # two different latents: no rows are shared (see below)
     try:
         with torch.no_grad():
             got = [flat(control.get_control(x, s, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})) for s in (sigma, sigma / 2)]
@@ -214,12 +214,13 @@ def test_cond_and_uncond_of_one_latent_share_the_rows_before_cross_attention(hos
 
 def test_chunks_are_shared_only_when_every_input_repeats(host):
     same_chunks = host.comfy_control.same_chunks
-    a, b = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(1, 4, 2, 2, generator=gen), torch.randn(1, 4, 2, 2, generator=gen)
     sigma = torch.full((4,), 3.0)
     assert same_chunks(2, torch.cat([a, b, a, b]), sigma, None)
     assert not same_chunks(2, torch.cat([a, b, b, a]), sigma, None)  # same rows, other order
     assert not same_chunks(2, torch.cat([a, b, a, b]), torch.tensor([3.0, 3.0, 3.0, 2.0]), None)
-    y = torch.randn(4, 6)  # SDXL's pooled text differs between cond and uncond
+    y = torch.randn(4, 6, generator=gen)  # SDXL's pooled text differs between cond and uncond
     assert not same_chunks(2, torch.cat([a, b, a, b]), sigma, y)
     assert same_chunks(2, torch.cat([a, b, a, b]), sigma, y[:2].repeat(2, 1))
 
