@@ -75,7 +75,7 @@ class Host:
         self.comfy_control = importlib.import_module(f"{self.pack.__name__}.controlnet_core.comfy_control")
         self.errors = importlib.import_module(f"{self.pack.__name__}.controlnet_core.errors")
 
-        self.model = self._tiny_model()
+        self.model = self.tiny_model()
         gen = torch.Generator().manual_seed(7)
         self.positive = [[torch.randn(1, TOKENS, CONTEXT_DIM, generator=gen), {}]]
         self.negative = [[torch.randn(1, TOKENS, CONTEXT_DIM, generator=gen), {}]]
@@ -83,10 +83,11 @@ class Host:
         # another size and aspect ratio: the hint is centre-cropped and resized to 8x the latent
         self.wide_image = torch.rand(1, 3 * IMAGE_SIDE // 2, 2 * IMAGE_SIDE, 3, generator=gen)
 
-    def _tiny_model(self):
+    def tiny_model(self, dtype: torch.dtype = torch.float32):
+        """The tiny SD1.5-shaped U-Net (the same random weights every time), computing in `dtype`."""
         mm = self.comfy.model_management
         config = self.comfy.supported_models.SD15(UNET_CONFIG)
-        config.set_inference_dtype(torch.float32, None)
+        config.set_inference_dtype(dtype, None)
         base = randomize(config.get_model({}, ""), seed=1).eval()
         return self.comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
@@ -101,11 +102,12 @@ class Host:
     def suite_controlnet(self, file_name: str):
         return self.node("CNS_ControlNetLoader").load(file_name)[0]
 
-    def sample(self, positive, negative, steps: int = 3, cfg: float = 5.0, seed: int = 0, batch: int = 1):
+    def sample(self, positive, negative, steps: int = 3, cfg: float = 5.0, seed: int = 0, batch: int = 1, model=None):
+        """Latents sampled with `model` (default: the fp32 tiny model)."""
         latent = torch.zeros(batch, 4, LATENT_SIDE, LATENT_SIDE)
         noise = self.comfy.sample.prepare_noise(latent, seed)
         return self.comfy.sample.sample(
-            self.model, noise, steps, cfg, "euler", "normal", positive, negative, latent, seed=seed
+            model or self.model, noise, steps, cfg, "euler", "normal", positive, negative, latent, seed=seed
         )
 
     # ControlNet files in models/controlnet
