@@ -374,8 +374,28 @@ def report(configs, times, in_controls, memory, counts, device_line: str, args) 
             for name, n in counts.items()
         ]
     lines += ["", "issue 5 targets (on the overhead; the same ratio from the time inside the controls in brackets):"]
-    lines += check_targets(configs, overhead, inside, memory, args)
+    lines += check_targets(configs, overhead, inside, memory, args, spread_of_stacking(configs, times, in_controls))
     return "\n".join(lines)
+
+
+def spread_of_stacking(configs, times, in_controls) -> dict[str, str]:
+    """For the built-in and each mode run with both 1 and 3 controls: three ÷ one within each
+    repeat, as min–max (median), on the overhead and inside the controls. A repeat runs both
+    side by side, so the spread of these ratios shows the noise that a ratio of medians hides."""
+    none = times[NONE]
+    names = {c.name for c in configs}
+    out = {}
+    for kind in [BUILTIN, *MODES]:
+        one, three = f"{kind}×1", f"{kind}×3"
+        if not {one, three} <= names:
+            continue
+        overhead = [(t3 - n) / (t1 - n) for t1, t3, n in zip(times[one], times[three], none)]
+        inside = [i3 / i1 for i1, i3 in zip(in_controls[one], in_controls[three])]
+        out[kind] = "; per repeat " + ", ".join(
+            f"{label} {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})"
+            for label, r in (("overhead", overhead), ("inside", inside))
+        )
+    return out
 
 
 def encoded_hint_bytes(config: Config, args) -> int:
@@ -384,7 +404,7 @@ def encoded_hint_bytes(config: Config, args) -> int:
     return config.controls * args.width_channels * args.latent**2 * DTYPES[args.dtype].itemsize
 
 
-def check_targets(configs, overhead, inside, memory, args) -> list[str]:
+def check_targets(configs, overhead, inside, memory, args, spread: dict[str, str]) -> list[str]:
     names = {c.name for c in configs}
     out = []
 
@@ -402,12 +422,13 @@ def check_targets(configs, overhead, inside, memory, args) -> list[str]:
             value, text = ratio(f"{mode}×1", f"{BUILTIN}×1")
             line(value <= COND_ONLY_TARGET, f"{mode}, 1 control: overhead {text} the built-in's (≤ {COND_ONLY_TARGET})")
     if {f"{BUILTIN}×1", f"{BUILTIN}×3"} <= names:  # for comparison, no target
-        out.append(f"  [    ] built-in, 3 chained: overhead {ratio(f'{BUILTIN}×3', f'{BUILTIN}×1')[1]} one control's")
+        out.append(f"  [    ] built-in, 3 chained: overhead {ratio(f'{BUILTIN}×3', f'{BUILTIN}×1')[1]} one control's"
+                   f"{spread[BUILTIN]}")
     for mode in MODES:
         one, three = f"{mode}×1", f"{mode}×3"
         if {one, three} <= names:
             value, text = ratio(three, one)
-            line(value <= 3.0, f"{mode}, 3 stacked: overhead {text} one control's (≤ 3)")
+            line(value <= 3.0, f"{mode}, 3 stacked: overhead {text} one control's (≤ 3){spread[mode]}")
             if one in memory and three in memory:
                 # No activations or residuals may be held per stacked control: the growth is at
                 # most the extra controls' weights plus their encoded hints (named, not hidden).
