@@ -400,8 +400,9 @@ def spread_of_stacking(configs, times, in_controls) -> dict[str, str]:
 
 def encoded_hint_bytes(config: Config, args) -> int:
     """What our controls of `config` keep from step to step besides their weights: the encoded
-    hint, model_channels × latent² each (the price of encoding it once per run)."""
-    return config.controls * args.width_channels * args.latent**2 * DTYPES[args.dtype].itemsize
+    hint, model_channels × latent² each (the price of encoding it once per run), in the dtype
+    each computes in (fp32 on a CPU for fp16 weights: ComfyUI casts them per layer)."""
+    return sum(args.width_channels * args.latent**2 * m.dtype.itemsize for m in config.control_models)
 
 
 def check_targets(configs, overhead, inside, memory, args, spread: dict[str, str]) -> list[str]:
