@@ -162,8 +162,8 @@ def test_mask_and_block_weights_round_no_more_than_the_builtin(host, files, gpu_
 
 def test_sampling_with_a_half_precision_unet(host, files, gpu_dtype, monkeypatch):
     """A whole sampling run with the U-Net and the ControlNet in the GPU's dtype: ours ends
-    within twice of what half precision changes in the built-in's run (its ControlNet in the
-    GPU's dtype against the same run with its ControlNet in fp32)."""
+    within twice what half precision changes in the built-in's run (its ControlNet in the GPU's
+    dtype against the same run with its ControlNet in fp32, the U-Net in the GPU's dtype in both)."""
     unet = host.tiny_model(gpu_dtype)
     plain = host.sample(host.positive, host.negative, model=unet)
 
