@@ -83,12 +83,15 @@ class Host:
         # another size and aspect ratio: the hint is centre-cropped and resized to 8x the latent
         self.wide_image = torch.rand(1, 3 * IMAGE_SIDE // 2, 2 * IMAGE_SIDE, 3, generator=gen)
 
-    def tiny_model(self, dtype: torch.dtype = torch.float32):
-        """The tiny SD1.5-shaped U-Net (the same random weights every time), computing in `dtype`."""
+    def tiny_model(
+        self, dtype: torch.dtype = torch.float32, family: str = "SD15", unet_config: dict = UNET_CONFIG, seed: int = 1
+    ):
+        """A tiny U-Net as a ModelPatcher, computing in `dtype`: by default the SD1.5-shaped one
+        (the same random weights every time); `family` names ComfyUI's model config class."""
         mm = self.comfy.model_management
-        config = self.comfy.supported_models.SD15(UNET_CONFIG)
+        config = getattr(self.comfy.supported_models, family)(unet_config)
         config.set_inference_dtype(dtype, None)
-        base = randomize(config.get_model({}, ""), seed=1).eval()
+        base = randomize(config.get_model({}, ""), seed=seed).eval()
         return self.comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
     # nodes, by the names ComfyUI registered
