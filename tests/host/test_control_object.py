@@ -36,13 +36,18 @@ def step_inputs(host, seed=3):
     return x, sigma, cond
 
 
-def control_on(host, control_net, mode="balanced", previous_conditioning=None, start=0.0, end=1.0, strength=STRENGTH):
+def control_on(
+    host, control_net, mode="balanced", previous_conditioning=None, start=0.0, end=1.0, strength=STRENGTH,
+    mask=None, block_weights="", model=None,
+):
+    """The control the apply node puts on the positive conditioning, set up for sampling `model`
+    (a ModelPatcher; default: the tiny SD1.5 model) as the sampler would."""
     positive, negative = previous_conditioning or (host.positive, host.negative)
     positive, _ = host.node("CNS_ApplyControlNet").apply(
-        positive, negative, control_net, host.image, strength, start, end, mode
+        positive, negative, control_net, host.image, strength, start, end, mode, mask=mask, block_weights=block_weights
     )
     control = positive[0][1]["control"]
-    base = host.model.model
+    base = (model or host.model).model
     control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
     return control
 
@@ -52,12 +57,14 @@ def flat(control_dict):
     return control_dict["output"] + control_dict["middle"]
 
 
-def raw_residuals(host, control_net, x, sigma, cond):
-    sampling = host.model.model.model_sampling
+def raw_residuals(host, control_net, x, sigma, cond, model=None):
+    """The ControlNet's forward on these rows, unweighted, with `model`'s sampling (default: the
+    tiny SD1.5 model) and the cond's y where it has one (SDXL)."""
+    sampling = (model or host.model).model.model_sampling
     hint = host.image.movedim(-1, 1)  # already 8x the latent: no resize
     with torch.no_grad():
         return control_net.loaded.model(
-            sampling.calculate_input(sigma, x), hint, sampling.timestep(sigma), cond["c_crossattn"]
+            sampling.calculate_input(sigma, x), hint, sampling.timestep(sigma), cond["c_crossattn"], y=cond.get("y")
         )
 
 

@@ -19,6 +19,7 @@ import torch
 from .conftest import CONTEXT_DIM, LATENT_SIDE, TOKENS
 from .test_control_object import STRENGTH, control_on, flat
 from .test_performance_paths import BLOCK_WEIGHTS, COND_ONLY, MODES
+from .test_sampling import apply_builtin, apply_ours
 
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Two roundings of the same size differ by at most their sum.
@@ -138,14 +139,7 @@ def masked_control(host, control_net):
     """Balanced, with block weights and a soft mask (a ramp from 0 to 1 across the image)."""
     side = host.image.shape[1]
     mask = torch.linspace(0.0, 1.0, side).expand(1, side, side).contiguous()
-    positive, _ = host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, control_net, host.image, STRENGTH, 0.0, 1.0, "balanced",
-        mask=mask, block_weights=BLOCK_WEIGHTS,
-    )
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
-    return control
+    return control_on(host, control_net, mask=mask, block_weights=BLOCK_WEIGHTS)
 
 
 def test_mask_and_block_weights_round_no_more_than_the_builtin(host, files, gpu_dtype, monkeypatch):
@@ -169,13 +163,11 @@ def test_sampling_with_a_half_precision_unet(host, files, gpu_dtype, monkeypatch
 
     def with_builtin():
         net = host.builtin_controlnet(files.original)
-        return host.sample(*host.nodes.ControlNetApplyAdvanced().apply_controlnet(
-            host.positive, host.negative, net, host.image, 1.0, 0.0, 1.0), model=unet)
+        return host.sample(*apply_builtin(host, host.positive, host.negative, net), model=unet)
 
     ours_net = host.suite_controlnet(files.original)
     assert ours_net.loaded.model.dtype == gpu_dtype
-    ours = host.sample(*host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, ours_net, host.image, 1.0, 0.0, 1.0, "balanced"), model=unet)
+    ours = host.sample(*apply_ours(host, host.positive, host.negative, ours_net), model=unet)
     builtin_half = with_builtin()
     answer_as_on(host, monkeypatch, torch.float32)
     builtin_full = with_builtin()

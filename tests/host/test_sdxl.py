@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from .conftest import LATENT_SIDE, TOKENS
+from .test_control_object import control_on, flat, raw_residuals
 from .test_performance_paths import BATCH_ROUNDING
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT, apply_builtin, apply_ours
 
@@ -96,10 +97,9 @@ def test_cond_only_mode_runs_the_cond_rows_of_y(host, sdxl):
     """One step by hand: the cond row's residuals are the model's forward on that row's latent,
     context and y (weighted by the mode); the uncond row gets none."""
     control_net = host.suite_controlnet(sdxl.file)
-    positive, _ = apply_ours(host, sdxl.positive, sdxl.negative, control_net, mode="controlnet_more_important")
-    control = positive[0][1]["control"]
-    base = sdxl.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = control_on(
+        host, control_net, "controlnet_more_important", (sdxl.positive, sdxl.negative), strength=1.0, model=sdxl.model
+    )
     gen = torch.Generator().manual_seed(4)
     x = (torch.randn(1, 4, LATENT_SIDE, LATENT_SIDE, generator=gen) * 5).repeat(2, 1, 1, 1)
     sigma = torch.full((2,), 4.0)
@@ -108,16 +108,11 @@ def test_cond_only_mode_runs_the_cond_rows_of_y(host, sdxl):
         "y": torch.randn(2, ADM_CHANNELS, generator=gen),
     }
     chunks = [1, 0]  # uncond row first
+    cond_row = slice(chunks.index(0), chunks.index(0) + 1)
     with torch.no_grad():
-        got = control.get_control(x, sigma, cond, 2, {"cond_or_uncond": chunks})
-        got = got["output"] + got["middle"]
-        cond_row = slice(chunks.index(0), chunks.index(0) + 1)
-        sampling = base.model_sampling
-        hint = host.image.movedim(-1, 1)  # already 8x the latent
-        raw = control_net.loaded.model(
-            sampling.calculate_input(sigma[cond_row], x[cond_row]), hint, sampling.timestep(sigma[cond_row]).float(),
-            cond["c_crossattn"][cond_row], y=cond["y"][cond_row],
-        )
+        got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": chunks}))
+    cond_only = {key: value[cond_row] for key, value in cond.items()}
+    raw = raw_residuals(host, control_net, x[cond_row], sigma[cond_row], cond_only, model=sdxl.model)
     modes = host.comfy_control.control_modes
     weights = modes.mode_weights("controlnet_more_important", 1.0, control._divisors(), None)
     for i, (g, r, w) in enumerate(zip(got, raw, weights)):
