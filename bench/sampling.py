@@ -248,14 +248,14 @@ def time_in_controls(config: Config, clock: Callable[[], float], device: str, sp
 
 
 def time_runs(comfy, model, configs, inputs, steps, repeats, device, log, clock=time.perf_counter):
-    """(run times, time inside the controls) per configuration, one entry per repeat. Every
-    repeat runs every configuration; the order rotates so none always runs first. `clock`: wall
-    time, or the process's CPU time (steadier where other jobs take the cores; with several
-    threads it also counts their idle spinning)."""
+    """(run times, time inside the controls, sampled latents) per configuration, times one entry
+    per repeat. Every repeat runs every configuration; the order rotates so none always runs
+    first. `clock`: wall time, or the process's CPU time (steadier where other jobs take the
+    cores; with several threads it also counts their idle spinning)."""
     times: dict[str, list[float]] = {c.name: [] for c in configs}
     in_controls: dict[str, list[float]] = {c.name: [] for c in configs}
-    for c in configs:  # warm-up: loads models, fills caches, picks kernels
-        sample(comfy, model, c, inputs, steps)
+    # warm-up: loads models, fills caches, picks kernels; its results are compared in the report
+    latents = {c.name: sample(comfy, model, c, inputs, steps).float().cpu() for c in configs}
     for r in range(repeats):
         shift = r % len(configs)
         for c in configs[shift:] + configs[:shift]:
@@ -268,7 +268,7 @@ def time_runs(comfy, model, configs, inputs, steps, repeats, device, log, clock=
                 times[c.name].append(clock() - start)
             in_controls[c.name].append(spent[0])
         log(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
-    return times, in_controls
+    return times, in_controls, latents
 
 
 def weight_bytes(modules: list[torch.nn.Module]) -> int:
@@ -442,6 +442,21 @@ def check_targets(configs, overhead, inside, memory, args, spread: dict[str, str
     return out
 
 
+def balanced_against_builtin(latents: dict[str, torch.Tensor], stacks: list[int]) -> list[str]:
+    """Balanced mode computes what the built-in computes, so their sampled latents should agree
+    to rounding. Printed as the largest difference over the largest change the built-in's
+    controls make to the latent (0: identical); the tests assert the equality, this shows how
+    close it stays over a whole run on the benchmark's device and dtype."""
+    out = ["balanced against the built-in, sampled latents: max |ours − built-in| ÷ max |built-in − none|"]
+    for k in stacks:
+        ours, builtin = latents.get(f"balanced×{k}"), latents.get(f"{BUILTIN}×{k}")
+        if ours is not None and builtin is not None:
+            effect = (builtin - latents[NONE]).abs().max().item()
+            difference = (ours - builtin).abs().max().item()
+            out.append(f"  {k} control{'s' if k > 1 else ''}: {difference:.3g} ÷ {effect:.3g} = {difference / effect:.2e}")
+    return out
+
+
 def describe_machine(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
@@ -515,10 +530,11 @@ def main(argv: list[str] | None = None) -> None:
             print(profile_config(comfy, model, chosen[0], inputs, args.steps))
             return
 
-        times, in_controls = time_runs(comfy, model, configs, inputs, args.steps, args.repeats, args.device, log, CLOCKS[args.clock])
+        times, in_controls, latents = time_runs(comfy, model, configs, inputs, args.steps, args.repeats, args.device, log, CLOCKS[args.clock])
         memory = {} if args.no_memory else {c.name: peak_memory(comfy, model, c, inputs, args.steps, args.device) for c in configs}
         counts = {c.name: count_work(comfy, model, c, inputs, args.steps) for c in configs if c.controls} if args.counts else {}
         text = report(configs, times, in_controls, memory, counts, describe_machine(args.device), args)
+        text += "\n\n" + "\n".join(balanced_against_builtin(latents, args.stack_list))
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
