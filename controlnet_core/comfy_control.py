@@ -109,8 +109,8 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         layout = None  # load_controlnet below raises the same error, naming the file
     if layout in (formats.DIFFUSERS_UNION, formats.T2I_ADAPTER):
         # The core loads these, but SuiteControl drives the plain ControlNet forward only so far;
-        # ComfyUI's own loader makes their control object, which our apply nodes accept in
-        # balanced mode.
+        # ComfyUI's own loader makes their control object. Our apply nodes give a Union file
+        # every option through foreign_control; a T2I-Adapter takes balanced mode.
         return comfy.controlnet.load_controlnet(path)
 
     load_device = model_management.get_torch_device()
@@ -155,27 +155,16 @@ class _PreparedHint:
     mask: torch.Tensor | None  # mask at the latent's size, one row per mask
 
 
-class SuiteControl(comfy.controlnet.ControlBase):
-    """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+class ModedControl(comfy.controlnet.ControlBase):
+    """A control with our control mode, mask and block weights: what SuiteControl and
+    foreign_control.ForeignControl share. Subclasses compute the weighted residuals of the rows
+    a step runs (`_residuals`) and say how many residuals at which resolutions (`_divisors`)."""
 
-    def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
+    def __init__(self):
         super().__init__()
-        self.loaded = loaded
-        self.load_device = load_device
-        # The ModelPatcher lets ComfyUI load our model with the U-Net, offload it, and run it in
-        # low-VRAM modes; copies share it.
-        self.patcher = patcher or comfy.model_patcher.ModelPatcher(
-            loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
-        )
         self.control_mode = control_modes.BALANCED
         self.block_weights: list[float] | None = None
         self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
-        self.model_sampling_current = None
-        self._prepared: dict[tuple[int, int], _PreparedHint] = {}
-
-    @property
-    def model(self):
-        return self.loaded.model
 
     # set up by the apply nodes
 
@@ -188,30 +177,93 @@ class SuiteControl(comfy.controlnet.ControlBase):
         control_mode: str = control_modes.BALANCED,
         mask: torch.Tensor | None = None,
         block_weights: str = "",
-    ) -> SuiteControl:
+    ) -> ModedControl:
         """Set the hint (ComfyUI IMAGE, B×H×W×C in 0..1) and how to apply it; returns self.
         Everything checkable without the latent is checked here, before sampling."""
+        hint = image.movedim(-1, 1)
+        self._check_hint(hint)
         control_modes.check_mode(control_mode)
         if not 0.0 <= start_percent <= end_percent <= 1.0:
             raise ControlNetError(
                 f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}); both lie in 0..1"
             )
-        hint = image.movedim(-1, 1)
-        expected = self.loaded.config.hint_channels
-        if hint.shape[1] != expected:
-            raise ControlNetError(f"the image has {hint.shape[1]} channels, this ControlNet takes {expected} (RGB)")
         self.set_cond_hint(hint, strength, (start_percent, end_percent))
         self.control_mode = control_mode
         self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors())
         self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
         return self
 
-    def copy(self) -> SuiteControl:
-        """A new control sharing the model (not the chain), as ComfyUI's apply nodes expect."""
-        c = SuiteControl(self.loaded, self.load_device, self.patcher)
+    def _check_hint(self, hint: torch.Tensor) -> None:
+        """Refuse a hint (B×C×H×W) the model cannot take, with a message that says why."""
+
+    def _copy_options_to(self, c: ModedControl) -> ModedControl:
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
         return c
+
+    # called by ComfyUI's sampler at every step
+
+    def get_control(
+        self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int, transformer_options: dict
+    ) -> dict | None:
+        previous = None
+        if self.previous_controlnet is not None:
+            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
+            return previous  # outside start/end: nothing to run
+
+        batch = x_noisy.shape[0]
+        chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
+        rows = None  # None: every row of the batch
+        if control_modes.is_cond_only(self.control_mode):
+            rows = control_modes.cond_rows(batch, chunks)
+            if rows.numel() == 0:
+                return previous  # an unconditional-only batch gets no control
+        residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
+        if rows is not None:
+            residuals = control_modes.scatter_rows(residuals, rows, batch)
+        return merge_with_previous(residuals, previous)
+
+    def _residuals(
+        self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
+    ) -> list[torch.Tensor]:
+        """Weighted (and masked) residuals for `rows` of the batch (all rows when None)."""
+        raise NotImplementedError
+
+    def _divisors(self) -> list[int]:
+        """For each residual, how many times smaller than the latent it is."""
+        raise NotImplementedError
+
+
+class SuiteControl(ModedControl):
+    """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+
+    def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
+        super().__init__()
+        self.loaded = loaded
+        self.load_device = load_device
+        # The ModelPatcher lets ComfyUI load our model with the U-Net, offload it, and run it in
+        # low-VRAM modes; copies share it.
+        self.patcher = patcher or comfy.model_patcher.ModelPatcher(
+            loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
+        )
+        self.model_sampling_current = None
+        self._prepared: dict[tuple[int, int], _PreparedHint] = {}
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    # set up by the apply nodes (configure: ModedControl's)
+
+    def _check_hint(self, hint: torch.Tensor) -> None:
+        expected = self.loaded.config.hint_channels
+        if hint.shape[1] != expected:
+            raise ControlNetError(f"the image has {hint.shape[1]} channels, this ControlNet takes {expected} (RGB)")
+
+    def copy(self) -> SuiteControl:
+        """A new control sharing the model (not the chain), as ComfyUI's apply nodes expect."""
+        return self._copy_options_to(SuiteControl(self.loaded, self.load_device, self.patcher))
 
     # called by ComfyUI's sampler
 
@@ -238,27 +290,6 @@ class SuiteControl(comfy.controlnet.ControlBase):
         elements = elements * cfg_branches + self.loaded.config.model_channels * h * w
         return previous + elements * images * model_management.dtype_size(self.model.dtype)
 
-    def get_control(
-        self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int, transformer_options: dict
-    ) -> dict | None:
-        previous = None
-        if self.previous_controlnet is not None:
-            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
-            return previous  # outside start/end: nothing to run
-
-        batch = x_noisy.shape[0]
-        chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
-        rows = None  # None: every row of the batch
-        if control_modes.is_cond_only(self.control_mode):
-            rows = control_modes.cond_rows(batch, chunks)
-            if rows.numel() == 0:
-                return previous  # an unconditional-only batch gets no control
-        residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
-        if rows is not None:
-            residuals = control_modes.scatter_rows(residuals, rows, batch)
-        return merge_with_previous(residuals, previous)
-
     def cleanup(self) -> None:
         self._prepared = {}
         self.model_sampling_current = None
@@ -277,7 +308,6 @@ class SuiteControl(comfy.controlnet.ControlBase):
     def _residuals(
         self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
     ) -> list[torch.Tensor]:
-        """Weighted (and masked) residuals for `rows` of the batch (all rows when None)."""
         per_chunk = x_noisy.shape[0] // num_chunks
         check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
         if self.mask is not None:
@@ -440,17 +470,21 @@ def configured_control(
     mask: torch.Tensor | None = None,
     block_weights: str = "",
 ) -> comfy.controlnet.ControlBase:
-    """A configured copy of `control_net`. Controls made by other loaders (ComfyUI's built-in;
-    ours for Union and T2I-Adapter files) are accepted in balanced mode, applied exactly as
-    ComfyUI applies them."""
+    """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
+    Union and T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
+    applies them in balanced mode; SD ControlNets among them get the other options through
+    foreign_control, the rest are refused them."""
     if isinstance(control_net, SuiteControl):
         return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
-    if control_mode != control_modes.BALANCED or mask is not None or block_weights.strip():
-        raise ControlNetError(
-            "control modes other than balanced, masks and block weights need a ControlNet loaded with ControlNet "
-            "Suite's 'Load ControlNet' node; this one comes from another loader"
-        )
-    return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
+    if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip():
+        return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
+    from . import foreign_control  # it builds on this module
+
+    if not foreign_control.can_wrap(control_net):
+        raise ControlNetError(foreign_control.why_not_wrappable(control_net))
+    return foreign_control.ForeignControl(control_net.copy()).configure(
+        image, strength, start_percent, end_percent, control_mode, mask, block_weights
+    )
 
 
 def attach_control(positive: list, negative: list, control: comfy.controlnet.ControlBase) -> tuple[list, list]:

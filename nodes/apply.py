@@ -8,7 +8,7 @@ CATEGORY = "ControlNet Suite/apply"
 
 # Inputs shared with the stack entry node (input names are a public API: never rename).
 CONTROL_INPUTS = {
-    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet from a ControlNet Suite loader."}),
+    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet from a ControlNet Suite loader, or an SD ControlNet from ComfyUI's (every option works on both). A T2I-Adapter takes balanced mode only."}),
     "image": ("IMAGE", {"tooltip": "The control image (a map from an annotator: edges, depth, pose...). It is resized to the latent's size x8 with a centre crop."}),
     "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Multiplies every residual. 0 leaves the conditioning unchanged."}),
     "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling where the control starts (0 = first step)."}),
