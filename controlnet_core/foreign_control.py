@@ -108,6 +108,8 @@ class ForeignControl(ModedControl):
         batch = x_noisy.shape[0]
         per_chunk = batch // num_chunks
         check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
+        if self.mask is not None:
+            check_batch("mask", self.mask.shape[0], per_chunk)
         if rows is not None:
             x_noisy, sigma = x_noisy[rows], sigma[rows]
             cond = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == (batch,) else v for k, v in cond.items()}
@@ -120,7 +122,6 @@ class ForeignControl(ModedControl):
         else:
             residuals = control_modes.scale_residuals(residuals, weights)
         if self.mask is not None:
-            check_batch("mask", self.mask.shape[0], per_chunk)
             mask = repeat_per_chunk(self._mask_at(x_noisy), per_chunk, chunks_run)
             residuals = control_modes.mask_residuals(residuals, mask)
         return residuals
