@@ -447,14 +447,15 @@ def balanced_against_builtin(latents: dict[str, torch.Tensor], stacks: list[int]
     to rounding. Printed as the largest difference over the largest change the built-in's
     controls make to the latent (0: identical); the tests assert the equality, this shows how
     close it stays over a whole run on the benchmark's device and dtype."""
-    out = ["balanced against the built-in, sampled latents: max |ours − built-in| ÷ max |built-in − none|"]
+    out = []
     for k in stacks:
         ours, builtin = latents.get(f"balanced×{k}"), latents.get(f"{BUILTIN}×{k}")
         if ours is not None and builtin is not None:
             effect = (builtin - latents[NONE]).abs().max().item()
             difference = (ours - builtin).abs().max().item()
             out.append(f"  {k} control{'s' if k > 1 else ''}: {difference:.3g} ÷ {effect:.3g} = {difference / effect:.2e}")
-    return out
+    title = "balanced against the built-in, sampled latents: max |ours − built-in| ÷ max |built-in − none|"
+    return [title, *out] if out else [f"{title}: not run (needs balanced among --modes)"]
 
 
 def describe_machine(device: str) -> str:

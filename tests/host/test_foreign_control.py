@@ -86,7 +86,7 @@ def test_mask_and_block_weights_on_a_builtin_loaded_controlnet(host, files):
 @pytest.mark.parametrize("mode", ["controlnet_more_important", "prompt_more_important"])
 def test_sampling_a_stack_with_a_builtin_loaded_controlnet_equals_ours(host, files, mode):
     """Through ComfyUI's sampler, on top of another control: ComfyUI's loader and ours give the
-    same latent in every mode, with a mask."""
+    same latent in a both-branch and a cond-only mode, with a mask."""
     mask = torch.zeros(1, IMAGE_SIDE, IMAGE_SIDE)
     mask[..., IMAGE_SIDE // 4 :, :] = 1.0  # control below the top quarter
 
