@@ -147,14 +147,6 @@ def _stored_dtype(weights: Any) -> torch.dtype | None:
 
 # --- the control object -----------------------------------------------------------------------
 
-@dataclass
-class _PreparedHint:
-    """What depends only on the image and the latent size: computed once per sampling run."""
-
-    encoded: torch.Tensor  # hint encoder output, one row per hint image
-    mask: torch.Tensor | None  # mask at the latent's size, one row per mask
-
-
 class ModedControl(comfy.controlnet.ControlBase):
     """A control with our control mode, mask and block weights: what SuiteControl and
     foreign_control.ForeignControl share. Subclasses compute the weighted residuals of the rows
@@ -165,6 +157,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.control_mode = control_modes.BALANCED
         self.block_weights: list[float] | None = None
         self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}  # the mask at each latent size, once per run
 
     # set up by the apply nodes
 
@@ -219,16 +212,37 @@ class ModedControl(comfy.controlnet.ControlBase):
             rows = control_modes.cond_rows(batch, chunks)
             if rows.numel() == 0:
                 return previous  # an unconditional-only batch gets no control
+        per_chunk = batch // len(chunks)
+        check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
+        if self.mask is not None:
+            check_batch("mask", self.mask.shape[0], per_chunk)
         residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
         if rows is not None:
             residuals = control_modes.scatter_rows(residuals, rows, batch)
         return merge_with_previous(residuals, previous)
+
+    def cleanup(self) -> None:
+        self._masks = {}
+        super().cleanup()
 
     def _residuals(
         self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
     ) -> list[torch.Tensor]:
         """Weighted (and masked) residuals for `rows` of the batch (all rows when None)."""
         raise NotImplementedError
+
+    def _masked(
+        self, residuals: list[torch.Tensor], x_noisy: torch.Tensor, dtype: torch.dtype, per_chunk: int, num_chunks: int
+    ) -> list[torch.Tensor]:
+        """`residuals` (for `num_chunks` chunks of `per_chunk` rows) times the mask, when there is
+        one: resized to the latent once per run, kept in `dtype`, then to each residual."""
+        if self.mask is None:
+            return residuals
+        height, width = x_noisy.shape[-2:]
+        if (height, width) not in self._masks:
+            mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
+            self._masks[(height, width)] = mask.to(device=x_noisy.device, dtype=dtype)
+        return control_modes.mask_residuals(residuals, repeat_per_chunk(self._masks[(height, width)], per_chunk, num_chunks))
 
     def _divisors(self) -> list[int]:
         """For each residual, how many times smaller than the latent it is."""
@@ -248,7 +262,7 @@ class SuiteControl(ModedControl):
             loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
         )
         self.model_sampling_current = None
-        self._prepared: dict[tuple[int, int], _PreparedHint] = {}
+        self._encoded_hints: dict[tuple[int, int], torch.Tensor] = {}  # at each latent size, once per run
 
     @property
     def model(self):
@@ -291,7 +305,7 @@ class SuiteControl(ModedControl):
         return previous + elements * images * model_management.dtype_size(self.model.dtype)
 
     def cleanup(self) -> None:
-        self._prepared = {}
+        self._encoded_hints = {}
         self.model_sampling_current = None
         super().cleanup()
 
@@ -309,10 +323,7 @@ class SuiteControl(ModedControl):
         self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
     ) -> list[torch.Tensor]:
         per_chunk = x_noisy.shape[0] // num_chunks
-        check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
-        if self.mask is not None:
-            check_batch("mask", self.mask.shape[0], per_chunk)
-        prepared = self._prepare(x_noisy)
+        encoded_hint = self._encoded_hint(x_noisy)
         dtype, device = self.model.dtype, x_noisy.device
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         y = cond.get("y")
@@ -333,31 +344,22 @@ class SuiteControl(ModedControl):
             timesteps.float(),
             model_management.cast_to_device(context, device, dtype),
             y=None if y is None else y.to(device, dtype),
-            encoded_hint=repeat_per_chunk(prepared.encoded, per_chunk, x_noisy.shape[0] // per_chunk),
+            encoded_hint=repeat_per_chunk(encoded_hint, per_chunk, x_noisy.shape[0] // per_chunk),
         )
         weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
         residuals = scale_in_place(residuals, weights)
-        if prepared.mask is not None:
-            residuals = control_modes.mask_residuals(residuals, repeat_per_chunk(prepared.mask, per_chunk, chunks_run))
-        return residuals
+        return self._masked(residuals, x_noisy, dtype, per_chunk, chunks_run)
 
-    def _prepare(self, x_noisy: torch.Tensor) -> _PreparedHint:
-        """Resize and encode the hint (and resize the mask) for this latent size, once."""
+    def _encoded_hint(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        """The hint resized and encoded for this latent size, once."""
         height, width = x_noisy.shape[-2:]
-        prepared = self._prepared.get((height, width))
-        if prepared is not None:
-            return prepared
-        hint = comfy.utils.common_upscale(
-            self.cond_hint_original, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
-        )
-        hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
-        mask = None
-        if self.mask is not None:
-            mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
-            mask = mask.to(device=x_noisy.device, dtype=self.model.dtype)
-        prepared = _PreparedHint(self.model.encode_hint(hint), mask)
-        self._prepared[(height, width)] = prepared
-        return prepared
+        if (height, width) not in self._encoded_hints:
+            hint = comfy.utils.common_upscale(
+                self.cond_hint_original, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
+            )
+            hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
+            self._encoded_hints[(height, width)] = self.model.encode_hint(hint)
+        return self._encoded_hints[(height, width)]
 
 
 def scale_in_place(residuals: Sequence[torch.Tensor], weights: Sequence[float]) -> list[torch.Tensor]:

@@ -21,10 +21,9 @@ import torch
 
 import comfy.cldm.cldm
 import comfy.controlnet
-import comfy.utils
 
 from . import control_modes
-from .comfy_control import CENTER_CROP, MASK_UPSCALE_METHOD, ModedControl, check_batch, repeat_per_chunk, scale_in_place
+from .comfy_control import ModedControl, scale_in_place
 
 
 def can_wrap(control_net: Any) -> bool:
@@ -67,7 +66,6 @@ class ForeignControl(ModedControl):
     def __init__(self, inner: comfy.controlnet.ControlNet):
         super().__init__()
         self.inner = inner  # configured with the hint at strength 1; never chained
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}  # at each latent size, once per run
 
     # set up by the apply nodes (configure: ModedControl's)
 
@@ -96,7 +94,6 @@ class ForeignControl(ModedControl):
         return super().inference_memory_requirements(dtype) + self.inner.inference_memory_requirements(dtype)
 
     def cleanup(self) -> None:
-        self._masks = {}
         self.inner.cleanup()
         super().cleanup()
 
@@ -107,9 +104,6 @@ class ForeignControl(ModedControl):
     ) -> list[torch.Tensor]:
         batch = x_noisy.shape[0]
         per_chunk = batch // num_chunks
-        check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
-        if self.mask is not None:
-            check_batch("mask", self.mask.shape[0], per_chunk)
         if rows is not None:
             x_noisy, sigma = x_noisy[rows], sigma[rows]
             cond = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == (batch,) else v for k, v in cond.items()}
@@ -121,18 +115,7 @@ class ForeignControl(ModedControl):
             residuals = scale_in_place(residuals, weights)
         else:
             residuals = control_modes.scale_residuals(residuals, weights)
-        if self.mask is not None:
-            mask = repeat_per_chunk(self._mask_at(x_noisy), per_chunk, chunks_run)
-            residuals = control_modes.mask_residuals(residuals, mask)
-        return residuals
+        return self._masked(residuals, x_noisy, x_noisy.dtype, per_chunk, chunks_run)
 
     def _divisors(self) -> list[int]:
         return resolution_divisors(self.inner.control_model)
-
-    def _mask_at(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        """The mask at the latent's size (resized as SuiteControl resizes it), once per run."""
-        height, width = x_noisy.shape[-2:]
-        if (height, width) not in self._masks:
-            mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
-            self._masks[(height, width)] = mask.to(device=x_noisy.device, dtype=x_noisy.dtype)
-        return self._masks[(height, width)]

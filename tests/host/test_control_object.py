@@ -96,17 +96,27 @@ def test_mode_weights_and_branches(host, files, mode):
         control.cleanup()
     raw = raw_residuals(host, control_net, x, sigma, cond)
 
-    cond_only = mode in ("controlnet_more_important", "cfg_resolution_weighting")
-    assert calls == [1 if cond_only else 2]  # cond-only modes run the conditional row only
+    assert calls == [1 if is_cond_only(mode) else 2]  # cond-only modes run the conditional row only
     assert len(got) == 13
+    assert_mode_weighted(got, raw, mode, TOLERANCE)
+
+
+def is_cond_only(mode):
+    return mode in ("controlnet_more_important", "cfg_resolution_weighting")
+
+
+def assert_mode_weighted(got, raw, mode, tolerance):
+    """`got` is `raw` times the mode's weights on the cond row (within `tolerance` of each
+    residual's largest magnitude), and on the uncond row too, or exactly zero there in cond-only
+    modes."""
     for i, (g, r, w) in enumerate(zip(got, raw, expected_weights(mode, raw))):
         scale = r.abs().max().item()
         assert scale > 1e-3, f"residual {i} is trivially small"
-        assert (g[COND_ROWS] - w * r[COND_ROWS]).abs().max().item() <= TOLERANCE * w * scale, f"residual {i}"
-        if cond_only:
+        assert (g[COND_ROWS] - w * r[COND_ROWS]).abs().max().item() <= tolerance * w * scale, f"residual {i}"
+        if is_cond_only(mode):
             assert torch.count_nonzero(g[UNCOND_ROWS]) == 0, f"residual {i}: uncond row not zero"
         else:
-            assert (g[UNCOND_ROWS] - w * r[UNCOND_ROWS]).abs().max().item() <= TOLERANCE * w * scale
+            assert (g[UNCOND_ROWS] - w * r[UNCOND_ROWS]).abs().max().item() <= tolerance * w * scale, f"residual {i}"
 
 
 def test_uncond_only_batch_in_cond_only_mode_runs_nothing(host, files):

@@ -99,8 +99,8 @@ def test_loads_computes_and_caches_in_the_gpu_dtype(host, files, gpu_dtype):
     control = control_on(host, ours)
     residuals = run_control(control, one_latent_step())
     assert {r.dtype for r in residuals} == {gpu_dtype}
-    (prepared,) = control._prepared.values()
-    assert prepared.encoded.dtype == gpu_dtype
+    (encoded,) = control._encoded_hints.values()
+    assert encoded.dtype == gpu_dtype
     control.cleanup()
 
 
