@@ -109,8 +109,8 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         layout = None  # load_controlnet below raises the same error, naming the file
     if layout in (formats.DIFFUSERS_UNION, formats.T2I_ADAPTER):
         # The core loads these, but SuiteControl drives the plain ControlNet forward only so far;
-        # ComfyUI's own loader makes their control object. Our apply nodes give a Union file
-        # every option through foreign_control; a T2I-Adapter takes balanced mode.
+        # ComfyUI's own loader makes their control object. Our apply nodes give both every
+        # option through foreign_control.
         return comfy.controlnet.load_controlnet(path)
 
     load_device = model_management.get_torch_device()
@@ -148,9 +148,12 @@ def _stored_dtype(weights: Any) -> torch.dtype | None:
 # --- the control object -----------------------------------------------------------------------
 
 class ModedControl(comfy.controlnet.ControlBase):
-    """A control with our control mode, mask and block weights: what SuiteControl and
-    foreign_control.ForeignControl share. Subclasses compute the weighted residuals of the rows
-    a step runs (`_residuals`) and say how many residuals at which resolutions (`_divisors`)."""
+    """A control with our control mode, mask and block weights: what SuiteControl and the
+    wrappers in foreign_control share. Subclasses compute the weighted residuals of the rows a
+    step runs (`_residuals`) and say how many residuals at which resolutions (`_divisors`); a
+    control whose outputs are not a ControlNet's (input blocks, then the middle block) says
+    where they go (`_layout`, `_ends_at_middle_block`) and how the soft modes weight them
+    (`_weights`)."""
 
     def __init__(self):
         super().__init__()
@@ -182,7 +185,7 @@ class ModedControl(comfy.controlnet.ControlBase):
             )
         self.set_cond_hint(hint, strength, (start_percent, end_percent))
         self.control_mode = control_mode
-        self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors())
+        self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors(), self._ends_at_middle_block())
         self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
         return self
 
@@ -219,7 +222,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
         if rows is not None:
             residuals = control_modes.scatter_rows(residuals, rows, batch)
-        return merge_with_previous(residuals, previous)
+        return merge_with_previous(self._layout(residuals), previous)
 
     def cleanup(self) -> None:
         self._masks = {}
@@ -247,6 +250,19 @@ class ModedControl(comfy.controlnet.ControlBase):
     def _divisors(self) -> list[int]:
         """For each residual, how many times smaller than the latent it is."""
         raise NotImplementedError
+
+    def _weights(self) -> list[float]:
+        """w_i of each residual: the mode's, times the strength and the block weights."""
+        return control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
+
+    def _ends_at_middle_block(self) -> bool:
+        """Whether the last residual is added after the middle block (the rest after input blocks)."""
+        return True
+
+    def _layout(self, residuals: list[torch.Tensor]) -> dict:
+        """The residuals in ComfyUI's control dict: a ControlNet's one per input block ('output',
+        shallowest first), then the middle block's."""
+        return {"input": [], "middle": [residuals[-1]], "output": list(residuals[:-1])}
 
 
 class SuiteControl(ModedControl):
@@ -346,8 +362,7 @@ class SuiteControl(ModedControl):
             y=None if y is None else y.to(device, dtype),
             encoded_hint=repeat_per_chunk(encoded_hint, per_chunk, x_noisy.shape[0] // per_chunk),
         )
-        weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
-        residuals = scale_in_place(residuals, weights)
+        residuals = scale_in_place(residuals, self._weights())
         return self._masked(residuals, x_noisy, dtype, per_chunk, chunks_run)
 
     def _encoded_hint(self, x_noisy: torch.Tensor) -> torch.Tensor:
@@ -371,15 +386,16 @@ def scale_in_place(residuals: Sequence[torch.Tensor], weights: Sequence[float]) 
     return list(residuals)
 
 
-def merge_with_previous(residuals: Sequence[torch.Tensor], previous: dict | None) -> dict:
-    """Our residuals in ComfyUI's layout, added index by index to the previous control's
-    (the U-Net pops from the end of each list; entries of `previous` beyond ours are kept).
+def merge_with_previous(control: dict, previous: dict | None) -> dict:
+    """Our control dict (ComfyUI's layout: lists 'input', 'middle', 'output' of tensors or None)
+    added index by index to the previous control's (the U-Net pops from the end of each list;
+    entries of `previous` beyond ours are kept).
 
-    `residuals` must be tensors only this call holds: the previous control's are added into
-    them in place where the sum has their shape and dtype (float addition commutes, so the sum
-    is the same as `earlier + ours`). The previous control's tensors are never written to: a
-    control may share one tensor between several entries (comfy.controlnet says so)."""
-    out = {"input": [], "middle": [residuals[-1]], "output": list(residuals[:-1])}
+    Our tensors must be ones only this call holds: the previous control's are added into them in
+    place where the sum has their shape and dtype (float addition commutes, so the sum is the
+    same as `earlier + ours`). The previous control's tensors are never written to: a control
+    may share one tensor between several entries (comfy.controlnet says so)."""
+    out = {key: list(control.get(key, [])) for key in ("input", "middle", "output")}
     if previous is None:
         return out
     for key in ("input", "middle", "output"):
@@ -474,19 +490,15 @@ def configured_control(
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
     Union and T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
-    applies them in balanced mode; SD ControlNets among them get the other options through
-    foreign_control, the rest are refused them."""
+    applies them in balanced mode; SD ControlNets and T2I-Adapters among them get the other
+    options through foreign_control, the rest are refused them."""
     if isinstance(control_net, SuiteControl):
         return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
     if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip():
         return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
     from . import foreign_control  # it builds on this module
 
-    if not foreign_control.can_wrap(control_net):
-        raise ControlNetError(foreign_control.why_not_wrappable(control_net))
-    return foreign_control.ForeignControl(control_net.copy()).configure(
-        image, strength, start_percent, end_percent, control_mode, mask, block_weights
-    )
+    return foreign_control.wrap(control_net).configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
 
 
 def attach_control(positive: list, negative: list, control: comfy.controlnet.ControlBase) -> tuple[list, list]:

@@ -14,6 +14,9 @@ conditional rows of the classifier-free-guidance batch only.
 
 s is the strength, i = 0 the shallowest residual, i = N−1 the middle block (weight s), h_i the
 side of residual i's feature map for a 512 px image (64, 32, 16, 8).
+
+A T2I-Adapter gives 4 features, finest first, that take the place of the residuals: the same
+table holds, with A1111's adapter soft weights (0.25, 0.62, 0.825, 1.0) in place of 0.825^(N−1−i).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ SOFT_WEIGHT_BASE = 0.825
 # Paper §3.4, "CFG resolution weighting": w_i = 64 / h_i, where 64 is the latent side of a
 # 512 px image (512 / 8, the VAE's downscale) and h_i the side of block i at that size.
 CFG_RW_LATENT_SIDE = 64
+# A1111 sd-webui-controlnet scripts/hook.py, soft injection for a T2I_Adapter:
+# `control_scales = [param.weight * x for x in (0.25, 0.62, 0.825, 1.0)]`, one per feature.
+ADAPTER_SOFT_WEIGHTS = (0.25, 0.62, 0.825, 1.0)
 
 # Entries of the cond_or_uncond list ComfyUI passes in transformer_options (samplers.py).
 COND, UNCOND = 0, 1
@@ -70,19 +76,23 @@ def mode_weights(
     strength: float,
     resolution_divisors: Sequence[int],
     block_weights: Sequence[float] | None = None,
+    soft: Sequence[float] | None = None,
 ) -> list[float]:
-    """Per-residual weights w_i for a mode, times the user's block weights when given."""
+    """Per-residual weights w_i for a mode, times the user's block weights when given. `soft`:
+    the soft weights of the two soft modes when not a ControlNet's 0.825^(N−1−i)."""
     check_mode(mode)
     n = len(resolution_divisors)
     if mode == BALANCED:
         base = [1.0] * n
     elif mode in (PROMPT_MORE_IMPORTANT, CONTROLNET_MORE_IMPORTANT):
-        base = soft_weights(n)
+        base = soft_weights(n) if soft is None else list(soft)
+        if len(base) != n:
+            raise ControlNetError(f"{len(base)} soft weights for {n} residuals")
     else:
         base = resolution_weights(resolution_divisors)
     if block_weights is not None:
         if len(block_weights) != n:
-            raise ControlNetError(f"{len(block_weights)} block weights given, this ControlNet has {n} residuals")
+            raise ControlNetError(f"{len(block_weights)} block weights given, this control has {n} residuals")
         base = [b * u for b, u in zip(base, block_weights)]
     return [strength * w for w in base]
 
@@ -148,14 +158,25 @@ BLOCK_WEIGHT_PRESETS = {
 }
 
 
-def parse_block_weights(text: str, resolution_divisors: Sequence[int]) -> list[float] | None:
+MIDDLE_BLOCK_PRESETS = ("middle block only", "without middle block")
+
+
+def parse_block_weights(text: str, resolution_divisors: Sequence[int], ends_at_middle_block: bool = True) -> list[float] | None:
     """None for empty text; a preset's weights for a preset name; else exactly N comma-separated
-    floats (N = number of residuals). Raises ControlNetError with a message a user can act on."""
+    floats (N = number of residuals). `ends_at_middle_block`: whether the last residual is the
+    middle block's (a ControlNet's, an SDXL T2I-Adapter's; not an SD1.x T2I-Adapter's). Raises
+    ControlNetError with a message a user can act on."""
     text = text.strip()
     if not text:
         return None
     n = len(resolution_divisors)
     preset = BLOCK_WEIGHT_PRESETS.get(text.lower())
+    if preset is not None and text.lower() in MIDDLE_BLOCK_PRESETS and not ends_at_middle_block:
+        others = [name for name in BLOCK_WEIGHT_PRESETS if name not in MIDDLE_BLOCK_PRESETS]
+        raise ControlNetError(
+            f"block_weights '{text}': this control adds nothing at the middle block (its {n} outputs follow input "
+            f"blocks); choose {' or '.join(others)}, or give {n} numbers"
+        )
     if preset is not None:
         return preset(resolution_divisors)
     try:
@@ -166,8 +187,8 @@ def parse_block_weights(text: str, resolution_divisors: Sequence[int]) -> list[f
             f"({', '.join(BLOCK_WEIGHT_PRESETS)})"
         ) from None
     if len(values) != n:
-        raise ControlNetError(
-            f"block_weights has {len(values)} numbers; this ControlNet has {n} residuals "
-            f"({n - 1} input blocks, shallowest first, then the middle block): give {n}"
+        order = f"{n - 1} input blocks, shallowest first, then the middle block" if ends_at_middle_block else (
+            f"{n} input blocks, shallowest first"
         )
+        raise ControlNetError(f"block_weights has {len(values)} numbers; this control has {n} residuals ({order}): give {n}")
     return values

@@ -1,4 +1,4 @@
-"""Control modes, masks and block weights for ControlNets that ComfyUI's own control object runs.
+"""Control modes, masks and block weights for controls that ComfyUI's own control objects run.
 
 Two kinds of SD ControlNet reach our apply nodes as ComfyUI's `comfy.controlnet.ControlNet`
 rather than as our `SuiteControl`: ControlNet Union files (our loader hands them to ComfyUI) and
@@ -9,7 +9,13 @@ which is our residual list split in two, so `control_modes` applies to it unchan
 `ForeignControl` wraps such an object: it runs it on the rows the mode needs (the conditional
 rows only in cond-only modes), with strength 1 and no previous control, then weights, masks and
 chains the residuals as `SuiteControl` does. The hint is resized and encoded by ComfyUI's code,
-as for the built-in. Other control objects (T2I-Adapters, SD3/Flux ControlNets, other packs')
+as for the built-in.
+
+T2I-Adapters (ours and ComfyUI's loaders both give ComfyUI's `comfy.controlnet.T2IAdapter`) give
+4 features, finest first, added after input blocks (and the middle block for SDXL):
+`ForeignAdapter` runs the adapter's network once per sampling run, as ComfyUI's object does, and
+at each step weights (with A1111's adapter soft weights), masks and places copies of the
+features for the rows the mode needs. Other control objects (SD3/Flux ControlNets, other packs')
 place their outputs differently and are refused with a message that says so.
 """
 
@@ -21,31 +27,51 @@ import torch
 
 import comfy.cldm.cldm
 import comfy.controlnet
+import comfy.utils
 
-from . import control_modes
-from .comfy_control import ModedControl, scale_in_place
+from . import control_modes, t2i_adapter
+from .comfy_control import CENTER_CROP, ModedControl, scale_in_place
+from .config import SD1, SDXL
+from .errors import ControlNetError
+
+
+OPTIONS = "control modes other than balanced, masks and block weights"
 
 
 def can_wrap(control_net: Any) -> bool:
-    """ComfyUI's plain ControlNet object around an SD U-Net ControlNet (classic or Union) whose
-    strength is one constant factor: the layout and weighting `control_modes` describes."""
-    return (
-        type(control_net) is comfy.controlnet.ControlNet
-        and isinstance(control_net.control_model, comfy.cldm.cldm.ControlNet)
-        and control_net.strength_type == comfy.controlnet.StrengthType.CONSTANT
-    )
+    """ComfyUI's plain ControlNet object around an SD U-Net ControlNet (classic or Union), or
+    its T2I-Adapter object around a four-level adapter, whose strength is one constant factor:
+    the layouts and weighting `control_modes` describes."""
+    if type(control_net) is comfy.controlnet.ControlNet:
+        model_fits = isinstance(control_net.control_model, comfy.cldm.cldm.ControlNet)
+    elif type(control_net) is comfy.controlnet.T2IAdapter:
+        model_fits = len(getattr(control_net.t2i_model, "channels", ())) == len(control_modes.ADAPTER_SOFT_WEIGHTS)
+    else:
+        return False
+    return model_fits and control_net.strength_type == comfy.controlnet.StrengthType.CONSTANT
 
 
 def why_not_wrappable(control_net: Any) -> str:
     """The refusal for options on a control object `can_wrap` rejects, naming what it is."""
-    options = "control modes other than balanced, masks and block weights"
-    if isinstance(control_net, comfy.controlnet.T2IAdapter):
-        return f"{options} are not available for T2I-Adapters: use balanced mode with no mask and no block weights"
+    if type(control_net) is comfy.controlnet.T2IAdapter:
+        return (
+            f"{OPTIONS} need a T2I-Adapter with {len(control_modes.ADAPTER_SOFT_WEIGHTS)} feature levels and a constant "
+            "strength, as the published ones have; this one differs: use balanced mode with no mask and no block weights"
+        )
     return (
-        f"{options} need an SD1.x/SD2.x/SDXL ControlNet, loaded with ControlNet Suite's 'Load ControlNet' node or "
-        f"ComfyUI's; this control is a {type(control_net).__module__}.{type(control_net).__name__}, whose outputs "
-        "are placed differently: use balanced mode with no mask and no block weights"
+        f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or "
+        "T2I-Adapter, loaded with ControlNet Suite's 'Load ControlNet' node or ComfyUI's; this control is a "
+        f"{type(control_net).__module__}.{type(control_net).__name__}, whose outputs are placed differently: use "
+        "balanced mode with no mask and no block weights"
     )
+
+
+def wrap(control_net: Any) -> ModedControl:
+    """A copy of ComfyUI's control object in the wrapper that gives it our options."""
+    if not can_wrap(control_net):
+        raise ControlNetError(why_not_wrappable(control_net))
+    wrapper = ForeignAdapter if isinstance(control_net, comfy.controlnet.T2IAdapter) else ForeignControl
+    return wrapper(control_net.copy())
 
 
 def resolution_divisors(model: comfy.cldm.cldm.ControlNet) -> list[int]:
@@ -76,7 +102,7 @@ class ForeignControl(ModedControl):
         return super().set_cond_hint(cond_hint, strength, timestep_percent_range, *args, **kwargs)
 
     def copy(self) -> ForeignControl:
-        return self._copy_options_to(ForeignControl(self.inner.copy()))
+        return self._copy_options_to(type(self)(self.inner.copy()))
 
     # called by ComfyUI's sampler (get_control: ModedControl's)
 
@@ -110,7 +136,7 @@ class ForeignControl(ModedControl):
         chunks_run = x_noisy.shape[0] // per_chunk
         out = self.inner.get_control(x_noisy, sigma, cond, chunks_run, {})  # it reads no transformer_options
         residuals = out["output"] + out["middle"]
-        weights = control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
+        weights = self._weights()
         if len({id(r) for r in residuals}) == len(residuals):  # ComfyUI may share one tensor between entries
             residuals = scale_in_place(residuals, weights)
         else:
@@ -119,3 +145,70 @@ class ForeignControl(ModedControl):
 
     def _divisors(self) -> list[int]:
         return resolution_divisors(self.inner.control_model)
+
+
+def adapter_family(t2i_model: Any) -> str:
+    """SDXL for ComfyUI's XL adapter (`Adapter(xl=True)`), SD1.x for the rest (SD2.x U-Nets have
+    the SD1.x block layout)."""
+    return SDXL if getattr(t2i_model, "xl", False) else SD1
+
+
+class ForeignAdapter(ForeignControl):
+    """ComfyUI's T2I-Adapter object with our control mode, mask and block weights. Its network
+    runs once per sampling run and latent size; each step copies the features for its rows."""
+
+    def __init__(self, inner: comfy.controlnet.T2IAdapter):
+        super().__init__(inner)
+        self._features: dict[tuple[int, int], list[torch.Tensor]] = {}  # at the hint's batch, per latent size
+
+    def cleanup(self) -> None:
+        self._features = {}
+        super().cleanup()
+
+    def _family(self) -> str:
+        return adapter_family(self.inner.t2i_model)
+
+    def _divisors(self) -> list[int]:
+        return list(t2i_adapter.INJECTION[self._family()].latent_divisors)
+
+    def _weights(self) -> list[float]:
+        return control_modes.mode_weights(
+            self.control_mode, self.strength, self._divisors(), self.block_weights, control_modes.ADAPTER_SOFT_WEIGHTS
+        )
+
+    def _ends_at_middle_block(self) -> bool:
+        return t2i_adapter.INJECTION[self._family()].middle
+
+    def _layout(self, residuals: list[torch.Tensor]) -> dict:
+        return t2i_adapter.comfy_control(residuals, self._family())
+
+    def _residuals(
+        self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
+    ) -> list[torch.Tensor]:
+        per_chunk = x_noisy.shape[0] // num_chunks
+        chunks_run = num_chunks if rows is None else rows.numel() // per_chunk
+        # every chunk gets the hint batch tiled to its length (ComfyUI's broadcast_image_to); a
+        # fresh tensor each step, which the weights may scale in place
+        residuals = [f.repeat(per_chunk // f.shape[0], 1, 1, 1).repeat(chunks_run, 1, 1, 1) for f in self._features_at(x_noisy)]
+        residuals = scale_in_place(residuals, self._weights())
+        return self._masked(residuals, x_noisy, x_noisy.dtype, per_chunk, chunks_run)
+
+    def _features_at(self, x_noisy: torch.Tensor) -> list[torch.Tensor]:
+        """The adapter's features for this latent size, computed once, as ComfyUI's T2IAdapter
+        computes them (hint resized and centre-cropped to its unshuffle multiple, a sketch
+        adapter's hint averaged to one channel, the network run in the latent's dtype)."""
+        height, width = x_noisy.shape[-2:]
+        if (height, width) not in self._features:
+            inner = self.inner
+            hint_width, hint_height = inner.scale_image_to(width * inner.compression_ratio, height * inner.compression_ratio)
+            hint = comfy.utils.common_upscale(self.cond_hint_original, hint_width, hint_height, inner.upscale_algorithm, CENTER_CROP)
+            hint = hint.float().to(inner.device)
+            if inner.channels_in == 1 and hint.shape[1] > 1:
+                hint = hint.mean(1, keepdim=True)
+            inner.t2i_model.to(x_noisy.dtype).to(inner.device)
+            try:
+                out = inner.t2i_model(hint.to(x_noisy.dtype))
+            finally:
+                inner.t2i_model.cpu()  # as ComfyUI's T2IAdapter: the network lives on the CPU between runs
+            self._features[(height, width)] = t2i_adapter.features_in(out)
+        return self._features[(height, width)]

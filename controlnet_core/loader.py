@@ -20,7 +20,7 @@ import torch
 
 from . import formats
 from .config import ControlNetConfig, config_from_state_dict
-from .errors import ControlNetError, ControlNetFileError, ControlNetFormatError
+from .errors import ControlNetError, ControlNetFormatError
 from .files import WeightFile, assign_weights, find_diffusers_weights, open_weights, read_diffusers_config
 from .model import TORCH_OPS, ControlNet
 from .t2i_adapter import T2IAdapter, load_t2i_adapter

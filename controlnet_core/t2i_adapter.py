@@ -203,26 +203,27 @@ class Injection:
     input_entries: int  # length of ComfyUI's 'input' list
     input_blocks: tuple[int, ...]  # U-Net input block after which feature i is added
     middle: bool  # the last feature goes after the middle block
+    latent_divisors: tuple[int, ...]  # how many times smaller than the latent feature i is
 
 
 # SD1.x/SD2.x: 320@1/8, 640@1/16, 1280@1/32, 1280@1/64 of the image after input blocks 2, 5, 8,
 # 11 of 12 (A1111 hook.py t2i_injection; ComfyUI adapter.py). SDXL: after input blocks 3, 5, 8 of
-# 9 and after the middle block; ComfyUI's list has one spare entry (10), kept so chained controls,
-# which ComfyUI merges index by index, line up with its own.
+# 9 and after the middle block, at 1/16, 1/16, 1/32, 1/32; ComfyUI's list has one spare entry (10),
+# kept so chained controls, which ComfyUI merges index by index, line up with its own.
 INJECTION = {
-    SD1: Injection(input_entries=12, input_blocks=(2, 5, 8, 11), middle=False),
-    SDXL: Injection(input_entries=10, input_blocks=(3, 5, 8), middle=True),
+    SD1: Injection(input_entries=12, input_blocks=(2, 5, 8, 11), middle=False, latent_divisors=(1, 2, 4, 8)),
+    SDXL: Injection(input_entries=10, input_blocks=(3, 5, 8), middle=True, latent_divisors=(2, 2, 4, 4)),
 }
 
 
-def comfy_control(features: Sequence[torch.Tensor], cfg: AdapterConfig) -> dict[str, list[torch.Tensor | None]]:
+def comfy_control(features: Sequence[torch.Tensor], family: str) -> dict[str, list[torch.Tensor | None]]:
     """Features in ComfyUI's control dict: {'input': [...], 'middle': [...]}, None where nothing
     is added. The U-Net pops each list from the end, once per block, so 'input' is in *reverse*
     block order: its last entry belongs to input block 0."""
-    plan = INJECTION[cfg.family]
+    plan = INJECTION[family]
     expected = len(plan.input_blocks) + plan.middle
     if len(features) != expected:
-        raise ValueError(f"a {cfg.family} T2I-Adapter gives {expected} features, got {len(features)}")
+        raise ValueError(f"a {family} T2I-Adapter gives {expected} features, got {len(features)}")
     by_block: list[torch.Tensor | None] = [None] * plan.input_entries
     for block, feature in zip(plan.input_blocks, features):
         by_block[block] = feature
@@ -230,6 +231,13 @@ def comfy_control(features: Sequence[torch.Tensor], cfg: AdapterConfig) -> dict[
     if plan.middle:
         control["middle"] = [features[-1]]
     return control
+
+
+def features_in(control: dict[str, list[torch.Tensor | None]]) -> list[torch.Tensor]:
+    """The features of a control dict laid out as `comfy_control` does, finest first: its
+    inverse."""
+    by_block = [f for f in reversed(control["input"]) if f is not None]
+    return by_block + list(control.get("middle", []))
 
 
 # --- loading: the one key table ---------------------------------------------------------------

@@ -83,10 +83,33 @@ def test_parse_block_weights():
     assert parse_block_weights("middle block only", SD15_DIVISORS) == [0.0] * 12 + [1.0]
     assert parse_block_weights("lowest resolution only", SD15_DIVISORS) == [0.0] * 9 + [1.0] * 4
     assert parse_block_weights("highest resolution only", SDXL_DIVISORS) == [1.0] * 3 + [0.0] * 7
-    with pytest.raises(ControlNetError, match="has 12 numbers; this ControlNet has 13 residuals"):
+    with pytest.raises(ControlNetError, match="has 12 numbers; this control has 13 residuals"):
         parse_block_weights(",".join(["1"] * 12), SD15_DIVISORS)
     with pytest.raises(ControlNetError, match="neither 13 comma-separated numbers nor a preset"):
         parse_block_weights("strong", SD15_DIVISORS)
+
+
+SD_ADAPTER_DIVISORS = [1, 2, 4, 8]  # an SD1.x T2I-Adapter's features: 64, 32, 16, 8 at 512 px
+A1111_ADAPTER_SOFT = [0.25, 0.62, 0.825, 1.0]  # sd-webui-controlnet scripts/hook.py, T2I_Adapter soft injection
+
+
+def test_adapter_soft_weights_replace_the_controlnet_ones_in_both_soft_modes():
+    from controlnet_core.control_modes import ADAPTER_SOFT_WEIGHTS
+
+    for mode in (PROMPT_MORE_IMPORTANT, CONTROLNET_MORE_IMPORTANT):
+        assert mode_weights(mode, 2.0, SD_ADAPTER_DIVISORS, soft=ADAPTER_SOFT_WEIGHTS) == [2.0 * w for w in A1111_ADAPTER_SOFT]
+    assert mode_weights(BALANCED, 2.0, SD_ADAPTER_DIVISORS, soft=ADAPTER_SOFT_WEIGHTS) == [2.0] * 4
+    assert mode_weights(CFG_RESOLUTION_WEIGHTING, 1.0, SD_ADAPTER_DIVISORS, soft=ADAPTER_SOFT_WEIGHTS) == [64 / h for h in (64, 32, 16, 8)]
+    with pytest.raises(ControlNetError, match="4 soft weights for 13 residuals"):
+        mode_weights(PROMPT_MORE_IMPORTANT, 1.0, SD15_DIVISORS, soft=ADAPTER_SOFT_WEIGHTS)
+
+
+def test_block_weights_without_a_middle_block():
+    assert parse_block_weights("lowest resolution only", SD_ADAPTER_DIVISORS, ends_at_middle_block=False) == [0, 0, 0, 1]
+    with pytest.raises(ControlNetError, match=r"'without middle block': this control adds nothing at the middle block"):
+        parse_block_weights("without middle block", SD_ADAPTER_DIVISORS, ends_at_middle_block=False)
+    with pytest.raises(ControlNetError, match=r"this control has 4 residuals \(4 input blocks, shallowest first\): give 4"):
+        parse_block_weights("1, 2", SD_ADAPTER_DIVISORS, ends_at_middle_block=False)
 
 
 def random_residuals(batch=4):

@@ -23,11 +23,12 @@ from safetensors.torch import save_file
 
 from controlnet_core import ControlNetFormatError
 from controlnet_core.files import WeightFile, open_weights
-from controlnet_core.t2i_adapter import FULL, LIGHT, comfy_control, load_t2i_adapter
+from controlnet_core.t2i_adapter import FULL, INJECTION, LIGHT, comfy_control, features_in, load_t2i_adapter
 from tests.core.tiny import randomize
 
 RELATIVE_TOLERANCE = 1e-5
 HINT_SIZE = 128  # 16x16 after the SD unshuffle (8), 8x8 after the SDXL one (16)
+LATENT_PIXELS = 8  # image pixels per latent pixel (the SD VAE)
 TINY = {
     "full": dict(channels=[32, 64, 128, 128], num_res_blocks=2, adapter_type="full_adapter"),
     "light": dict(channels=[32, 64, 128], num_res_blocks=2, adapter_type="light_adapter"),  # 4 levels
@@ -206,7 +207,7 @@ INJECTED_AFTER = {"SD1.x": ((2, 5, 8, 11), 12, False), "SDXL": ((3, 5, 8), 9, Tr
 def test_comfy_control_places_features_after_the_right_blocks(variant):
     model = load_t2i_adapter_from(diffusers_adapter(variant))
     feats = features(model, hint())
-    control = comfy_control(feats, model.config)
+    control = comfy_control(feats, model.config.family)
     blocks, num_input_blocks, middle = INJECTED_AFTER[model.config.family]
 
     # The U-Net pops one 'input' entry after each input block, from the end of the list.
@@ -217,6 +218,16 @@ def test_comfy_control_places_features_after_the_right_blocks(variant):
         assert popped[block] is feature
     assert all(c is None for c in control["input"])  # nothing left that a block would miss
     assert (control.get("middle") == [feats[-1]]) if middle else ("middle" not in control)
+
+
+@pytest.mark.parametrize("variant", ["full", "light", "xl"])
+def test_features_in_inverts_comfy_control_and_divisors_match_the_feature_sizes(variant):
+    model = load_t2i_adapter_from(diffusers_adapter(variant))
+    feats = features(model, hint())
+    family = model.config.family
+    assert [id(f) for f in features_in(comfy_control(feats, family))] == [id(f) for f in feats]
+    latent_side = HINT_SIZE // LATENT_PIXELS
+    assert [latent_side // f.shape[-1] for f in feats] == list(INJECTION[family].latent_divisors)
 
 
 def load_t2i_adapter_from(reference: DiffusersT2IAdapter):
@@ -259,10 +270,11 @@ def test_comfy_adapter_module_gives_the_same_control(name, tmp_path):
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "adapter.safetensors")
 
     model = load_t2i_adapter(open_weights(str(tmp_path / "adapter.safetensors")))
-    ours = comfy_control(features(model, hint()), model.config)
+    ours = comfy_control(features(model, hint()), model.config.family)
     theirs = features(reference, hint())
 
     assert set(ours) == set(theirs)
     for key in theirs:
         assert [t is None for t in ours[key]] == [t is None for t in theirs[key]], key
         assert_features_equal([t for t in ours[key] if t is not None], [t for t in theirs[key] if t is not None])
+    assert_features_equal(features_in(ours), features_in(theirs))

@@ -267,7 +267,7 @@ def test_mask_of_another_aspect_ratio_is_refused_at_apply_time(host, files):
 
 def test_block_weights_of_the_wrong_length_are_refused_at_apply_time(host, files):
     control_net = host.suite_controlnet(files.original)
-    with pytest.raises(host.errors.ControlNetError, match="has 10 numbers; this ControlNet has 13 residuals"):
+    with pytest.raises(host.errors.ControlNetError, match="has 10 numbers; this control has 13 residuals"):
         host.node("CNS_ApplyControlNet").apply(
             host.positive, host.negative, control_net, host.image, 1.0, 0.0, 1.0, "balanced",
             block_weights=",".join(["1"] * 10),

@@ -107,13 +107,18 @@ def test_balanced_without_options_keeps_comfyuis_own_object(host, files):
     assert type(positive[0][1]["control"]) is type(builtin_net)
 
 
-def test_t2i_adapter_with_a_mode_is_refused_by_name(host):
+def test_t2i_adapter_of_another_shape_with_a_mode_is_refused_by_name(host):
+    """Published T2I-Adapters take every option (test_t2i_adapter_options); one whose network
+    has no four feature levels does not."""
     adapter = host.comfy.controlnet.T2IAdapter(None, channels_in=3, compression_ratio=8, upscale_algorithm="nearest-exact")
     with pytest.raises(host.errors.ControlNetError) as error:
         host.node("CNS_ApplyControlNet").apply(
             host.positive, host.negative, adapter, host.image, 1.0, 0.0, 1.0, "controlnet_more_important"
         )
-    assert str(error.value) == f"{OPTIONS} are not available for T2I-Adapters: use balanced mode with no mask and no block weights"
+    assert str(error.value) == (
+        f"{OPTIONS} need a T2I-Adapter with 4 feature levels and a constant strength, as the published ones have; "
+        "this one differs: use balanced mode with no mask and no block weights"
+    )
 
 
 def test_other_control_objects_with_a_mask_are_refused_by_name(host, files):
@@ -126,8 +131,8 @@ def test_other_control_objects_with_a_mask_are_refused_by_name(host, files):
             mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE),
         )
     assert str(error.value) == (
-        f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet, loaded with ControlNet Suite's 'Load ControlNet' node or "
-        f"ComfyUI's; this control is a {__name__}.OtherPacksControl, whose outputs are placed differently: use "
+        f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter, loaded with ControlNet Suite's 'Load ControlNet' "
+        f"node or ComfyUI's; this control is a {__name__}.OtherPacksControl, whose outputs are placed differently: use "
         "balanced mode with no mask and no block weights"
     )
 

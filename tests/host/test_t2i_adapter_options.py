@@ -1,0 +1,173 @@
+"""Control modes, masks and block weights on T2I-Adapters (controlnet_core/foreign_control.py,
+ForeignAdapter), through our apply and stack nodes.
+
+The reference is ComfyUI's own T2IAdapter object on the same network at strength 1 (what the
+built-in Apply ControlNet node gives), times weights written here from the sources: A1111's
+adapter soft weights (sd-webui-controlnet scripts/hook.py: `(0.25, 0.62, 0.825, 1.0)`) and the
+paper's CFG resolution weighting 64 / h_i with h_i read off each feature's actual size.
+
+ComfyUI's loader builds an adapter's levels 1×, 2×, 4×, 4× as wide as its first, which the tiny
+U-Net (64, 128, 128, 128) does not have, so the adapter is built directly with ComfyUI's class.
+"""
+
+import pytest
+import torch
+
+from tests.core.tiny import randomize
+
+from .conftest import CHANNEL_MULT, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS
+from .test_control_object import COND_OR_UNCOND, COND_ROWS, STRENGTH, UNCOND_ROWS, control_on, is_cond_only, step_inputs
+from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
+
+A1111_ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
+PAPER_LATENT_SIDE = 64  # paper §3.4: 512 px image → 64 latent pixels
+MODES = ["balanced", "prompt_more_important", "controlnet_more_important", "cfg_resolution_weighting"]
+SD_UNSHUFFLE, SDXL_UNSHUFFLE = 8, 16  # ComfyUI's Adapter: pixel-unshuffle of the image
+BATCH = 2  # step_inputs: one uncond and one cond row
+SAME_NETWORK = 1e-6  # of each feature's largest magnitude: the same network on the same hint
+
+
+def comfy_adapter(host, xl=False, seed=11):
+    """ComfyUI's T2IAdapter control object around ComfyUI's full adapter network, sized for
+    the tiny U-Net, random weights."""
+    import comfy.t2i_adapter.adapter
+
+    unshuffle = SDXL_UNSHUFFLE if xl else SD_UNSHUFFLE
+    network = comfy.t2i_adapter.adapter.Adapter(
+        channels=[MODEL_CHANNELS * m for m in CHANNEL_MULT], nums_rb=2, cin=3 * unshuffle**2, ksize=1, sk=True,
+        use_conv=False, xl=xl,
+    )
+    randomize(network, seed=seed).eval()
+    return host.comfy.controlnet.T2IAdapter(network, network.input_channels, compression_ratio=8, upscale_algorithm="nearest-exact")
+
+
+def entries(control_dict):
+    """(key, index, tensor) of every non-None entry of a control dict, in a fixed order."""
+    return [(key, i, t) for key in ("input", "middle", "output") for i, t in enumerate(control_dict.get(key, [])) if t is not None]
+
+
+def comfy_reference(host, adapter, x, sigma, cond):
+    """ComfyUI's own object on this step at strength 1: the unweighted features, placed."""
+    reference = adapter.copy().set_cond_hint(host.image.movedim(-1, 1), 1.0)
+    with torch.no_grad():
+        return reference.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
+
+
+def expected_weights(mode, features):
+    """Finest feature first."""
+    if mode == "balanced":
+        return [STRENGTH] * len(features)
+    if mode in ("prompt_more_important", "controlnet_more_important"):
+        return [STRENGTH * w for w in A1111_ADAPTER_SOFT]
+    return [STRENGTH * PAPER_LATENT_SIDE / (PAPER_LATENT_SIDE * f.shape[-1] / LATENT_SIDE) for f in features]
+
+
+def step(host, adapter, mode="balanced", **options):
+    control = control_on(host, adapter, mode, **options)
+    x, sigma, cond = step_inputs(host)
+    with torch.no_grad():
+        got = control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
+    control.cleanup()
+    return control, got, comfy_reference(host, adapter, x, sigma, cond)
+
+
+def assert_close(got, expected, scale, what):
+    error = (got - expected).abs().max().item()
+    assert error <= SAME_NETWORK * scale, f"{what}: max error {error:.2e}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modes_weight_the_features_and_pick_the_rows(host, mode):
+    control, got, reference = step(host, comfy_adapter(host), mode)
+    ours, theirs = entries(got), entries(reference)
+
+    # balanced with no options is ComfyUI's own object, untouched
+    assert type(control).__name__ == ("T2IAdapter" if mode == "balanced" else "ForeignAdapter")
+    assert [(k, i) for k, i, _ in ours] == [(k, i) for k, i, _ in theirs]  # after the same U-Net blocks
+    features = [t for _, _, t in theirs][::-1]  # ComfyUI's 'input' list is deepest first
+    weights = expected_weights(mode, features)[::-1]
+    for (key, i, g), (_, _, r), w in zip(ours, theirs, weights):
+        # ComfyUI keeps one row for a single hint image (it broadcasts); ours has the batch's
+        g, r = g.expand(BATCH, *g.shape[1:]), r.expand(BATCH, *r.shape[1:])
+        scale = r.abs().max().item()
+        assert scale > 1e-3, f"{key}[{i}] is trivially small; the test would prove nothing"
+        assert_close(g[COND_ROWS], w * r[COND_ROWS], w * scale, f"{key}[{i}] cond row")
+        if is_cond_only(mode):
+            assert torch.count_nonzero(g[UNCOND_ROWS]) == 0, f"{key}[{i}]: uncond row not zero"
+        else:
+            assert_close(g[UNCOND_ROWS], w * r[UNCOND_ROWS], w * scale, f"{key}[{i}] uncond row")
+
+
+def test_mask_and_block_weights(host):
+    mask = torch.ones(1, IMAGE_SIDE, IMAGE_SIDE)
+    mask[..., IMAGE_SIDE // 2 :] = 0.0  # control on the left half only
+    user = [0.5, 1.0, 2.0, 3.0]  # finest first
+    _, got, reference = step(host, comfy_adapter(host), mask=mask, block_weights=", ".join(map(str, user)))
+    ours, theirs = entries(got), entries(reference)
+    for (key, i, g), (_, _, r), u in zip(ours, theirs, user[::-1]):
+        r = r.expand_as(g)
+        half = r.shape[-1] // 2
+        if half == 0:
+            continue  # a 1x1 feature straddles the edge
+        assert torch.count_nonzero(g[..., half:]) == 0, f"{key}[{i}]: control outside the mask"
+        assert_close(g[..., :half], STRENGTH * u * r[..., :half], STRENGTH * u * r.abs().max().item(), f"{key}[{i}]")
+
+
+def test_sdxl_adapter_places_its_last_feature_after_the_middle_block(host):
+    """ComfyUI's XL adapter: features after input blocks 3, 5, 8 and the middle block, soft
+    weights in that order (the middle block's 1.0)."""
+    control, got, reference = step(host, comfy_adapter(host, xl=True), "prompt_more_important")
+    ours, theirs = entries(got), entries(reference)
+    assert [(k, i) for k, i, _ in ours] == [(k, i) for k, i, _ in theirs]
+    assert [k for k, _, _ in ours].count("middle") == 1
+    features = [t for k, _, t in theirs if k == "input"][::-1] + [t for k, _, t in theirs if k == "middle"]
+    by_entry = {id(t): w for t, w in zip(features, expected_weights("prompt_more_important", features))}
+    for (key, i, g), (_, _, r) in zip(ours, theirs):
+        w = by_entry[id(r)]
+        r = r.expand_as(g)
+        assert_close(g, w * r, w * r.abs().max().item(), f"{key}[{i}]")
+    assert control.block_weights is None
+    configured = control_on(host, comfy_adapter(host, xl=True), block_weights="middle block only")
+    assert configured.block_weights == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_block_weights_for_an_sd_adapter_name_its_four_input_blocks(host):
+    adapter = comfy_adapter(host)
+    with pytest.raises(host.errors.ControlNetError) as error:
+        control_on(host, adapter, block_weights="1, 1, 1")
+    assert str(error.value) == "block_weights has 3 numbers; this control has 4 residuals (4 input blocks, shallowest first): give 4"
+    with pytest.raises(host.errors.ControlNetError) as error:
+        control_on(host, adapter, block_weights="middle block only")
+    assert str(error.value) == (
+        "block_weights 'middle block only': this control adds nothing at the middle block (its 4 outputs follow input "
+        "blocks); choose lowest resolution only or highest resolution only, or give 4 numbers"
+    )
+    assert control_on(host, adapter, block_weights="lowest resolution only").block_weights == [0.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "latents, hints", [(1, 1), (2, 1), (2, 2)], ids=["one latent", "two latents, one hint", "two latents, two hints"]
+)
+def test_sampling_with_an_all_ones_mask_on_a_stack_equals_comfyuis_own_adapter(host, files, latents, hints):
+    """Through ComfyUI's sampler, on top of another control: the wrapper (forced by a mask of
+    ones, which changes nothing) gives the latents ComfyUI's own T2IAdapter gives. The hint is
+    1.5x the latent's pixel size, so both resize it."""
+    adapter = comfy_adapter(host)
+    side = IMAGE_SIDE * 3 // 2
+    images = torch.rand(hints, side, side, 3, generator=torch.Generator().manual_seed(5))
+
+    def sampled(adapter_mask):
+        stack = None
+        for net, image, mask in ((host.suite_controlnet(files.second), host.image, None), (adapter, images, adapter_mask)):
+            (stack,) = host.node("CNS_ControlStackEntry").add(net, image, STRENGTH, 0.0, 1.0, "balanced", mask=mask, control_stack=stack)
+        positive, negative = host.node("CNS_ApplyControlStack").apply(host.positive, host.negative, stack)
+        return type(positive[0][1]["control"]).__name__, host.sample(positive, negative, batch=latents)
+
+    (first_only,) = host.node("CNS_ControlStackEntry").add(host.suite_controlnet(files.second), host.image, STRENGTH, 0.0, 1.0, "balanced")
+    baseline = host.sample(*host.node("CNS_ApplyControlStack").apply(host.positive, host.negative, first_only), batch=latents)
+    comfy_kind, comfys = sampled(None)
+    ours_kind, ours = sampled(torch.ones(1, IMAGE_SIDE, IMAGE_SIDE))
+    effect = (comfys - baseline).abs().max().item()
+    assert (comfy_kind, ours_kind) == ("T2IAdapter", "ForeignAdapter")
+    assert effect > MIN_EFFECT
+    assert (ours - comfys).abs().max().item() <= RELATIVE_TO_EFFECT * effect
