@@ -15,7 +15,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from .example_image import EXAMPLE_IMAGE
 from .graph import Graph, NodeSpec, Output, node_spec

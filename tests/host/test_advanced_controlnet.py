@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from .conftest import COMFYUI
-from .test_control_object import step_inputs
+from .test_control_object import prepared, step_inputs
 
 ACN_FOLDER_NAME = "ComfyUI-Advanced-ControlNet"
 ACN_MARKER = Path("adv_control") / "control.py"  # present in every ACN release with the Advanced nodes
@@ -202,10 +202,7 @@ def sample_and_capture(host, combined: tuple[list, list], alone: list[tuple[list
     U-Net received, and what each part alone returns on the same inputs."""
     top = combined[0][0][1]["control"]
     assert combined[1][0][1]["control"] is top  # positive and negative share the chain: one batch
-    part_controls = [positive[0][1]["control"] for positive, _ in alone]
-    base = host.model.model
-    for control in part_controls:
-        control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    part_controls = [prepared(host, positive[0][1]["control"]) for positive, _ in alone]
 
     steps, received = [], []
     chain_get_control = top.get_control
@@ -217,7 +214,7 @@ def sample_and_capture(host, combined: tuple[list, list], alone: list[tuple[list
         steps.append((out, cloned(out), parts))
         return out
 
-    unet = base.diffusion_model
+    unet = host.model.model.diffusion_model
     unet_forward = unet.forward
 
     def forward(*args, **kwargs):
@@ -275,9 +272,7 @@ def test_chain_hands_the_unet_the_sum_of_its_parts(host, files, acn, chain):
 
 def step_residuals(host, positive: list) -> dict:
     """The residuals a conditioning's control gives at one step (cond + uncond batch)."""
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = prepared(host, positive[0][1]["control"])
     x, sigma, cond = step_inputs(host)
     try:
         with torch.no_grad():

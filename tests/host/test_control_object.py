@@ -46,10 +46,24 @@ def control_on(
     positive, _ = host.node("CNS_ApplyControlNet").apply(
         positive, negative, control_net, host.image, strength, start, end, mode, mask=mask, block_weights=block_weights
     )
-    control = positive[0][1]["control"]
+    return prepared(host, positive[0][1]["control"], model)
+
+
+def prepared(host, control, model=None):
+    """`control`, set up for sampling `model` (a ModelPatcher; default: the tiny SD1.5 model) as
+    ComfyUI's sampler sets it up (pre_run)."""
     base = (model or host.model).model
     control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
     return control
+
+
+def builtin_control_on(host, control_net, strength=STRENGTH):
+    """The control ComfyUI's built-in Apply ControlNet puts on the positive conditioning,
+    prepared for sampling."""
+    positive, _ = host.nodes.ControlNetApplyAdvanced().apply_controlnet(
+        host.positive, host.negative, control_net, host.image, strength, 0.0, 1.0
+    )
+    return prepared(host, positive[0][1]["control"])
 
 
 def flat(control_dict):
@@ -176,8 +190,7 @@ def test_stack_on_a_builtin_chain_adds_to_the_builtin_residuals(host, files):
     combined = positive[0][1]["control"]
     ours_alone = control_on(host, control_net, "prompt_more_important")
     builtin_alone = previous[0][0][1]["control"]
-    base = host.model.model
-    combined.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    prepared(host, combined)
     x, sigma, cond = step_inputs(host)
     options = {"cond_or_uncond": [0, 1]}
     with torch.no_grad():
@@ -233,12 +246,7 @@ def test_mask_of_the_same_aspect_ratio_is_resized_and_restricts_the_control(host
     control_net = host.suite_controlnet(files.original)
     mask = torch.ones(1, 2 * LATENT_SIDE * 8, 2 * LATENT_SIDE * 8)  # twice the image's size
     mask[..., mask.shape[-1] // 2 :] = 0.0  # control on the left half only
-    positive, _ = host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, control_net, host.image, STRENGTH, 0.0, 1.0, "balanced", mask=mask
-    )
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = control_on(host, control_net, "balanced", mask=mask)
     x, sigma, cond = step_inputs(host)
     if one_latent:  # the model then runs the rows before its first cross-attention once
         x = x[:1].repeat(2, 1, 1, 1)
@@ -277,13 +285,7 @@ def test_block_weights_of_the_wrong_length_are_refused_at_apply_time(host, files
 def test_block_weights_multiply_the_residuals(host, files):
     control_net = host.suite_controlnet(files.original)
     user = [0.0, 0.5, 1.0, 1.5, 2.0, 0.0, 0.5, 1.0, 1.5, 2.0, 0.0, 0.5, 3.0]
-    positive, _ = host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, control_net, host.image, STRENGTH, 0.0, 1.0, "balanced",
-        block_weights=", ".join(str(u) for u in user),
-    )
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = control_on(host, control_net, "balanced", block_weights=", ".join(str(u) for u in user))
     x, sigma, cond = step_inputs(host)
     with torch.no_grad():
         got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]}))

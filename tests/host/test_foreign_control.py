@@ -25,12 +25,12 @@ from .test_control_object import (
     raw_residuals,
     step_inputs,
 )
+from .test_performance_paths import MODES
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 
 # ComfyUI's forward against ours on the same weights, per residual: float rounding of two
 # attention kernels (measured: at most 1.4e-6 of each residual's largest magnitude).
 ACROSS_IMPLEMENTATIONS = 1e-5
-MODES = ["balanced", "prompt_more_important", "controlnet_more_important", "cfg_resolution_weighting"]
 OPTIONS = "control modes other than balanced, masks and block weights"
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from .conftest import CONTEXT_DIM, LATENT_SIDE, TOKENS
-from .test_control_object import STRENGTH, control_on, flat
+from .test_control_object import STRENGTH, builtin_control_on, control_on, flat
 from .test_performance_paths import BLOCK_WEIGHTS, COND_ONLY, MODES
 from .test_sampling import apply_builtin, apply_ours
 
@@ -59,14 +59,7 @@ def run_control(control, step) -> list[torch.Tensor]:
 
 def builtin_residuals(host, file_name, step) -> list[torch.Tensor]:
     """ComfyUI's built-in ControlNet, loaded in whatever dtype model management picks now."""
-    net = host.builtin_controlnet(file_name)
-    positive, _ = host.nodes.ControlNetApplyAdvanced().apply_controlnet(
-        host.positive, host.negative, net, host.image, STRENGTH, 0.0, 1.0
-    )
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
-    return run_control(control, step)
+    return run_control(builtin_control_on(host, host.builtin_controlnet(file_name), STRENGTH), step)
 
 
 def relative_deviation(a: torch.Tensor, b: torch.Tensor) -> float:

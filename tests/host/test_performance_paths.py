@@ -20,8 +20,7 @@ import importlib
 import pytest
 import torch
 
-from .conftest import CONTEXT_DIM, LATENT_SIDE, TOKENS
-from .test_control_object import COND_OR_UNCOND, control_on, flat, step_inputs
+from .test_control_object import COND_OR_UNCOND, builtin_control_on, control_on, flat, step_inputs
 
 MODES = ["balanced", "prompt_more_important", "controlnet_more_important", "cfg_resolution_weighting"]
 COND_ONLY = {"controlnet_more_important", "cfg_resolution_weighting"}
@@ -59,12 +58,7 @@ def plain_residuals(host, control, x, sigma, cond, rows=None):
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_path_is_bit_identical_to_the_plain_path(host, files, mode):
     control_net = host.suite_controlnet(files.original)
-    positive, _ = host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, control_net, host.image, STRENGTH, 0.0, 1.0, mode, block_weights=BLOCK_WEIGHTS
-    )
-    control = positive[0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = control_on(host, control_net, mode, strength=STRENGTH, block_weights=BLOCK_WEIGHTS)
     x, sigma, cond = step_inputs(host)  # two different latents: no rows are shared (see below)
     try:
         with torch.no_grad():
@@ -274,13 +268,7 @@ def test_fp16_storage_equals_fp32_with_fp16_rounded_weights(host, files, monkeyp
 
 def test_fp16_storage_matches_the_builtin_on_the_same_file(host, files, fp16_unet):
     ours = residuals_of(host, host.suite_controlnet(files.original))
-    builtin_net = host.builtin_controlnet(files.original)
-    previous = host.nodes.ControlNetApplyAdvanced().apply_controlnet(
-        host.positive, host.negative, builtin_net, host.image, 0.8, 0.0, 1.0
-    )
-    control = previous[0][0][1]["control"]
-    base = host.model.model
-    control.pre_run(base, lambda p: base.model_sampling.percent_to_sigma(p))
+    control = builtin_control_on(host, host.builtin_controlnet(files.original))
     x, sigma, cond = step_inputs(host)
     with torch.no_grad():
         builtin = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]}))

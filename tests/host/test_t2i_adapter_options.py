@@ -16,12 +16,20 @@ import torch
 from tests.core.tiny import randomize
 
 from .conftest import CHANNEL_MULT, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS
-from .test_control_object import COND_OR_UNCOND, COND_ROWS, STRENGTH, UNCOND_ROWS, control_on, is_cond_only, step_inputs
+from .test_control_object import (
+    COND_OR_UNCOND,
+    COND_ROWS,
+    PAPER_LATENT_SIDE,
+    STRENGTH,
+    UNCOND_ROWS,
+    control_on,
+    is_cond_only,
+    step_inputs,
+)
+from .test_performance_paths import MODES
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 
 A1111_ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
-PAPER_LATENT_SIDE = 64  # paper §3.4: 512 px image → 64 latent pixels
-MODES = ["balanced", "prompt_more_important", "controlnet_more_important", "cfg_resolution_weighting"]
 SD_UNSHUFFLE, SDXL_UNSHUFFLE = 8, 16  # ComfyUI's Adapter: pixel-unshuffle of the image
 BATCH = 2  # step_inputs: one uncond and one cond row
 SAME_NETWORK = 1e-6  # of each feature's largest magnitude: the same network on the same hint

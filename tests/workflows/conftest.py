@@ -8,7 +8,6 @@ Models are files with random weights under the standard names the workflows name
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
