@@ -179,3 +179,20 @@ def test_sampling_with_an_all_ones_mask_on_a_stack_equals_comfyuis_own_adapter(h
     assert (comfy_kind, ours_kind) == ("T2IAdapter", "ForeignAdapter")
     assert effect > MIN_EFFECT
     assert (ours - comfys).abs().max().item() <= RELATIVE_TO_EFFECT * effect
+
+
+def test_a_second_latent_size_in_one_run_gets_features_of_its_size(host):
+    """The features are cached per latent size (a hires pass samples a larger latent with the
+    same control): each size gets what ComfyUI's own object gives at that size."""
+    adapter = comfy_adapter(host)
+    control = control_on(host, adapter, "prompt_more_important")
+    for side in (LATENT_SIDE, 2 * LATENT_SIDE):
+        x, sigma, cond = step_inputs(host)
+        x = torch.nn.functional.interpolate(x, size=(side, side))
+        with torch.no_grad():
+            got = control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
+        reference = comfy_reference(host, adapter, x, sigma, cond)
+        for (key, i, g), (_, _, r), w in zip(entries(got), entries(reference), [STRENGTH * w for w in A1111_ADAPTER_SOFT[::-1]]):
+            r = r.expand_as(g)
+            assert_close(g, w * r, w * r.abs().max().item(), f"latent {side}: {key}[{i}]")
+    control.cleanup()
