@@ -7,15 +7,17 @@ adapter soft weights (sd-webui-controlnet scripts/hook.py: `(0.25, 0.62, 0.825, 
 paper's CFG resolution weighting 64 / h_i with h_i read off each feature's actual size.
 
 ComfyUI's loader builds an adapter's levels 1×, 2×, 4×, 4× as wide as its first, which the tiny
-U-Net (64, 128, 128, 128) does not have, so the adapter is built directly with ComfyUI's class.
+U-Net (64, 128, 128, 128) does not have, so most tests build the adapter directly with ComfyUI's
+class; the file test samples a second tiny U-Net of those widths.
 """
 
 import pytest
 import torch
-
+from safetensors.torch import save_file
 from tests.core.tiny import randomize
+from workflows.random_models import sd15_unet_config
 
-from .conftest import CHANNEL_MULT, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS
+from .conftest import CHANNEL_MULT, CONTEXT_DIM, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS
 from .test_control_object import (
     COND_OR_UNCOND,
     COND_ROWS,
@@ -196,3 +198,31 @@ def test_a_second_latent_size_in_one_run_gets_features_of_its_size(host):
             r = r.expand_as(g)
             assert_close(g, w * r, w * r.abs().max().item(), f"latent {side}: {key}[{i}]")
     control.cleanup()
+
+
+def test_an_adapter_file_through_our_loader_samples_as_comfyuis_loader_and_apply_node(host, tmp_path):
+    """A T2I-Adapter file end to end: our Load ControlNet and apply node (a mask of ones forces
+    the wrapper) against ComfyUI's ControlNetLoader and Apply ControlNet, on a tiny U-Net whose
+    levels are 1x, 2x, 4x, 4x as wide as its first, the widths ComfyUI's adapter loader builds."""
+    import comfy.t2i_adapter.adapter
+
+    level_mult = (1, 2, 4, 4)
+    network = comfy.t2i_adapter.adapter.Adapter(
+        channels=[MODEL_CHANNELS * m for m in level_mult], nums_rb=2, cin=3 * SD_UNSHUFFLE**2, ksize=1, sk=True, use_conv=False, xl=False
+    )
+    file_name = "tiny_t2i_adapter.safetensors"
+    save_file({k: v.contiguous() for k, v in randomize(network, seed=12).state_dict().items()}, host.models_dir / file_name)
+    model = host.tiny_model(unet_config=sd15_unet_config(MODEL_CHANNELS, level_mult, CONTEXT_DIM))
+
+    plain = host.sample(host.positive, host.negative, model=model)
+    comfys = host.sample(*host.nodes.ControlNetApplyAdvanced().apply_controlnet(
+        host.positive, host.negative, host.builtin_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0), model=model)
+    positive, negative = host.node("CNS_ApplyControlNet").apply(
+        host.positive, host.negative, host.suite_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0, "balanced",
+        mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE),
+    )
+    assert type(positive[0][1]["control"]).__name__ == "ForeignAdapter"
+    ours = host.sample(positive, negative, model=model)
+    effect = (comfys - plain).abs().max().item()
+    assert effect > MIN_EFFECT
+    assert (ours - comfys).abs().max().item() <= RELATIVE_TO_EFFECT * effect
