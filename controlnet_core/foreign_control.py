@@ -59,10 +59,9 @@ def why_not_wrappable(control_net: Any) -> str:
             "strength, as the published ones have; this one differs: use balanced mode with no mask and no block weights"
         )
     return (
-        f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or "
-        "T2I-Adapter, loaded with ControlNet Suite's 'Load ControlNet' node or ComfyUI's; this control is a "
-        f"{type(control_net).__module__}.{type(control_net).__name__}, whose outputs are placed differently: use "
-        "balanced mode with no mask and no block weights"
+        f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter, loaded with ControlNet Suite's 'Load "
+        f"ControlNet' node or ComfyUI's; this control is a {type(control_net).__module__}.{type(control_net).__name__}, "
+        "whose outputs are placed differently: use balanced mode with no mask and no block weights"
     )
 
 

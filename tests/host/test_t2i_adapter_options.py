@@ -37,14 +37,14 @@ BATCH = 2  # step_inputs: one uncond and one cond row
 SAME_NETWORK = 1e-6  # of each feature's largest magnitude: the same network on the same hint
 
 
-def comfy_adapter(host, xl=False, seed=11):
+def comfy_adapter(host, xl=False, seed=11, hint_channels=3):
     """ComfyUI's T2IAdapter control object around ComfyUI's full adapter network, sized for
-    the tiny U-Net, random weights."""
+    the tiny U-Net, random weights; `hint_channels` 1 makes a sketch adapter."""
     import comfy.t2i_adapter.adapter
 
     unshuffle = SDXL_UNSHUFFLE if xl else SD_UNSHUFFLE
     network = comfy.t2i_adapter.adapter.Adapter(
-        channels=[MODEL_CHANNELS * m for m in CHANNEL_MULT], nums_rb=2, cin=3 * unshuffle**2, ksize=1, sk=True,
+        channels=[MODEL_CHANNELS * m for m in CHANNEL_MULT], nums_rb=2, cin=hint_channels * unshuffle**2, ksize=1, sk=True,
         use_conv=False, xl=xl,
     )
     randomize(network, seed=seed).eval()
@@ -84,6 +84,14 @@ def step(host, adapter, mode="balanced", **options):
 def assert_close(got, expected, scale, what):
     error = (got - expected).abs().max().item()
     assert error <= SAME_NETWORK * scale, f"{what}: max error {error:.2e}"
+
+
+def assert_soft_weighted(got, reference, what=""):
+    """Every row of an SD1.x adapter's `got` is `reference` times A1111's soft weights and the
+    strength ('input' lists the deepest feature first)."""
+    for (key, i, g), (_, _, r), w in zip(entries(got), entries(reference), [STRENGTH * w for w in A1111_ADAPTER_SOFT[::-1]]):
+        r = r.expand_as(g)
+        assert_close(g, w * r, w * r.abs().max().item(), f"{what}{key}[{i}]")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -193,10 +201,7 @@ def test_a_second_latent_size_in_one_run_gets_features_of_its_size(host):
         x = torch.nn.functional.interpolate(x, size=(side, side))
         with torch.no_grad():
             got = control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
-        reference = comfy_reference(host, adapter, x, sigma, cond)
-        for (key, i, g), (_, _, r), w in zip(entries(got), entries(reference), [STRENGTH * w for w in A1111_ADAPTER_SOFT[::-1]]):
-            r = r.expand_as(g)
-            assert_close(g, w * r, w * r.abs().max().item(), f"latent {side}: {key}[{i}]")
+        assert_soft_weighted(got, comfy_reference(host, adapter, x, sigma, cond), f"latent {side}: ")
     control.cleanup()
 
 
@@ -226,3 +231,10 @@ def test_an_adapter_file_through_our_loader_samples_as_comfyuis_loader_and_apply
     effect = (comfys - plain).abs().max().item()
     assert effect > MIN_EFFECT
     assert (ours - comfys).abs().max().item() <= RELATIVE_TO_EFFECT * effect
+
+
+def test_a_sketch_adapter_takes_the_mean_of_an_rgb_hint_as_comfyui_does(host):
+    sketch = comfy_adapter(host, hint_channels=1)
+    assert sketch.channels_in == 1
+    _, got, reference = step(host, sketch, "prompt_more_important")
+    assert_soft_weighted(got, reference)
