@@ -153,7 +153,9 @@ class ModedControl(comfy.controlnet.ControlBase):
     step runs (`_residuals`) and say how many residuals at which resolutions (`_divisors`); a
     control whose outputs are not a ControlNet's (input blocks, then the middle block) says
     where they go (`_layout`, `_ends_at_middle_block`) and how the soft modes weight them
-    (`_weights`)."""
+    (`soft_weights`)."""
+
+    soft_weights: Sequence[float] | None = None  # None: a ControlNet's 0.825^(N−1−i)
 
     def __init__(self):
         super().__init__()
@@ -253,7 +255,9 @@ class ModedControl(comfy.controlnet.ControlBase):
 
     def _weights(self) -> list[float]:
         """w_i of each residual: the mode's, times the strength and the block weights."""
-        return control_modes.mode_weights(self.control_mode, self.strength, self._divisors(), self.block_weights)
+        return control_modes.mode_weights(
+            self.control_mode, self.strength, self._divisors(), self.block_weights, self.soft_weights
+        )
 
     def _ends_at_middle_block(self) -> bool:
         """Whether the last residual is added after the middle block (the rest after input blocks)."""

@@ -30,7 +30,7 @@ import comfy.controlnet
 import comfy.utils
 
 from . import control_modes, t2i_adapter
-from .comfy_control import CENTER_CROP, ModedControl, scale_in_place
+from .comfy_control import CENTER_CROP, ModedControl, repeat_per_chunk, scale_in_place
 from .config import SD1, SDXL
 from .errors import ControlNetError
 
@@ -156,6 +156,8 @@ class ForeignAdapter(ForeignControl):
     """ComfyUI's T2I-Adapter object with our control mode, mask and block weights. Its network
     runs once per sampling run and latent size; each step copies the features for its rows."""
 
+    soft_weights = control_modes.ADAPTER_SOFT_WEIGHTS
+
     def __init__(self, inner: comfy.controlnet.T2IAdapter):
         super().__init__(inner)
         self._features: dict[tuple[int, int], list[torch.Tensor]] = {}  # at the hint's batch, per latent size
@@ -170,11 +172,6 @@ class ForeignAdapter(ForeignControl):
     def _divisors(self) -> list[int]:
         return list(t2i_adapter.INJECTION[self._family()].latent_divisors)
 
-    def _weights(self) -> list[float]:
-        return control_modes.mode_weights(
-            self.control_mode, self.strength, self._divisors(), self.block_weights, control_modes.ADAPTER_SOFT_WEIGHTS
-        )
-
     def _ends_at_middle_block(self) -> bool:
         return t2i_adapter.INJECTION[self._family()].middle
 
@@ -186,10 +183,9 @@ class ForeignAdapter(ForeignControl):
     ) -> list[torch.Tensor]:
         per_chunk = x_noisy.shape[0] // num_chunks
         chunks_run = num_chunks if rows is None else rows.numel() // per_chunk
-        # every chunk gets the hint batch tiled to its length (ComfyUI's broadcast_image_to); a
-        # fresh tensor each step, which the weights may scale in place
-        residuals = [f.repeat(per_chunk // f.shape[0], 1, 1, 1).repeat(chunks_run, 1, 1, 1) for f in self._features_at(x_noisy)]
-        residuals = scale_in_place(residuals, self._weights())
+        # the features are cached for the run: weighted into copies, never in place
+        residuals = [repeat_per_chunk(f, per_chunk, chunks_run) for f in self._features_at(x_noisy)]
+        residuals = control_modes.scale_residuals(residuals, self._weights())
         return self._masked(residuals, x_noisy, x_noisy.dtype, per_chunk, chunks_run)
 
     def _features_at(self, x_noisy: torch.Tensor) -> list[torch.Tensor]:
