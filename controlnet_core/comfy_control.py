@@ -79,21 +79,20 @@ def unet_family(unet_config: dict) -> str | None:
     return SD2 if unet_config.get("use_linear_in_transformer") else SD1
 
 
-def check_family(controlnet_family: str, base_model: Any) -> None:
-    """Refuse a ControlNet made for another base family than the model being sampled."""
+def check_family(control_family: str, base_model: Any, kind: str = "ControlNet", also_fits: Sequence[str] = ()) -> None:
+    """Refuse a control (a `kind`) made for another base family than the model being sampled;
+    `also_fits` names other families whose U-Net it fits."""
     model_config = getattr(base_model, "model_config", None)
     unet_config = getattr(model_config, "unet_config", None) or {}
     family = unet_family(unet_config)
-    if family == controlnet_family:
+    if family == control_family or family in also_fits:
         return
     if family is None:
         raise FamilyMismatchError(
-            f"this ControlNet is for {controlnet_family}, the model is {type(model_config).__name__}, which is not a "
-            "Stable Diffusion 1.x/2.x/XL U-Net: ControlNet Suite's ControlNets work with those models only"
+            f"this {kind} is for {control_family}, the model is {type(model_config).__name__}, which is not a "
+            f"Stable Diffusion 1.x/2.x/XL U-Net: ControlNet Suite's {kind}s work with those models only"
         )
-    raise FamilyMismatchError(
-        f"this ControlNet is for {controlnet_family}, the model is {family}: pick a ControlNet made for {family}"
-    )
+    raise FamilyMismatchError(f"this {kind} is for {control_family}, the model is {family}: pick a {kind} made for {family}")
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ import torch
 
 import comfy.cldm.cldm
 import comfy.controlnet
+import comfy.ldm.modules.attention
 import comfy.utils
 
 from . import control_modes, t2i_adapter
-from .comfy_control import CENTER_CROP, ModedControl, repeat_per_chunk, scale_in_place
-from .config import SD1, SDXL
+from .comfy_control import CENTER_CROP, ModedControl, check_family, repeat_per_chunk, scale_in_place, unet_family
+from .config import SD1, SD2, SDXL
 from .errors import ControlNetError
 
 
@@ -85,8 +86,29 @@ def resolution_divisors(model: comfy.cldm.cldm.ControlNet) -> list[int]:
     return divisors + [2 ** (levels - 1)]
 
 
+def controlnet_family(control_model: comfy.cldm.cldm.ControlNet) -> str | None:
+    """The base family of ComfyUI's SD ControlNet model, by `unet_family`'s rule on the U-Net
+    config it was built from (read back from its modules: ComfyUI's object keeps no config)."""
+    transformer = next(
+        (m for m in control_model.modules() if isinstance(m, comfy.ldm.modules.attention.SpatialTransformer)), None
+    )
+    if transformer is None:
+        return None
+    cross_attention = transformer.transformer_blocks[0].attn2
+    config = {
+        "channel_mult": control_model.channel_mult,
+        "context_dim": cross_attention.to_k.in_features,
+        "use_linear_in_transformer": transformer.use_linear,
+    }
+    if control_model.num_classes == "sequential":
+        config["adm_in_channels"] = control_model.label_emb[0][0].in_features
+    return unet_family(config)
+
+
 class ForeignControl(ModedControl):
     """ComfyUI's ControlNet object with our control mode, mask and block weights."""
+
+    kind = "ControlNet"  # in messages
 
     def __init__(self, inner: comfy.controlnet.ControlNet):
         super().__init__()
@@ -106,6 +128,11 @@ class ForeignControl(ModedControl):
     # called by ComfyUI's sampler (get_control: ModedControl's)
 
     def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
+        # ComfyUI's own objects run on a model of another family, and the U-Net drops what does
+        # not fit with a warning in the log: refused here instead, by name
+        family = self._family()
+        if family is not None:
+            check_family(family, model, self.kind, self._also_fits())
         super().pre_run(model, percent_to_timestep_function)
         self.inner.pre_run(model, percent_to_timestep_function)
 
@@ -145,6 +172,12 @@ class ForeignControl(ModedControl):
     def _divisors(self) -> list[int]:
         return resolution_divisors(self.inner.control_model)
 
+    def _family(self) -> str | None:
+        return controlnet_family(self.inner.control_model)
+
+    def _also_fits(self) -> tuple[str, ...]:
+        return ()
+
 
 def adapter_family(t2i_model: Any) -> str:
     """SDXL for ComfyUI's XL adapter (`Adapter(xl=True)`), SD1.x for the rest (SD2.x U-Nets have
@@ -157,6 +190,7 @@ class ForeignAdapter(ForeignControl):
     runs once per sampling run and latent size; each step copies the features for its rows."""
 
     soft_weights = control_modes.ADAPTER_SOFT_WEIGHTS
+    kind = "T2I-Adapter"
 
     def __init__(self, inner: comfy.controlnet.T2IAdapter):
         super().__init__(inner)
@@ -168,6 +202,10 @@ class ForeignAdapter(ForeignControl):
 
     def _family(self) -> str:
         return adapter_family(self.inner.t2i_model)
+
+    def _also_fits(self) -> tuple[str, ...]:
+        # an SD1.x adapter's features have the widths and sizes of SD2.x's U-Net blocks too
+        return (SD2,) if self._family() == SD1 else ()
 
     def _divisors(self) -> list[int]:
         return list(t2i_adapter.INJECTION[self._family()].latent_divisors)

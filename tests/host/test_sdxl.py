@@ -127,3 +127,17 @@ def test_sd15_controlnet_on_sdxl_is_refused_by_name(host, files, sdxl):
     with pytest.raises(host.errors.FamilyMismatchError) as error:
         host.sample(*apply_ours(host, sdxl.positive, sdxl.negative, control_net), model=sdxl.model)
     assert str(error.value) == "this ControlNet is for SD1.x, the model is SDXL: pick a ControlNet made for SDXL"
+
+
+def test_an_sdxl_controlnet_from_comfyuis_loader_with_options_on_sd15_is_refused_by_name(host, sdxl):
+    """Given an option, our apply node wraps ComfyUI's own control object; the wrapper reads the
+    family off ComfyUI's model and refuses the mismatch before the U-Net runs (ComfyUI's object
+    alone would drop what does not fit with a warning in the log)."""
+    builtin_net = host.builtin_controlnet(sdxl.file)
+    positive, negative = apply_ours(host, host.positive, host.negative, builtin_net, mode="controlnet_more_important")
+    assert type(positive[0][1]["control"]).__name__ == "ForeignControl"
+    with pytest.raises(host.errors.FamilyMismatchError) as error:
+        host.sample(positive, negative)
+    assert str(error.value) == "this ControlNet is for SDXL, the model is SD1.x: pick a ControlNet made for SD1.x"
+    # and on the model it was made for, it samples
+    host.sample(*apply_ours(host, sdxl.positive, sdxl.negative, builtin_net, mode="controlnet_more_important"), model=sdxl.model)

@@ -8,7 +8,7 @@ paper's CFG resolution weighting 64 / h_i with h_i read off each feature's actua
 
 ComfyUI's loader builds an adapter's levels 1×, 2×, 4×, 4× as wide as its first, which the tiny
 U-Net (64, 128, 128, 128) does not have, so most tests build the adapter directly with ComfyUI's
-class; the file test samples a second tiny U-Net of those widths.
+class; the file tests sample tiny U-Nets of those widths (SD1.x and SDXL).
 """
 
 import pytest
@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tests.core.tiny import randomize
 from workflows.random_models import sd15_unet_config
 
-from .conftest import CHANNEL_MULT, CONTEXT_DIM, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS
+from .conftest import CHANNEL_MULT, CONTEXT_DIM, IMAGE_SIDE, LATENT_SIDE, MODEL_CHANNELS, TOKENS, UNET_CONFIG
 from .test_control_object import (
     COND_OR_UNCOND,
     COND_ROWS,
@@ -30,10 +30,13 @@ from .test_control_object import (
 )
 from .test_performance_paths import MODES
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
+from .test_sdxl import CONTEXT_DIM as SDXL_CONTEXT_DIM
+from .test_sdxl import POOLED_DIM, SDXL_UNET_CONFIG
 
 A1111_ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
 SD_UNSHUFFLE, SDXL_UNSHUFFLE = 8, 16  # ComfyUI's Adapter: pixel-unshuffle of the image
 BATCH = 2  # step_inputs: one uncond and one cond row
+ADAPTER_LEVEL_MULT = (1, 2, 4, 4)  # ComfyUI's adapter loader: levels c, 2c, 4c, 4c from the file's first width
 SAME_NETWORK = 1e-6  # of each feature's largest magnitude: the same network on the same hint
 
 
@@ -131,10 +134,16 @@ def test_mask_and_block_weights(host):
         assert_close(g[..., :half], STRENGTH * u * r[..., :half], STRENGTH * u * r.abs().max().item(), f"{key}[{i}]")
 
 
-def test_sdxl_adapter_places_its_last_feature_after_the_middle_block(host):
+@pytest.fixture(scope="module")
+def sdxl_model(host):
+    """The tiny SDXL U-Net of test_sdxl (levels 64, 128, 128 wide, as the tiny adapters)."""
+    return host.tiny_model(family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2)
+
+
+def test_sdxl_adapter_places_its_last_feature_after_the_middle_block(host, sdxl_model):
     """ComfyUI's XL adapter: features after input blocks 3, 5, 8 and the middle block, soft
     weights in that order (the middle block's 1.0)."""
-    control, got, reference = step(host, comfy_adapter(host, xl=True), "prompt_more_important")
+    control, got, reference = step(host, comfy_adapter(host, xl=True), "prompt_more_important", model=sdxl_model)
     ours, theirs = entries(got), entries(reference)
     assert [(k, i) for k, i, _ in ours] == [(k, i) for k, i, _ in theirs]
     assert [k for k, _, _ in ours].count("middle") == 1
@@ -145,8 +154,22 @@ def test_sdxl_adapter_places_its_last_feature_after_the_middle_block(host):
         r = r.expand_as(g)
         assert_close(g, w * r, w * r.abs().max().item(), f"{key}[{i}]")
     assert control.block_weights is None
-    configured = control_on(host, comfy_adapter(host, xl=True), block_weights="middle block only")
+    configured = control_on(host, comfy_adapter(host, xl=True), block_weights="middle block only", model=sdxl_model)
     assert configured.block_weights == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_an_adapter_on_a_model_of_another_family_is_refused_by_name(host, sdxl_model):
+    """ComfyUI's own object would add the features that fit and drop the rest with a warning in
+    the log; the wrapper refuses before the U-Net runs. An SD1.x adapter fits SD2.x's U-Net."""
+    with pytest.raises(host.errors.FamilyMismatchError) as error:
+        control_on(host, comfy_adapter(host, xl=True), "prompt_more_important")
+    assert str(error.value) == "this T2I-Adapter is for SDXL, the model is SD1.x: pick a T2I-Adapter made for SD1.x"
+    with pytest.raises(host.errors.FamilyMismatchError) as error:
+        control_on(host, comfy_adapter(host), "prompt_more_important", model=sdxl_model)
+    assert str(error.value) == "this T2I-Adapter is for SD1.x, the model is SDXL: pick a T2I-Adapter made for SDXL"
+    sd2_model = host.tiny_model(family="SD20", unet_config={**UNET_CONFIG, "use_linear_in_transformer": True})
+    assert host.comfy_control.unet_family(sd2_model.model.model_config.unet_config) == "SD2.x"
+    control_on(host, comfy_adapter(host), "prompt_more_important", model=sd2_model)
 
 
 def test_block_weights_for_an_sd_adapter_name_its_four_input_blocks(host):
@@ -205,32 +228,61 @@ def test_a_second_latent_size_in_one_run_gets_features_of_its_size(host):
     control.cleanup()
 
 
-def test_an_adapter_file_through_our_loader_samples_as_comfyuis_loader_and_apply_node(host, tmp_path):
-    """A T2I-Adapter file end to end: our Load ControlNet and apply node (a mask of ones forces
-    the wrapper) against ComfyUI's ControlNetLoader and Apply ControlNet, on a tiny U-Net whose
-    levels are 1x, 2x, 4x, 4x as wide as its first, the widths ComfyUI's adapter loader builds."""
-    import comfy.t2i_adapter.adapter
-
-    level_mult = (1, 2, 4, 4)
-    network = comfy.t2i_adapter.adapter.Adapter(
-        channels=[MODEL_CHANNELS * m for m in level_mult], nums_rb=2, cin=3 * SD_UNSHUFFLE**2, ksize=1, sk=True, use_conv=False, xl=False
-    )
-    file_name = "tiny_t2i_adapter.safetensors"
-    save_file({k: v.contiguous() for k, v in randomize(network, seed=12).state_dict().items()}, host.models_dir / file_name)
-    model = host.tiny_model(unet_config=sd15_unet_config(MODEL_CHANNELS, level_mult, CONTEXT_DIM))
-
-    plain = host.sample(host.positive, host.negative, model=model)
+def adapter_file_samples_as_comfyuis(host, file_name, network, model, positive, negative):
+    """Save `network` as `file_name` and sample `model` with it two ways: our Load ControlNet and
+    apply node (a mask of ones forces the wrapper) against ComfyUI's ControlNetLoader and Apply
+    ControlNet."""
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, host.models_dir / file_name)
+    plain = host.sample(positive, negative, model=model)
     comfys = host.sample(*host.nodes.ControlNetApplyAdvanced().apply_controlnet(
-        host.positive, host.negative, host.builtin_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0), model=model)
-    positive, negative = host.node("CNS_ApplyControlNet").apply(
-        host.positive, host.negative, host.suite_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0, "balanced",
+        positive, negative, host.builtin_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0), model=model)
+    ours_positive, ours_negative = host.node("CNS_ApplyControlNet").apply(
+        positive, negative, host.suite_controlnet(file_name), host.image, STRENGTH, 0.0, 1.0, "balanced",
         mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE),
     )
-    assert type(positive[0][1]["control"]).__name__ == "ForeignAdapter"
-    ours = host.sample(positive, negative, model=model)
+    assert type(ours_positive[0][1]["control"]).__name__ == "ForeignAdapter"
+    ours = host.sample(ours_positive, ours_negative, model=model)
     effect = (comfys - plain).abs().max().item()
     assert effect > MIN_EFFECT
     assert (ours - comfys).abs().max().item() <= RELATIVE_TO_EFFECT * effect
+
+
+def test_an_adapter_file_through_our_loader_samples_as_comfyuis_loader_and_apply_node(host):
+    """An SD1.x T2I-Adapter file end to end, on a tiny U-Net whose levels are 1x, 2x, 4x, 4x as
+    wide as its first (the widths ComfyUI's adapter loader builds)."""
+    import comfy.t2i_adapter.adapter
+
+    network = comfy.t2i_adapter.adapter.Adapter(
+        channels=[MODEL_CHANNELS * m for m in ADAPTER_LEVEL_MULT], nums_rb=2, cin=3 * SD_UNSHUFFLE**2, ksize=1, sk=True,
+        use_conv=False, xl=False,
+    )
+    model = host.tiny_model(unet_config=sd15_unet_config(MODEL_CHANNELS, ADAPTER_LEVEL_MULT, CONTEXT_DIM))
+    adapter_file_samples_as_comfyuis(
+        host, "tiny_t2i_adapter.safetensors", randomize(network, seed=12), model, host.positive, host.negative
+    )
+
+
+def test_an_sdxl_adapter_file_through_our_loader_samples_as_comfyuis_loader_and_apply_node(host):
+    """An SDXL T2I-Adapter file end to end (ComfyUI reads XL from the 16x pixel-unshuffle's 768
+    input channels): its features go after input blocks 3, 5, 8 and the middle block of a tiny
+    SDXL U-Net whose levels are 1x, 2x, 4x as wide as its first, with distinct pooled outputs
+    for the two prompts."""
+    import comfy.t2i_adapter.adapter
+
+    network = comfy.t2i_adapter.adapter.Adapter(
+        channels=[MODEL_CHANNELS * m for m in ADAPTER_LEVEL_MULT], nums_rb=2, cin=3 * SDXL_UNSHUFFLE**2, ksize=1, sk=True,
+        use_conv=False, xl=True,
+    )
+    unet_config = {**SDXL_UNET_CONFIG, "model_channels": MODEL_CHANNELS, "channel_mult": list(ADAPTER_LEVEL_MULT[:3])}
+    model = host.tiny_model(family="SDXL", unet_config=unet_config, seed=3)
+    gen = torch.Generator().manual_seed(8)
+    positive, negative = (
+        [[torch.randn(1, TOKENS, SDXL_CONTEXT_DIM, generator=gen), {"pooled_output": torch.randn(1, POOLED_DIM, generator=gen)}]]
+        for _ in range(2)
+    )
+    adapter_file_samples_as_comfyuis(
+        host, "tiny_t2i_adapter_xl.safetensors", randomize(network, seed=13), model, positive, negative
+    )
 
 
 def test_a_sketch_adapter_takes_the_mean_of_an_rgb_hint_as_comfyui_does(host):
