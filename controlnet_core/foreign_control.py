@@ -15,8 +15,9 @@ T2I-Adapters (ours and ComfyUI's loaders both give ComfyUI's `comfy.controlnet.T
 4 features, finest first, added after input blocks (and the middle block for SDXL):
 `ForeignAdapter` runs the adapter's network once per sampling run, as ComfyUI's object does, and
 at each step weights (with A1111's adapter soft weights), masks and places copies of the
-features for the rows the mode needs. Other control objects (SD3/Flux ControlNets, other packs')
-place their outputs differently and are refused with a message that says so.
+features for the rows the mode needs. Other control objects (SD3/Flux and Stable Cascade
+ControlNets, other packs') place their outputs differently and are refused with a message that
+says so.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 import comfy.cldm.cldm
 import comfy.controlnet
+import comfy.ldm.cascade.controlnet
 import comfy.ldm.modules.attention
 import comfy.utils
 
@@ -54,6 +56,11 @@ def can_wrap(control_net: Any) -> bool:
 
 def why_not_wrappable(control_net: Any) -> str:
     """The refusal for options on a control object `can_wrap` rejects, naming what it is."""
+    if type(control_net) is comfy.controlnet.T2IAdapter and isinstance(control_net.t2i_model, comfy.ldm.cascade.controlnet.ControlNet):
+        return (
+            f"{OPTIONS} work on SD1.x/SD2.x/SDXL controls; this is a Stable Cascade ControlNet, whose outputs go to "
+            "Stable Cascade's own blocks: use balanced mode with no mask and no block weights"
+        )
     if type(control_net) is comfy.controlnet.T2IAdapter:
         return (
             f"{OPTIONS} need a T2I-Adapter with {len(control_modes.ADAPTER_SOFT_WEIGHTS)} feature levels and a constant "

@@ -121,6 +121,22 @@ def test_t2i_adapter_of_another_shape_with_a_mode_is_refused_by_name(host):
     )
 
 
+def test_a_stable_cascade_controlnet_with_a_mode_is_refused_by_name(host):
+    """ComfyUI's loader gives Stable Cascade ControlNets its T2IAdapter object too."""
+    import comfy.ldm.cascade.controlnet
+
+    cascade = comfy.ldm.cascade.controlnet.ControlNet(c_in=3, c_proj=8, proj_blocks=[0, 4], bottleneck_mode="simple")
+    control_net = host.comfy.controlnet.T2IAdapter(cascade, cascade.input_channels, compression_ratio=32, upscale_algorithm="bilinear")
+    with pytest.raises(host.errors.ControlNetError) as error:
+        host.node("CNS_ApplyControlNet").apply(
+            host.positive, host.negative, control_net, host.image, 1.0, 0.0, 1.0, "prompt_more_important"
+        )
+    assert str(error.value) == (
+        f"{OPTIONS} work on SD1.x/SD2.x/SDXL controls; this is a Stable Cascade ControlNet, whose outputs go to "
+        "Stable Cascade's own blocks: use balanced mode with no mask and no block weights"
+    )
+
+
 def test_other_control_objects_with_a_mask_are_refused_by_name(host, files):
     class OtherPacksControl(host.comfy.controlnet.ControlBase):
         pass
