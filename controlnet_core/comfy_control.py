@@ -54,6 +54,7 @@ SDXL_ADM_CHANNELS = 2816
 SDXL_REFINER_ADM_CHANNELS = 2560
 SDXL_REFINER = "SDXL refiner"
 SDXL_LEVELS = 3  # SDXL's U-Net has three resolution levels, SD1.x/SD2.x four
+CFG_BRANCHES = 2  # a memory estimate's batch: the cond and the uncond rows of each image
 
 
 # --- model family -----------------------------------------------------------------------------
@@ -316,12 +317,10 @@ class SuiteControl(ModedControl):
         previous = super().inference_memory_requirements(dtype)
         if self.cond_hint_original is None:
             return previous
-        images, _, height, width = self.cond_hint_original.shape
-        h, w = max(1, height // LATENT_TO_PIXELS), max(1, width // LATENT_TO_PIXELS)
-        elements = sum(c * -(-h // d) * -(-w // d) for c, d in zip(self._channels(), self._divisors()))
-        cfg_branches = 2
-        elements = elements * cfg_branches + self.loaded.config.model_channels * h * w
-        return previous + elements * images * model_management.dtype_size(self.model.dtype)
+        h, w = latent_size_guess(self.cond_hint_original)
+        elements = residual_elements(self._channels(), self._divisors(), h, w) * CFG_BRANCHES
+        elements += self.loaded.config.model_channels * h * w
+        return previous + elements * self.cond_hint_original.shape[0] * model_management.dtype_size(self.model.dtype)
 
     def cleanup(self) -> None:
         self._encoded_hints = {}
@@ -378,6 +377,19 @@ class SuiteControl(ModedControl):
             hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
             self._encoded_hints[(height, width)] = self.model.encode_hint(hint)
         return self._encoded_hints[(height, width)]
+
+
+def latent_size_guess(hint: torch.Tensor) -> tuple[int, int]:
+    """The latent (height, width) a hint image (B×C×H×W) suggests before sampling: the hint is
+    resized to the latent, so its size is the best guess."""
+    height, width = hint.shape[-2:]
+    return max(1, height // LATENT_TO_PIXELS), max(1, width // LATENT_TO_PIXELS)
+
+
+def residual_elements(channels: Sequence[int], divisors: Sequence[int], height: int, width: int) -> int:
+    """Elements of one row's residuals (`channels` wide, `divisors` times smaller than a latent of
+    height × width; the U-Net's downsamples round up)."""
+    return sum(c * -(-height // d) * -(-width // d) for c, d in zip(channels, divisors))
 
 
 def scale_in_place(residuals: Sequence[torch.Tensor], weights: Sequence[float]) -> list[torch.Tensor]:

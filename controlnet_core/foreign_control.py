@@ -29,11 +29,22 @@ import torch
 import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.ldm.cascade.controlnet
+import comfy.model_management as model_management
 import comfy.ldm.modules.attention
 import comfy.utils
 
 from . import control_modes, t2i_adapter
-from .comfy_control import CENTER_CROP, ModedControl, check_family, repeat_per_chunk, scale_in_place, unet_family
+from .comfy_control import (
+    CENTER_CROP,
+    CFG_BRANCHES,
+    ModedControl,
+    check_family,
+    latent_size_guess,
+    repeat_per_chunk,
+    residual_elements,
+    scale_in_place,
+    unet_family,
+)
 from .config import SD1, SD2, SDXL
 from .errors import ControlNetError
 
@@ -202,6 +213,17 @@ class ForeignAdapter(ForeignControl):
     def __init__(self, inner: comfy.controlnet.T2IAdapter):
         super().__init__(inner)
         self._features: dict[tuple[int, int], list[torch.Tensor]] = {}  # at the hint's batch, per latent size
+
+    def inference_memory_requirements(self, dtype: torch.dtype) -> int:
+        """Bytes held beside the U-Net while it runs: the features cached for the run and their
+        weighted copies for a cond+uncond batch, sized from the hint image as SuiteControl's
+        estimate is (ComfyUI's own T2IAdapter object counts nothing)."""
+        estimate = super().inference_memory_requirements(dtype)
+        if self.cond_hint_original is None:
+            return estimate
+        h, w = latent_size_guess(self.cond_hint_original)
+        elements = residual_elements(self.inner.t2i_model.channels, self._divisors(), h, w) * (CFG_BRANCHES + 1)
+        return estimate + elements * self.cond_hint_original.shape[0] * model_management.dtype_size(dtype)
 
     def cleanup(self) -> None:
         self._features = {}

@@ -290,3 +290,18 @@ def test_a_sketch_adapter_takes_the_mean_of_an_rgb_hint_as_comfyui_does(host):
     assert sketch.channels_in == 1
     _, got, reference = step(host, sketch, "prompt_more_important")
     assert_soft_weighted(got, reference)
+
+
+@pytest.mark.parametrize("xl", [False, True], ids=["SD1.x", "SDXL"])
+def test_memory_estimate_covers_the_cached_features_and_their_weighted_copies(host, sdxl_model, xl):
+    """ComfyUI's sampler reserves what controls say they hold beside the U-Net: the features
+    kept for the run (one row per hint image) and their weighted copies for the cond and uncond
+    rows. Sized from the features ComfyUI's own object gives at the hint's latent size."""
+    adapter = comfy_adapter(host, xl=xl)
+    control = control_on(host, adapter, "prompt_more_important", model=sdxl_model if xl else None)
+    x, sigma, cond = step_inputs(host)
+    assert x.shape[-1] * 8 == host.image.shape[-2] and host.image.shape[0] == 1
+    features_row = sum(t[:1].numel() for _, _, t in entries(comfy_reference(host, adapter, x, sigma, cond)))
+    bytes_per_float = 4  # fp32 on the CPU
+    kept, cfg_copies = 1, 2
+    assert control.inference_memory_requirements(torch.float32) == (kept + cfg_copies) * features_row * bytes_per_float
