@@ -17,6 +17,9 @@ weights and masks of `control_modes`, and does no work twice:
 - a step outside start/end returns the previous control's residuals and runs nothing;
 - residuals are weighted, and summed with the previous control's, in place (no copies).
 
+ControlNet Union files run in `SuiteControl` too: the control type ComfyUI's Set Union ControlNet
+Type node puts in `extra_args` is fused with the hint once per run (`UnionControlNet.encode_condition`).
+
 bench/sampling.py measures these against ComfyUI's built-in ControlNet;
 tests/host/test_performance_paths.py checks they give what the plain path gives.
 """
@@ -41,6 +44,7 @@ from .config import SD1, SD2, SDXL, STANDARD_CONTEXT_DIM
 from .errors import ControlNetError, FamilyMismatchError
 from .files import find_diffusers_weights, open_weights
 from .loader import LoadedControlNet, load_controlnet
+from .union import UnionControlNet
 
 # An SD VAE latent pixel covers 8×8 image pixels; the hint is resized to 8× the latent, with the
 # same method and centre crop as ComfyUI's built-in ControlNet (comfy/controlnet.py), so a hint
@@ -107,10 +111,10 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         layout = formats.detect_layout(weights.shapes)
     except ControlNetError:
         layout = None  # load_controlnet below raises the same error, naming the file
-    if layout in (formats.DIFFUSERS_UNION, formats.T2I_ADAPTER):
-        # The core loads these, but SuiteControl drives the plain ControlNet forward only so far;
-        # ComfyUI's own loader makes their control object. Our apply nodes give both every
-        # option through foreign_control.
+    if layout == formats.T2I_ADAPTER:
+        # The core loads adapters, but SuiteControl drives ControlNets only; ComfyUI's own loader
+        # makes their control object, and our apply nodes give it every option through
+        # foreign_control.
         return comfy.controlnet.load_controlnet(path)
 
     load_device = model_management.get_torch_device()
@@ -290,6 +294,27 @@ class SuiteControl(ModedControl):
 
     # set up by the apply nodes (configure: ModedControl's)
 
+    def configure(self, *args: Any, **kwargs: Any) -> SuiteControl:
+        self._control_types()  # a type set on the loader's output is checked before sampling too
+        return super().configure(*args, **kwargs)
+
+    def _control_types(self) -> list[int]:
+        """The control types ComfyUI's Set Union ControlNet Type node set (`extra_args`), checked
+        against the model: none for a plain ControlNet, in range for a Union."""
+        types = list(self.extra_args.get("control_type", []))
+        if not isinstance(self.model, UnionControlNet):
+            if types:
+                raise ControlNetError(
+                    f"Set Union ControlNet Type picks a control type for ControlNet Union files; '{os.path.basename(self.loaded.path)}' is "
+                    "a plain ControlNet, which has none: remove that node"
+                )
+            return types
+        try:
+            self.model.check_types(types)
+        except ValueError as exc:
+            raise ControlNetError(str(exc)) from None
+        return types
+
     def _check_hint(self, hint: torch.Tensor) -> None:
         expected = self.loaded.config.hint_channels
         if hint.shape[1] != expected:
@@ -363,6 +388,7 @@ class SuiteControl(ModedControl):
             model_management.cast_to_device(context, device, dtype),
             y=None if y is None else y.to(device, dtype),
             encoded_hint=repeat_per_chunk(encoded_hint, per_chunk, x_noisy.shape[0] // per_chunk),
+            **self._union_arguments(),
         )
         residuals = scale_in_place(residuals, self._weights())
         return self._masked(residuals, x_noisy, dtype, per_chunk, chunks_run)
@@ -375,8 +401,16 @@ class SuiteControl(ModedControl):
                 self.cond_hint_original, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
             )
             hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
-            self._encoded_hints[(height, width)] = self.model.encode_hint(hint)
+            if isinstance(self.model, UnionControlNet):
+                encoded = self.model.encode_condition(hint, self._control_types())
+            else:
+                encoded = self.model.encode_hint(hint)
+            self._encoded_hints[(height, width)] = encoded
         return self._encoded_hints[(height, width)]
+
+    def _union_arguments(self) -> dict:
+        """A Union model's control types for its forward (its encoded hint is fused with them)."""
+        return {"control_types": self._control_types()} if isinstance(self.model, UnionControlNet) else {}
 
 
 def latent_size_guess(hint: torch.Tensor) -> tuple[int, int]:
@@ -504,7 +538,7 @@ def configured_control(
     block_weights: str = "",
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
-    Union and T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
+    T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
     applies them in balanced mode; SD ControlNets and T2I-Adapters among them get the other
     options through foreign_control, the rest are refused them."""
     if isinstance(control_net, SuiteControl):

@@ -1,8 +1,7 @@
 """Control modes, masks and block weights for controls that ComfyUI's own control objects run.
 
-Two kinds of SD ControlNet reach our apply nodes as ComfyUI's `comfy.controlnet.ControlNet`
-rather than as our `SuiteControl`: ControlNet Union files (our loader hands them to ComfyUI) and
-any file loaded with ComfyUI's built-in loader. Their model (`comfy.cldm.cldm.ControlNet`)
+SD ControlNets loaded with ComfyUI's built-in loader (classic or Union) reach our apply nodes as
+ComfyUI's `comfy.controlnet.ControlNet` rather than as our `SuiteControl`. Their model (`comfy.cldm.cldm.ControlNet`)
 returns {'output': one residual per input block, shallowest first, 'middle': [middle block]},
 which is our residual list split in two, so `control_modes` applies to it unchanged.
 

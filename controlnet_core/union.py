@@ -175,10 +175,11 @@ class UnionControlNet(ControlNet):
         return self.control_add_embedding(sinusoids.to(self.dtype)).expand(batch, -1)
 
     def fuse_conditions(
-        self, sample: torch.Tensor, hints: Sequence[torch.Tensor], types: Sequence[int], scales: Sequence[float]
+        self, sample: torch.Tensor | None, hints: Sequence[torch.Tensor], types: Sequence[int], scales: Sequence[float]
     ) -> torch.Tensor:
-        """Σ_i (encoded hint_i + per-channel offset from its token), to add to conv_in(x)."""
-        batch = sample.shape[0]
+        """Σ_i (encoded hint_i + per-channel offset from its token), to add to conv_in(x) (the
+        `sample`; None: the hints' batch, no sample token)."""
+        batch = max(hint.shape[0] for hint in hints) if sample is None else sample.shape[0]
         weighted = len(hints) > 1  # diffusers scales inside the fusion only with several conditions
         encoded, tokens = [], []
         for hint, control_type, scale in zip(hints, types, scales):
@@ -188,24 +189,46 @@ class UnionControlNet(ControlNet):
             tokens.append(token * scale if weighted else token)
         # The sample token, as in the reference. With the batch-axis attention it cannot reach
         # the condition tokens, but it is part of the reference computation.
-        tokens.append(sample.mean(dim=(2, 3)))
+        if sample is not None:
+            tokens.append(sample.mean(dim=(2, 3)))
         x = torch.stack(tokens, dim=1)  # (batch, tokens, channels)
         for layer in self.transformer_layes:
             x = layer(x)
-        fused = torch.zeros_like(sample)
+        fused = torch.zeros_like(encoded[0])
         for i, (condition, scale) in enumerate(zip(encoded, scales)):
             offset = self.spatial_ch_projs(x[:, i])[..., None, None]
             fused = fused + condition + (offset * scale if weighted else offset)
         return fused
 
+    def encode_condition(self, hint: torch.Tensor, control_types: Sequence[int] = ()) -> torch.Tensor:
+        """What `forward` adds to conv_in(x) for one hint image batch (B×3×H×W, 0..1) of the given
+        control types, each image fused on its own; depends on the images alone, so callers may
+        cache it and pass it as `encoded_hint`.
+
+        The sample token never reaches the condition tokens (the fusion attends across the
+        batch, token position by token position), so it is left out. Fusing each image alone
+        keeps an image's control independent of the others in its batch, as in ComfyUI's port;
+        the reference mixes distinct images of one batch (`forward` keeps that). With no control
+        type (ComfyUI's "auto", or no Set Union ControlNet Type), the hint goes through the hint
+        encoder alone, as in ComfyUI."""
+        self.check_types(control_types)
+        hint = hint.to(self.dtype)
+        if not control_types:
+            return self.encode_hint(hint)
+        unscaled = [1.0] * len(control_types)
+        images = [hint[i : i + 1] for i in range(hint.shape[0])]
+        return torch.cat([self.fuse_conditions(None, [image] * len(control_types), control_types, unscaled) for image in images])
+
     def forward(  # type: ignore[override]  # conditions replace ControlNet's single hint
         self,
         x: torch.Tensor,
-        conditions: Sequence[tuple[torch.Tensor, int]],
+        conditions: Sequence[tuple[torch.Tensor, int]] | None,
         timesteps: torch.Tensor,
         context: torch.Tensor | None,
         y: torch.Tensor | None = None,
         scales: Sequence[float] | None = None,
+        encoded_hint: torch.Tensor | None = None,
+        control_types: Sequence[int] = (),
     ) -> list[torch.Tensor]:
         """Residuals in input-block order plus the middle one (as `ControlNet.forward`).
 
@@ -213,7 +236,17 @@ class UnionControlNet(ControlNet):
         indices as in `UNION_CONTROL_TYPES`. `scales` (one per condition, default 1) follow
         diffusers: with one condition they scale the residuals, with several they weight each
         condition inside the fusion.
+
+        Or, instead of `conditions`, a cached `encoded_hint = encode_condition(hint, control_types)`
+        and those `control_types`. `context` may then have k times the rows of `x`, as for
+        `ControlNet.forward`.
         """
+        if encoded_hint is not None:
+            self.check_types(control_types)
+            emb = self.time_embedding(timesteps, y) + self.control_type_embedding(control_types, timesteps.shape[0])
+            context = context.to(self.dtype) if context is not None else None
+            h = self.input_blocks[0](x.to(self.dtype), emb, context)
+            return self.residuals_from(h + encoded_hint, emb, context)
         if not conditions:
             raise ValueError("a ControlNet Union needs at least one (hint, control type) condition")
         hints = [hint for hint, _ in conditions]
@@ -221,7 +254,7 @@ class UnionControlNet(ControlNet):
         scales = [1.0] * len(conditions) if scales is None else list(scales)
         if len(scales) != len(conditions):
             raise ValueError(f"{len(scales)} scales for {len(conditions)} conditions")
-        self._check_types(types)
+        self.check_types(types)
 
         emb = self.time_embedding(timesteps, y) + self.control_type_embedding(types, x.shape[0])
         context = context.to(self.dtype) if context is not None else None
@@ -231,7 +264,8 @@ class UnionControlNet(ControlNet):
             outs = [o * scales[0] for o in outs]
         return outs
 
-    def _check_types(self, types: Sequence[int]) -> None:
+    def check_types(self, types: Sequence[int]) -> None:
+        """Refuse control type indices this model has no embedding for, naming them."""
         names = {index: name for name, index in UNION_CONTROL_TYPES.items()}
         for t in types:
             if not 0 <= t < self.union.num_control_types:
