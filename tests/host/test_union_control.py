@@ -126,14 +126,15 @@ def test_each_hint_image_is_fused_on_its_own_as_in_comfyui(host, union_pair):
 
 
 def test_a_type_the_model_lacks_is_refused_when_applied(host, union_pair):
+    """The model is the ProMax-sized one, told it has the Union's 6 types for this test."""
     _, ours = union_pair
-    six_types = host.comfy_control.SuiteControl(ours.loaded, torch.device("cpu"))
-    six_types.model.union = type(ours.model.union)(**{**ours.model.union.__dict__, "num_control_types": 6})
+    promax = ours.model.union
+    ours.model.union = type(promax)(**{**promax.__dict__, "num_control_types": 6})
     try:
         with pytest.raises(host.errors.ControlNetError) as error:
-            control_on(host, with_type(six_types, "tile"), "balanced")
+            control_on(host, with_type(ours, "tile"), "balanced")
     finally:
-        six_types.model.union = ours.model.union
+        ours.model.union = promax
     assert str(error.value) == (
         "control type tile (6) is out of range: this ControlNet Union knows 6 types. Tile and repaint need the ProMax model (8 types)."
     )
