@@ -304,10 +304,12 @@ class ControlNet(nn.Module):
         context: torch.Tensor | None,
         y: torch.Tensor | None = None,
         encoded_hint: torch.Tensor | None = None,
+        extra_embedding: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Residuals in input-block order plus the middle one (see module docstring).
 
         Pass `encoded_hint` (from `encode_hint`) instead of `hint` to reuse a cached encoding.
+        `extra_embedding` is added to the time embedding (a Union's control-type embedding).
 
         `context` may have k times the rows of `x` (and of `timesteps`, `y`, the hint): the
         inputs are then the same for k contexts, as CFG's cond and uncond rows of one latent
@@ -322,6 +324,8 @@ class ControlNet(nn.Module):
             )
         guided_hint = self.encode_hint(hint) if encoded_hint is None else encoded_hint
         emb = self.time_embedding(timesteps, y)
+        if extra_embedding is not None:
+            emb = emb + extra_embedding
         context = context.to(self.dtype) if context is not None else None
         h = self.input_blocks[0](x.to(self.dtype), emb, context)
         return self.residuals_from(h + guided_hint, emb, context)  # x + Z(c; Θz1) enters after conv_in

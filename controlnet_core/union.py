@@ -243,10 +243,8 @@ class UnionControlNet(ControlNet):
         """
         if encoded_hint is not None:
             self.check_types(control_types)
-            emb = self.time_embedding(timesteps, y) + self.control_type_embedding(control_types, timesteps.shape[0])
-            context = context.to(self.dtype) if context is not None else None
-            h = self.input_blocks[0](x.to(self.dtype), emb, context)
-            return self.residuals_from(h + encoded_hint, emb, context)
+            type_embedding = self.control_type_embedding(control_types, timesteps.shape[0])
+            return super().forward(x, None, timesteps, context, y, encoded_hint=encoded_hint, extra_embedding=type_embedding)
         if not conditions:
             raise ValueError("a ControlNet Union needs at least one (hint, control type) condition")
         hints = [hint for hint, _ in conditions]

@@ -107,15 +107,20 @@ def test_balanced_without_options_keeps_comfyuis_own_object(host, files):
     assert type(positive[0][1]["control"]) is type(builtin_net)
 
 
+def refusal(host, control_net, mode, **options):
+    """The message our apply node refuses `control_net` with, given `mode` and `options`."""
+    with pytest.raises(host.errors.ControlNetError) as error:
+        host.node("CNS_ApplyControlNet").apply(
+            host.positive, host.negative, control_net, host.image, 1.0, 0.0, 1.0, mode, **options
+        )
+    return str(error.value)
+
+
 def test_t2i_adapter_of_another_shape_with_a_mode_is_refused_by_name(host):
     """Published T2I-Adapters take every option (test_t2i_adapter_options); one whose network
     has no four feature levels does not."""
     adapter = host.comfy.controlnet.T2IAdapter(None, channels_in=3, compression_ratio=8, upscale_algorithm="nearest-exact")
-    with pytest.raises(host.errors.ControlNetError) as error:
-        host.node("CNS_ApplyControlNet").apply(
-            host.positive, host.negative, adapter, host.image, 1.0, 0.0, 1.0, "controlnet_more_important"
-        )
-    assert str(error.value) == (
+    assert refusal(host, adapter, "controlnet_more_important") == (
         f"{OPTIONS} need a T2I-Adapter with 4 feature levels and a constant strength, as the published ones have; "
         "this one differs: use balanced mode with no mask and no block weights"
     )
@@ -127,11 +132,7 @@ def test_a_stable_cascade_controlnet_with_a_mode_is_refused_by_name(host):
 
     cascade = comfy.ldm.cascade.controlnet.ControlNet(c_in=3, c_proj=8, proj_blocks=[0, 4], bottleneck_mode="simple")
     control_net = host.comfy.controlnet.T2IAdapter(cascade, cascade.input_channels, compression_ratio=32, upscale_algorithm="bilinear")
-    with pytest.raises(host.errors.ControlNetError) as error:
-        host.node("CNS_ApplyControlNet").apply(
-            host.positive, host.negative, control_net, host.image, 1.0, 0.0, 1.0, "prompt_more_important"
-        )
-    assert str(error.value) == (
+    assert refusal(host, control_net, "prompt_more_important") == (
         f"{OPTIONS} work on SD1.x/SD2.x/SDXL controls; this is a Stable Cascade ControlNet, whose outputs go to "
         "Stable Cascade's own blocks: use balanced mode with no mask and no block weights"
     )
@@ -141,12 +142,7 @@ def test_other_control_objects_with_a_mask_are_refused_by_name(host, files):
     class OtherPacksControl(host.comfy.controlnet.ControlBase):
         pass
 
-    with pytest.raises(host.errors.ControlNetError) as error:
-        host.node("CNS_ApplyControlNet").apply(
-            host.positive, host.negative, OtherPacksControl(), host.image, 1.0, 0.0, 1.0, "balanced",
-            mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE),
-        )
-    assert str(error.value) == (
+    assert refusal(host, OtherPacksControl(), "balanced", mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE)) == (
         f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter, loaded with ControlNet Suite's 'Load ControlNet' "
         f"node or ComfyUI's; this control is a {__name__}.OtherPacksControl, whose outputs are placed differently: use "
         "balanced mode with no mask and no block weights"
