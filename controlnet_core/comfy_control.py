@@ -18,7 +18,9 @@ weights and masks of `control_modes`, and does no work twice:
 - residuals are weighted, and summed with the previous control's, in place (no copies).
 
 ControlNet Union files run in `SuiteControl` too: the control type ComfyUI's Set Union ControlNet
-Type node puts in `extra_args` is fused with the hint once per run (`UnionControlNet.encode_condition`).
+Type node puts in `extra_args` is fused with the hint once per run (`UnionControlNet.encode_condition`);
+several (image, control type, weight) conditions are fused in one pass, as xinsir's multi-condition
+mode (`UnionCondition`, `configure_union`, `UnionControlNet.encode_conditions`).
 
 bench/sampling.py measures these against ComfyUI's built-in ControlNet;
 tests/host/test_performance_paths.py checks they give what the plain path gives.
@@ -44,7 +46,7 @@ from .config import SD1, SD2, SDXL, STANDARD_CONTEXT_DIM
 from .errors import ControlNetError, FamilyMismatchError
 from .files import find_diffusers_weights, open_weights
 from .loader import LoadedControlNet, load_controlnet
-from .union import UnionControlNet
+from .union import UNION_CONTROL_TYPES, UnionControlNet
 
 # An SD VAE latent pixel covers 8×8 image pixels; the hint is resized to 8× the latent, with the
 # same method and centre crop as ComfyUI's built-in ControlNet (comfy/controlnet.py), so a hint
@@ -198,6 +200,10 @@ class ModedControl(comfy.controlnet.ControlBase):
     def _check_hint(self, hint: torch.Tensor) -> None:
         """Refuse a hint (B×C×H×W) the model cannot take, with a message that says why."""
 
+    def _hint_batch(self) -> int:
+        """Images in the hint batch (1 or one per latent, or a divisor of the latent batch)."""
+        return self.cond_hint_original.shape[0]
+
     def _copy_options_to(self, c: ModedControl) -> ModedControl:
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
@@ -222,7 +228,7 @@ class ModedControl(comfy.controlnet.ControlBase):
             if rows.numel() == 0:
                 return previous  # an unconditional-only batch gets no control
         per_chunk = batch // len(chunks)
-        check_batch("hint", self.cond_hint_original.shape[0], per_chunk)
+        check_batch("hint", self._hint_batch(), per_chunk)
         if self.mask is not None:
             check_batch("mask", self.mask.shape[0], per_chunk)
         residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
@@ -287,6 +293,7 @@ class SuiteControl(ModedControl):
         )
         self.model_sampling_current = None
         self._encoded_hints: dict[tuple[int, int], torch.Tensor] = {}  # at each latent size, once per run
+        self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
     @property
     def model(self):
@@ -298,10 +305,51 @@ class SuiteControl(ModedControl):
         self._control_types()  # a type set on the loader's output is checked before sampling too
         return super().configure(*args, **kwargs)
 
+    def configure_union(
+        self,
+        conditions: Sequence[UnionCondition],
+        strength: float,
+        start_percent: float,
+        end_percent: float,
+        control_mode: str = control_modes.BALANCED,
+        mask: torch.Tensor | None = None,
+        block_weights: str = "",
+    ) -> SuiteControl:
+        """`configure` with several Union conditions fused in one pass in place of one hint; the
+        mask is matched to the first condition's image. One condition's weight scales the
+        residuals (diffusers' rule), so it multiplies `strength`."""
+        name = os.path.basename(self.loaded.path)
+        if not isinstance(self.model, UnionControlNet):
+            raise ControlNetError(
+                f"Apply ControlNet Union takes a ControlNet Union/ProMax file; '{name}' is a plain ControlNet: apply it with Apply ControlNet"
+            )
+        if self.extra_args.get("control_type"):
+            raise ControlNetError(
+                "the control types come from the Union Condition nodes here; remove the Set Union ControlNet Type node "
+                f"between '{name}' and Apply ControlNet Union"
+            )
+        batches = [condition.image.shape[0] for condition in conditions]
+        if any(images not in (1, max(batches)) for images in batches):
+            raise ControlNetError(
+                f"the Union conditions' images come in batches of {', '.join(map(str, batches))}: give each condition "
+                f"1 image or {max(batches)}"
+            )
+        for condition in conditions:
+            self._check_hint(condition.image.movedim(-1, 1))
+        self.union_conditions = tuple(conditions)
+        if len(conditions) == 1:
+            strength *= conditions[0].weight
+        first = conditions[0].image
+        return self.configure(first, strength, start_percent, end_percent, control_mode, mask, block_weights)
+
     def _control_types(self) -> list[int]:
-        """The control types ComfyUI's Set Union ControlNet Type node set (`extra_args`), checked
-        against the model: none for a plain ControlNet, in range for a Union."""
-        types = list(self.extra_args.get("control_type", []))
+        """The control types of the Union conditions, or the one ComfyUI's Set Union ControlNet
+        Type node set (`extra_args`), checked against the model: none for a plain ControlNet, in
+        range for a Union."""
+        if self.union_conditions:
+            types = [UNION_CONTROL_TYPES[condition.control_type] for condition in self.union_conditions]
+        else:
+            types = list(self.extra_args.get("control_type", []))
         if not isinstance(self.model, UnionControlNet):
             if types:
                 raise ControlNetError(
@@ -320,9 +368,14 @@ class SuiteControl(ModedControl):
         if hint.shape[1] != expected:
             raise ControlNetError(f"the image has {hint.shape[1]} channels, this ControlNet takes {expected} (RGB)")
 
+    def _hint_batch(self) -> int:
+        return max((condition.image.shape[0] for condition in self.union_conditions), default=super()._hint_batch())
+
     def copy(self) -> SuiteControl:
         """A new control sharing the model (not the chain), as ComfyUI's apply nodes expect."""
-        return self._copy_options_to(SuiteControl(self.loaded, self.load_device, self.patcher))
+        c = SuiteControl(self.loaded, self.load_device, self.patcher)
+        c.union_conditions = self.union_conditions
+        return self._copy_options_to(c)
 
     # called by ComfyUI's sampler
 
@@ -345,7 +398,7 @@ class SuiteControl(ModedControl):
         h, w = latent_size_guess(self.cond_hint_original)
         elements = residual_elements(self._channels(), self._divisors(), h, w) * CFG_BRANCHES
         elements += self.loaded.config.model_channels * h * w
-        return previous + elements * self.cond_hint_original.shape[0] * model_management.dtype_size(self.model.dtype)
+        return previous + elements * self._hint_batch() * model_management.dtype_size(self.model.dtype)
 
     def cleanup(self) -> None:
         self._encoded_hints = {}
@@ -397,14 +450,23 @@ class SuiteControl(ModedControl):
         """The hint resized and encoded for this latent size, once."""
         height, width = x_noisy.shape[-2:]
         if (height, width) not in self._encoded_hints:
-            hint = comfy.utils.common_upscale(
-                self.cond_hint_original, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
-            )
-            hint = hint.to(device=x_noisy.device, dtype=self.model.dtype)
-            if isinstance(self.model, UnionControlNet):
-                encoded = self.model.encode_condition(hint, self._control_types())
+
+            def at_latent_size(image: torch.Tensor) -> torch.Tensor:  # B×C×H×W
+                hint = comfy.utils.common_upscale(
+                    image, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
+                )
+                return hint.to(device=x_noisy.device, dtype=self.model.dtype)
+
+            if self.union_conditions:
+                encoded = self.model.encode_conditions(
+                    [at_latent_size(condition.image.movedim(-1, 1)) for condition in self.union_conditions],
+                    self._control_types(),
+                    [condition.weight for condition in self.union_conditions],
+                )
+            elif isinstance(self.model, UnionControlNet):
+                encoded = self.model.encode_condition(at_latent_size(self.cond_hint_original), self._control_types())
             else:
-                encoded = self.model.encode_hint(hint)
+                encoded = self.model.encode_hint(at_latent_size(self.cond_hint_original))
             self._encoded_hints[(height, width)] = encoded
         return self._encoded_hints[(height, width)]
 
@@ -516,6 +578,53 @@ def fit_mask(mask: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
             f"it is unclear how the mask lines up with the image. Resize or crop the mask to {image_w}×{image_h}"
         )
     return torch.nn.functional.interpolate(mask, size=(image_h, image_w), mode=MASK_UPSCALE_METHOD, align_corners=False)
+
+
+# --- ControlNet Union conditions -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnionCondition:
+    """One condition for a ControlNet Union's multi-condition mode."""
+
+    image: torch.Tensor  # ComfyUI IMAGE: B×H×W×C in 0..1
+    control_type: str  # a key of UNION_CONTROL_TYPES
+    weight: float = 1.0  # diffusers' conditioning_scale of this condition
+
+
+def add_union_condition(
+    conditions: Sequence[UnionCondition], image: torch.Tensor, control_type: str, weight: float
+) -> tuple[UnionCondition, ...]:
+    """`conditions` plus one more; a second image of a control type already there is refused
+    (the model has one task embedding per type: two images of one type are a wiring mistake)."""
+    if control_type not in UNION_CONTROL_TYPES:
+        raise ControlNetError(f"unknown control type '{control_type}': pick one of {', '.join(UNION_CONTROL_TYPES)}")
+    if any(condition.control_type == control_type for condition in conditions):
+        raise ControlNetError(
+            f"the Union conditions already have a {control_type} image: a ControlNet Union takes one image per "
+            "control type. Remove one of the two, or give it another type"
+        )
+    return (*conditions, UnionCondition(image, control_type, weight))
+
+
+def configured_union_control(
+    control_net: comfy.controlnet.ControlBase,
+    conditions: Sequence[UnionCondition],
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    control_mode: str = control_modes.BALANCED,
+    mask: torch.Tensor | None = None,
+    block_weights: str = "",
+) -> SuiteControl:
+    """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass."""
+    if not isinstance(control_net, SuiteControl):
+        raise ControlNetError(
+            "Apply ControlNet Union runs ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
+            "ControlNet comes from another loader: load the file with ControlNet Suite's Load ControlNet"
+        )
+    if not conditions:
+        raise ControlNetError("no Union conditions: add at least one with a Union Condition node")
+    return control_net.copy().configure_union(conditions, strength, start_percent, end_percent, control_mode, mask, block_weights)
 
 
 # --- attaching controls to conditioning -------------------------------------------------------

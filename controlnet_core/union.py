@@ -202,22 +202,40 @@ class UnionControlNet(ControlNet):
 
     def encode_condition(self, hint: torch.Tensor, control_types: Sequence[int] = ()) -> torch.Tensor:
         """What `forward` adds to conv_in(x) for one hint image batch (B×3×H×W, 0..1) of the given
-        control types, each image fused on its own; depends on the images alone, so callers may
-        cache it and pass it as `encoded_hint`.
+        control types: `encode_conditions` with that hint for each type. With no control type
+        (ComfyUI's "auto", or no Set Union ControlNet Type), the hint goes through the hint
+        encoder alone, as in ComfyUI."""
+        if not control_types:
+            return self.encode_hint(hint.to(self.dtype))
+        return self.encode_conditions([hint] * len(control_types), control_types)
+
+    def encode_conditions(
+        self, hints: Sequence[torch.Tensor], control_types: Sequence[int], weights: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """What `forward` adds to conv_in(x) for several conditions: hint k (B_k×3×H×W, 0..1; B_k
+        is 1 or the largest batch) of control type k, weighted by `weights[k]` inside the fusion
+        when there are several (diffusers' conditioning_scale; with one condition a weight
+        scales the residuals, which is the caller's job here). Image i of the batch is fused
+        with image i of the other hints only. Depends on the images alone, so callers may cache
+        it and pass it as `forward`'s `encoded_hint`, with the same `control_types`.
 
         The sample token never reaches the condition tokens (the fusion attends across the
         batch, token position by token position), so it is left out. Fusing each image alone
         keeps an image's control independent of the others in its batch, as in ComfyUI's port;
-        the reference mixes distinct images of one batch (`forward` keeps that). With no control
-        type (ComfyUI's "auto", or no Set Union ControlNet Type), the hint goes through the hint
-        encoder alone, as in ComfyUI."""
+        the reference mixes distinct images of one batch (`forward` keeps that)."""
         self.check_types(control_types)
-        hint = hint.to(self.dtype)
-        if not control_types:
-            return self.encode_hint(hint)
-        unscaled = [1.0] * len(control_types)
-        images = [hint[i : i + 1] for i in range(hint.shape[0])]
-        return torch.cat([self.fuse_conditions(None, [image] * len(control_types), control_types, unscaled) for image in images])
+        weights = [1.0] * len(hints) if weights is None else list(weights)
+        if not hints or len(control_types) != len(hints) or len(weights) != len(hints):
+            raise ValueError(f"{len(hints)} hints, {len(control_types)} control types and {len(weights)} weights: give one of each per condition")
+        batch = max(hint.shape[0] for hint in hints)
+        if any(hint.shape[0] not in (1, batch) for hint in hints):
+            raise ValueError(f"hint batches of {[hint.shape[0] for hint in hints]} images: each must have 1 or {batch}")
+        hints = [hint.to(self.dtype) for hint in hints]
+
+        def image(hint: torch.Tensor, i: int) -> torch.Tensor:
+            return hint[i : i + 1] if hint.shape[0] > 1 else hint
+
+        return torch.cat([self.fuse_conditions(None, [image(h, i) for h in hints], control_types, weights) for i in range(batch)])
 
     def forward(  # type: ignore[override]  # conditions replace ControlNet's single hint
         self,

@@ -2,10 +2,10 @@
 controlnet_core; ComfyUI modules are imported inside them, so importing this package is cheap
 and works without ComfyUI."""
 
-from . import apply, loaders, preprocessors, stack, training
+from . import apply, loaders, preprocessors, stack, training, union
 
 # In the order the Add Node menu lists our categories: loaders, preprocessors, apply, stack, training.
-_NODE_MODULES = (loaders, preprocessors, apply, stack, training)
+_NODE_MODULES = (loaders, preprocessors, apply, union, stack, training)
 NODE_CLASS_MAPPINGS = {node_id: cls for module in _NODE_MODULES for node_id, cls in module.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {
     node_id: name for module in _NODE_MODULES for node_id, name in module.NODE_DISPLAY_NAME_MAPPINGS.items()

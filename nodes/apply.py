@@ -6,7 +6,11 @@ from ..controlnet_core import control_modes
 
 CATEGORY = "ControlNet Suite/apply"
 
-# Inputs shared with the stack entry node (input names are a public API: never rename).
+# Inputs shared with the stack and Union nodes (input names are a public API: never rename).
+CONDITIONING_INPUTS = {
+    "positive": ("CONDITIONING", {"tooltip": "Positive (prompt) conditioning."}),
+    "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+}
 CONTROL_INPUTS = {
     "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet or T2I-Adapter from a ControlNet Suite loader or from ComfyUI's (every option works on each)."}),
     "image": ("IMAGE", {"tooltip": "The control image (a map from an annotator: edges, depth, pose...). It is resized to the latent's size x8 with a centre crop."}),
@@ -45,11 +49,7 @@ class CNS_ApplyControlNet:
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {
-                "positive": ("CONDITIONING", {"tooltip": "Positive (prompt) conditioning."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
-                **CONTROL_INPUTS,
-            },
+            "required": {**CONDITIONING_INPUTS, **CONTROL_INPUTS},
             "optional": OPTIONAL_CONTROL_INPUTS,
         }
 

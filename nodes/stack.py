@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .apply import CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
+from .apply import CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
 
 CATEGORY = "ControlNet Suite/stack"
 STACK_TYPE = "CNS_CONTROL_STACK"
@@ -57,8 +57,7 @@ class CNS_ApplyControlStack:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "positive": ("CONDITIONING", {"tooltip": "Positive (prompt) conditioning."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+                **CONDITIONING_INPUTS,
                 "control_stack": (STACK_TYPE, {"tooltip": "Controls built with 'Control Stack Entry' nodes."}),
             }
         }

@@ -95,6 +95,57 @@ def test_single_condition_scale_scales_residuals(saved_union):
     assert_residuals_equal(run_ours(model, reference, [hint], [1], [0.4]), run_diffusers(reference, [hint], [1], [0.4]))
 
 
+# --- cached fusion (what the control object runs) ---------------------------------------------
+
+TWO_TYPES = [UNION_CONTROL_TYPES["depth"], UNION_CONTROL_TYPES["canny/lineart/anime_lineart/mlsd"]]
+
+
+def cached_forward(model: UnionControlNet, reference: ControlNetUnionModel, hints, types, weights):
+    """`forward` on the hints' cached fusion (`encode_conditions`), on run_ours' inputs."""
+    x, _, t, context, extra = inputs("SDXL")
+    ids = reference.add_time_proj(extra["time_ids"].flatten()).reshape(x.shape[0], -1)
+    y = torch.cat([extra["text_embeds"], ids], dim=-1)
+    with torch.no_grad():
+        encoded = model.encode_conditions(hints, types, weights)
+        return model(x, None, t, context, y=y, encoded_hint=encoded, control_types=types)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0], [0.6, 1.3]])
+def test_cached_fusion_of_two_conditions_equals_the_reference_forward(saved_union, weights):
+    """One image per condition: fusing each image on its own is the reference's computation
+    (the batch-axis attention over identical rows is the row itself)."""
+    reference, _, model = saved_union
+    _, hint, *_ = inputs("SDXL")
+    hints = [hint[:1], second_hint(1)]
+
+    got = cached_forward(model, reference, hints, TWO_TYPES, weights)
+
+    assert_residuals_equal(got, run_ours(model, reference, hints, TWO_TYPES, weights))
+    # The weights act inside the fusion: other weights give other residuals.
+    other = cached_forward(model, reference, hints, TWO_TYPES, [0.2, 2.0])
+    assert (other[0] - got[0]).abs().max() > 1e-3 * got[0].abs().max()
+
+
+def test_cached_fusion_fuses_each_image_with_the_same_image_of_the_other_hints(saved_union):
+    """Two images per hint (the second hint a single image, broadcast): row i is image i fused
+    alone."""
+    _, _, model = saved_union
+    _, hint, *_ = inputs("SDXL")
+    single = second_hint(1)
+    with torch.no_grad():
+        both = model.encode_conditions([hint, single], TWO_TYPES, [0.6, 1.3])
+        alone = [model.encode_conditions([hint[i : i + 1], single], TWO_TYPES, [0.6, 1.3]) for i in range(2)]
+    assert torch.equal(both, torch.cat(alone))
+    assert (alone[0] - alone[1]).abs().max() > 0  # distinct images, distinct rows
+
+
+def test_cached_fusion_refuses_hint_batches_that_cannot_pair(saved_union):
+    _, _, model = saved_union
+    _, hint, *_ = inputs("SDXL")  # 2 images
+    with pytest.raises(ValueError, match=r"^hint batches of \[2, 3\] images: each must have 1 or 3$"):
+        model.encode_conditions([hint, second_hint(3)], TWO_TYPES)
+
+
 def test_promax_types_are_refused_by_the_six_type_model(tmp_path):
     reference = ControlNetUnionModel(**tiny_union_config(UNION))
     reference.save_pretrained(tmp_path)

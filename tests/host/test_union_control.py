@@ -11,9 +11,11 @@ compute the same thing: the sample token ComfyUI drops never reaches the conditi
 """
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
+from controlnet_core.union import UNION_CONTROL_TYPES
 
 from .conftest import IMAGE_SIDE
 from .conftest import CONTEXT_DIM, LATENT_SIDE, TOKENS
@@ -26,10 +28,12 @@ from .test_control_object import (
     expected_weights,
     flat,
     is_cond_only,
+    prepared,
     step_inputs,
 )
 from .test_foreign_control import ACROSS_IMPLEMENTATIONS, comfy_union_controlnet
 from .test_performance_paths import MODES
+from .test_sampling import MIN_EFFECT
 
 DEPTH = "depth"
 CANNY = "canny/lineart/anime_lineart/mlsd"
@@ -105,7 +109,12 @@ def test_the_control_type_changes_the_residuals(host, union_pair):
 def test_modes_weight_the_residuals_and_pick_the_rows(host, union_pair, mode):
     comfys, ours = union_pair
     got = residuals(host, with_type(ours, DEPTH), mode)
-    reference = residuals(host, with_type(comfys, DEPTH), strength=1.0)
+    assert_weighted_by_mode(got, residuals(host, with_type(comfys, DEPTH), strength=1.0), mode)
+
+
+def assert_weighted_by_mode(got, reference, mode):
+    """`got` is `reference` (strength 1) weighted as `mode` weights it, on the rows the mode runs;
+    cond-only modes leave the uncond rows without control."""
     weights = expected_weights(mode, got)
     rows = COND_ROWS if is_cond_only(mode) else slice(None)
     assert_close([g[rows] for g in got], [w * r[rows] for w, r in zip(weights, reference)], mode)
@@ -149,40 +158,189 @@ def test_a_control_type_on_a_plain_controlnet_is_refused(host, files):
     )
 
 
-def test_a_union_file_through_our_loader_gives_the_reference_forward(host):
-    """A diffusers-format Union file (diffusers' own model, tiny SDXL shape, random weights) through
-    our Load ControlNet and apply node: the control object is ours, and one step's residuals are
-    the reference forward of our core model (xinsir's computation, sample token included) on
-    that step's rows."""
+# --- a Union file through our loader, on a tiny SDXL model ---------------------------------------
+
+@pytest.fixture(scope="module")
+def union_sdxl(host):
+    """A diffusers-format ProMax file (diffusers' own model, random weights) of test_sdxl's tiny
+    SDXL shape, loaded with our Load ControlNet; that SDXL U-Net; conditioning for it; and one
+    step's inputs (one latent: uncond row, then cond row)."""
     from diffusers import ControlNetUnionModel
     from safetensors.torch import save_file
-    from tests.core.tiny import DIFFUSERS_CONFIGS, randomize
+    from tests.core.tiny import randomize
 
-    from .test_sdxl import SDXL_UNET_CONFIG
+    from .test_sdxl import ADM_CHANNELS, CHANNEL_MULT, POOLED_DIM, SDXL_UNET_CONFIG, TRANSFORMER_DEPTH, WIDTH
+    from .test_sdxl import CONTEXT_DIM as SDXL_CONTEXT_DIM
 
-    tiny_sdxl = DIFFUSERS_CONFIGS["SDXL"]
-    width = tiny_sdxl["block_out_channels"][0]
-    network = ControlNetUnionModel(**tiny_sdxl, num_control_type=8, num_trans_channel=width, num_proj_channel=width)
+    network = ControlNetUnionModel(
+        block_out_channels=tuple(WIDTH * m for m in CHANNEL_MULT),
+        down_block_types=tuple("CrossAttnDownBlock2D" if depth else "DownBlock2D" for depth in TRANSFORMER_DEPTH),
+        transformer_layers_per_block=list(TRANSFORMER_DEPTH),
+        cross_attention_dim=SDXL_CONTEXT_DIM,
+        attention_head_dim=[WIDTH * m // 64 for m in CHANNEL_MULT],  # head counts: 64-channel heads
+        use_linear_projection=True,
+        layers_per_block=2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,  # SDXL's: y = pooled text + 6 sinusoidal size ids of 256
+        projection_class_embeddings_input_dim=ADM_CHANNELS,
+        num_control_type=8,
+        num_trans_channel=WIDTH,
+        num_proj_channel=WIDTH,
+    )
     weights = {k: v.contiguous() for k, v in randomize(network, seed=7).state_dict().items()}
     save_file(weights, host.models_dir / "tiny_union.safetensors")
-    control_net = host.suite_controlnet("tiny_union.safetensors")
-    assert (type(control_net).__name__, control_net.loaded.layout, control_net.loaded.family) == ("SuiteControl", "diffusers-union", "SDXL")
-
-    sdxl_model = host.tiny_model(family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2)
-    control = control_on(host, with_type(control_net, DEPTH), strength=1.0, model=sdxl_model)
     gen = torch.Generator().manual_seed(6)
+
+    def conditioning():
+        context = torch.randn(1, TOKENS, SDXL_CONTEXT_DIM, generator=gen)
+        return [[context, {"pooled_output": torch.randn(1, POOLED_DIM, generator=gen)}]]
+
     x = (torch.randn(1, 4, LATENT_SIDE, LATENT_SIDE, generator=gen) * 5).repeat(2, 1, 1, 1)
-    sigma = torch.full((2,), 4.0)
     cond = {
-        "c_crossattn": torch.randn(2, TOKENS, tiny_sdxl["cross_attention_dim"], generator=gen),
-        "y": torch.randn(2, tiny_sdxl["projection_class_embeddings_input_dim"], generator=gen),
+        "c_crossattn": torch.randn(2, TOKENS, SDXL_CONTEXT_DIM, generator=gen),
+        "y": torch.randn(2, ADM_CHANNELS, generator=gen),
     }
+    return SimpleNamespace(
+        control_net=host.suite_controlnet("tiny_union.safetensors"),
+        model=host.tiny_model(family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2),
+        positive=conditioning(),
+        negative=conditioning(),
+        step=(x, torch.full((2,), 4.0), cond),
+        images=torch.rand(2, IMAGE_SIDE, IMAGE_SIDE, 3, generator=gen),  # two condition maps, one image each
+    )
+
+
+def one_step(control, step):
+    x, sigma, cond = step
     with torch.no_grad():
-        got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
-        sampling = sdxl_model.model.model_sampling
-        reference = control_net.loaded.model(
-            sampling.calculate_input(sigma, x), [(host.image.movedim(-1, 1), 1)], sampling.timestep(sigma),
-            cond["c_crossattn"], y=cond["y"],
-        )
+        out = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
     control.cleanup()
-    assert_close(got, reference, "file")
+    return out
+
+
+def reference_forward(union_sdxl, conditions, scales=None):
+    """The core model's reference forward (xinsir's computation, sample token included) on the
+    step's rows, for (ComfyUI IMAGE, control type name) conditions at the latent's size x8."""
+    x, sigma, cond = union_sdxl.step
+    sampling = union_sdxl.model.model.model_sampling
+    with torch.no_grad():
+        return union_sdxl.control_net.loaded.model(
+            sampling.calculate_input(sigma, x), [(image.movedim(-1, 1), UNION_CONTROL_TYPES[name]) for image, name in conditions],
+            sampling.timestep(sigma), cond["c_crossattn"], y=cond["y"], scales=scales,
+        )
+
+
+def union_conditions(host, *conditions):
+    """(image, control type, weight) triples chained through Union Condition nodes."""
+    chained = None
+    for image, control_type, weight in conditions:
+        (chained,) = host.node("CNS_UnionCondition").add(image, control_type, weight, union_conditions=chained)
+    return chained
+
+
+def apply_union(host, union_sdxl, conditions, mode="balanced", strength=1.0, control_net=None, **options):
+    """Our Apply ControlNet Union node on the SDXL conditioning: (positive, negative)."""
+    return host.node("CNS_ApplyControlNetUnion").apply(
+        union_sdxl.positive, union_sdxl.negative, control_net or union_sdxl.control_net, conditions, strength, 0.0, 1.0,
+        mode, **options,
+    )
+
+
+def test_a_union_file_through_our_loader_gives_the_reference_forward(host, union_sdxl):
+    """One type set with ComfyUI's Set Union ControlNet Type, one hint image: the control object
+    is ours, and one step's residuals are the core model's reference forward."""
+    control_net = union_sdxl.control_net
+    assert (type(control_net).__name__, control_net.loaded.layout, control_net.loaded.family) == ("SuiteControl", "diffusers-union", "SDXL")
+    control = control_on(host, with_type(control_net, DEPTH), strength=1.0, model=union_sdxl.model)
+    assert_close(one_step(control, union_sdxl.step), reference_forward(union_sdxl, [(host.image, DEPTH)]), "file")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_conditions_fused_in_one_pass_give_the_reference_forward(host, union_sdxl, mode):
+    """Apply ControlNet Union with a depth and a canny map, weighted 0.6 and 1.3 inside the
+    fusion: one step is the reference forward with those conditions and scales (diffusers'
+    multi-condition computation), weighted by the mode, on the rows the mode runs."""
+    depth, canny = union_sdxl.images[:1], union_sdxl.images[1:]
+    conditions = union_conditions(host, (depth, DEPTH, 0.6), (canny, CANNY, 1.3))
+    positive, _ = apply_union(host, union_sdxl, conditions, mode, strength=STRENGTH)
+    control = prepared(host, positive[0][1]["control"], union_sdxl.model)
+
+    got = one_step(control, union_sdxl.step)
+
+    assert_weighted_by_mode(got, reference_forward(union_sdxl, [(depth, DEPTH), (canny, CANNY)], scales=[0.6, 1.3]), mode)
+
+
+def test_one_condition_is_set_union_type_with_its_weight_on_the_strength(host, union_sdxl):
+    """A single condition's weight scales the residuals (diffusers' rule): Apply ControlNet Union
+    with (depth, weight 0.5) at strength 0.8 runs what Set Union ControlNet Type + Apply
+    ControlNet at strength 0.4 runs."""
+    conditions = union_conditions(host, (host.image, DEPTH, 0.5))
+    positive, _ = apply_union(host, union_sdxl, conditions, strength=0.8)
+    got = one_step(prepared(host, positive[0][1]["control"], union_sdxl.model), union_sdxl.step)
+
+    typed = with_type(union_sdxl.control_net, DEPTH)
+    expected = one_step(control_on(host, typed, strength=0.8 * 0.5, model=union_sdxl.model), union_sdxl.step)
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert torch.equal(g, e), f"residual {i}"
+
+
+def test_two_conditions_sample_with_the_fusion_run_once_per_run(host, union_sdxl, monkeypatch):
+    """Through ComfyUI's sampler: the conditions change the sampled latent, are fused once per
+    sampling run (not at each step), and a second run gives the same latent (the cache is
+    dropped in cleanup)."""
+    model = union_sdxl.control_net.loaded.model
+    conditions = union_conditions(host, (union_sdxl.images[:1], DEPTH, 1.0), (union_sdxl.images[1:], CANNY, 1.0))
+    plain = host.sample(union_sdxl.positive, union_sdxl.negative, model=union_sdxl.model)
+    fused, encode_conditions = [], model.encode_conditions
+    monkeypatch.setattr(model, "encode_conditions", lambda *args: fused.append(1) or encode_conditions(*args))
+    first = host.sample(*apply_union(host, union_sdxl, conditions), model=union_sdxl.model, steps=3)
+    second = host.sample(*apply_union(host, union_sdxl, conditions), model=union_sdxl.model, steps=3)
+    assert (first - plain).abs().max().item() > MIN_EFFECT
+    assert torch.equal(first, second)
+    assert len(fused) == 2  # one per run, 3 steps each
+
+
+def refusal(host, call):
+    with pytest.raises(host.errors.ControlNetError) as error:
+        call()
+    return str(error.value)
+
+
+def test_union_nodes_refuse_what_they_cannot_run(host, union_sdxl, files):
+    image = host.image
+    assert refusal(host, lambda: union_conditions(host, (image, DEPTH, 1.0), (image, DEPTH, 0.5))) == (
+        f"the Union conditions already have a {DEPTH} image: a ControlNet Union takes one image per control type. "
+        "Remove one of the two, or give it another type"
+    )
+    conditions = union_conditions(host, (image, DEPTH, 1.0))
+    plain = host.suite_controlnet(files.original)
+    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=plain)) == (
+        f"Apply ControlNet Union takes a ControlNet Union/ProMax file; '{files.original}' is a plain ControlNet: "
+        "apply it with Apply ControlNet"
+    )
+    builtin = host.builtin_controlnet(files.original)
+    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=builtin)) == (
+        "Apply ControlNet Union runs ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
+        "ControlNet comes from another loader: load the file with ControlNet Suite's Load ControlNet"
+    )
+    typed = with_type(union_sdxl.control_net, CANNY)
+    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=typed)) == (
+        "the control types come from the Union Condition nodes here; remove the Set Union ControlNet Type node "
+        "between 'tiny_union.safetensors' and Apply ControlNet Union"
+    )
+    three = torch.rand(3, IMAGE_SIDE, IMAGE_SIDE, 3)
+    uneven = union_conditions(host, (union_sdxl.images, DEPTH, 1.0), (three, CANNY, 1.0))
+    assert refusal(host, lambda: apply_union(host, union_sdxl, uneven)) == (
+        "the Union conditions' images come in batches of 2, 3: give each condition 1 image or 3"
+    )
+
+
+def test_conditions_whose_largest_batch_cannot_pair_with_the_latents_are_refused(host, union_sdxl):
+    """The first condition has 1 image, the second 2: the hint batch is 2, which 3 latents
+    cannot take (checked on the largest batch, not the first condition's)."""
+    conditions = union_conditions(host, (host.image, DEPTH, 1.0), (union_sdxl.images, CANNY, 1.0))
+    positive, negative = apply_union(host, union_sdxl, conditions)
+    assert refusal(host, lambda: host.sample(positive, negative, batch=3, model=union_sdxl.model)) == (
+        "the hint has 2 images and the latent batch has 3: they cannot be paired. "
+        "Give 1 hint image, 3, or a number that divides 3"
+    )
