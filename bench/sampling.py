@@ -472,30 +472,41 @@ def describe_machine(device: str) -> str:
 
 # --- main ---------------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every sampling benchmark here takes (this one and bench/union.py)."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="cpu (default), cuda, or auto (cuda when present)")
-    p.add_argument("--width", default="small", help="model channels: small (64), full (320, SD1.5) or a number")
     p.add_argument("--latent", type=int, help="latent side (default: 32 on the CPU, 64 = 512 px on a GPU)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 4 on the CPU, 20 on a GPU)")
     p.add_argument("--repeats", type=int, help="timed repeats of every configuration (default 5)")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="weights and compute (default: fp32 CPU, fp16 GPU)")
-    p.add_argument("--stacks", default="1,2,3", help="numbers of stacked controls, comma-separated")
-    p.add_argument("--modes", default=",".join(MODES), help="our control modes, comma-separated")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall time (default) or the process's CPU time (CPU only; steadier on a shared machine)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--counts", action="store_true", help="also count ControlNet calls and rows per run")
-    p.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's op table for one configuration, e.g. balanced×1")
     p.add_argument("--out", type=Path, help="also write the report to this file")
+
+
+def parse_common(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed arguments with the device resolved and its defaults filled in."""
     args = p.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     for key, value in DEFAULTS[args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    p.add_argument("--width", default="small", help="model channels: small (64), full (320, SD1.5) or a number")
+    p.add_argument("--stacks", default="1,2,3", help="numbers of stacked controls, comma-separated")
+    p.add_argument("--modes", default=",".join(MODES), help="our control modes, comma-separated")
+    p.add_argument("--counts", action="store_true", help="also count ControlNet calls and rows per run")
+    p.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's op table for one configuration, e.g. balanced×1")
+    args = parse_common(p, argv)
     args.width_channels = WIDTHS.get(args.width) or int(args.width)
     args.stack_list = sorted({int(s) for s in args.stacks.split(",") if s.strip()})
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
