@@ -516,14 +516,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def log(text: str) -> None:
+    """Progress, on stderr (the report goes to stdout)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def emit(text: str, args: argparse.Namespace) -> None:
+    """The report on stdout, and in --out's file when given."""
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
-
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="cns_bench_") as folder:
         comfy = Comfy(args.device, Path(folder))
@@ -547,9 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         counts = {c.name: count_work(comfy, model, c, inputs, args.steps) for c in configs if c.controls} if args.counts else {}
         text = report(configs, times, in_controls, memory, counts, describe_machine(args.device), args)
         text += "\n\n" + "\n".join(balanced_against_builtin(latents, args.stack_list))
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(text, args)
 
 
 if __name__ == "__main__":

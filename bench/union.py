@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,6 +58,8 @@ from .sampling import (
     Inputs,
     add_common_arguments,
     describe_machine,
+    emit,
+    log,
     parse_common,
     peak_memory,
     randomize,
@@ -271,17 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
-
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     with tempfile.TemporaryDirectory(prefix="cns_bench_") as folder:
         comfy = Comfy(args.device, Path(folder))
         log(f"building the Union ControlNet and the SDXL-topology U-Net (depth {args.depth}) ...")
         comfys, ours = build_union_controls(comfy, args.depth_blocks, dtype)
         inputs = make_inputs(comfy, args.latent)
         if args.forward:
-            print(time_forwards(comfys, ours, inputs, args.repeats, CLOCKS[args.clock]))
+            emit(time_forwards(comfys, ours, inputs, args.repeats, CLOCKS[args.clock]), args)
             return
         model = build_unet(comfy, args.depth_blocks, dtype)
         args.unet = model.model
@@ -289,9 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         times, in_controls, latents = time_runs(comfy, model, configs, inputs, args.steps, args.repeats, args.device, log, CLOCKS[args.clock])
         memory = {} if args.no_memory else {c.name: peak_memory(comfy, model, c, inputs, args.steps, args.device) for c in configs}
         text = report(configs, times, in_controls, memory, latents, describe_machine(args.device), args)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(text, args)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,12 @@ def residuals(host, control_net, mode="balanced", strength=STRENGTH, image=None,
     finally:
         if image is not None:
             host.image = saved
-    x, sigma, cond = inputs or step_inputs(host)
+    return one_step(control, inputs or step_inputs(host))
+
+
+def one_step(control, step):
+    """One step's residuals (flat) of a prepared `control` on `step` = (x, sigma, cond), then its cleanup."""
+    x, sigma, cond = step
     with torch.no_grad():
         out = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
     control.cleanup()
@@ -208,14 +213,6 @@ def union_sdxl(host):
         step=(x, torch.full((2,), 4.0), cond),
         images=torch.rand(2, IMAGE_SIDE, IMAGE_SIDE, 3, generator=gen),  # two condition maps, one image each
     )
-
-
-def one_step(control, step):
-    x, sigma, cond = step
-    with torch.no_grad():
-        out = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
-    control.cleanup()
-    return out
 
 
 def reference_forward(union_sdxl, conditions, scales=None):
