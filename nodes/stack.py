@@ -2,44 +2,72 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from .apply import CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
+from .union import OPTIONAL_UNION_CONTROL_INPUTS, UNION_CONTROL_INPUTS
 
 CATEGORY = "ControlNet Suite/stack"
 STACK_TYPE = "CNS_CONTROL_STACK"
 
 
-class CNS_ControlStackEntry:
-    DESCRIPTION = (
-        "Adds one control (ControlNet, image, strength, range, mode, optional mask and block weights) to a stack. "
-        "Chain entries, then apply the stack with 'Apply Control Stack'."
-    )
+class _StackEntry:
+    """What both entry nodes share: the output, and adding one configured control to a copy of
+    the incoming stack (the incoming one may feed other nodes)."""
+
     CATEGORY = CATEGORY
     RETURN_TYPES = (STACK_TYPE,)
     RETURN_NAMES = ("control_stack",)
     OUTPUT_TOOLTIPS = ("The incoming stack plus this control.",)
     FUNCTION = "add"
+    STACK_INPUT = {"control_stack": (STACK_TYPE, {"tooltip": "A stack to extend; leave empty to start a new one."})}
+
+    @staticmethod
+    def extended(control_stack: tuple | None, strength: float, configured: Callable[[], Any]) -> tuple:
+        from ..controlnet_core import comfy_control
+
+        stack = tuple(control_stack or ())
+        if strength == 0:
+            return (stack,)
+        return (stack + (comfy_control.StackEntry(configured()),),)
+
+
+class CNS_ControlStackEntry(_StackEntry):
+    DESCRIPTION = (
+        "Adds one control (ControlNet, image, strength, range, mode, optional mask and block weights) to a stack. "
+        "Chain entries, then apply the stack with 'Apply Control Stack'."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": CONTROL_INPUTS,
-            "optional": {
-                "control_stack": (STACK_TYPE, {"tooltip": "A stack to extend; leave empty to start a new one."}),
-                **OPTIONAL_CONTROL_INPUTS,
-            },
-        }
+        return {"required": CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_CONTROL_INPUTS}}
 
     def add(self, control_net, image, strength, start_percent, end_percent, control_mode,
             control_stack=None, mask=None, block_weights=""):
         from ..controlnet_core import comfy_control
 
-        stack = tuple(control_stack or ())  # a new stack: the incoming one may feed other nodes
-        if strength == 0:
-            return (stack,)
-        control = comfy_control.configured_control(
+        return self.extended(control_stack, strength, lambda: comfy_control.configured_control(
             control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights
-        )
-        return (stack + (comfy_control.StackEntry(control),),)
+        ))
+
+
+class CNS_UnionStackEntry(_StackEntry):
+    DESCRIPTION = (
+        "Adds one ControlNet Union/ProMax with its Union conditions (fused in one pass, as 'Apply ControlNet Union' "
+        "does) to a stack, with strength, range, mode, optional mask and block weights."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": UNION_CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_UNION_CONTROL_INPUTS}}
+
+    def add(self, control_net, union_conditions, strength, start_percent, end_percent, control_mode,
+            control_stack=None, mask=None, block_weights=""):
+        from ..controlnet_core import comfy_control
+
+        return self.extended(control_stack, strength, lambda: comfy_control.configured_union_control(
+            control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights
+        ))
 
 
 class CNS_ApplyControlStack:
@@ -58,7 +86,7 @@ class CNS_ApplyControlStack:
         return {
             "required": {
                 **CONDITIONING_INPUTS,
-                "control_stack": (STACK_TYPE, {"tooltip": "Controls built with 'Control Stack Entry' nodes."}),
+                "control_stack": (STACK_TYPE, {"tooltip": "Controls built with 'Control Stack Entry' and 'Union Stack Entry' nodes."}),
             }
         }
 
@@ -70,9 +98,11 @@ class CNS_ApplyControlStack:
 
 NODE_CLASS_MAPPINGS = {
     "CNS_ControlStackEntry": CNS_ControlStackEntry,
+    "CNS_UnionStackEntry": CNS_UnionStackEntry,
     "CNS_ApplyControlStack": CNS_ApplyControlStack,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CNS_ControlStackEntry": "Control Stack Entry (ControlNet Suite)",
+    "CNS_UnionStackEntry": "Union Stack Entry (ControlNet Suite)",
     "CNS_ApplyControlStack": "Apply Control Stack (ControlNet Suite)",
 }

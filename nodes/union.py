@@ -8,6 +8,21 @@ from .apply import CATEGORY, CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTR
 
 UNION_CONDITIONS = "CNS_UNION_CONDITIONS"
 
+# Inputs shared by Apply ControlNet Union and Union Stack Entry: Apply ControlNet's, with the
+# conditions in place of the image.
+UNION_CONTROL_INPUTS = {
+    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet Union or ProMax file from ControlNet Suite's Load ControlNet."}),
+    "union_conditions": (UNION_CONDITIONS, {"tooltip": "The conditions, from Union Condition nodes."}),
+    **{name: spec for name, spec in CONTROL_INPUTS.items() if name not in ("control_net", "image")},  # strength, start/end, mode
+}
+OPTIONAL_UNION_CONTROL_INPUTS = {
+    **OPTIONAL_CONTROL_INPUTS,
+    "mask": ("MASK", {"tooltip": (
+        "Restricts the control to a region (1 = full control). Same size as the first condition's image, "
+        "or the same aspect ratio (then resized)."
+    )}),
+}
+
 
 class CNS_UnionCondition:
     DESCRIPTION = (
@@ -57,21 +72,9 @@ class CNS_ApplyControlNetUnion:
 
     @classmethod
     def INPUT_TYPES(cls):
-        how = {name: spec for name, spec in CONTROL_INPUTS.items() if name not in ("control_net", "image")}
         return {
-            "required": {
-                **CONDITIONING_INPUTS,
-                "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet Union or ProMax file from ControlNet Suite's Load ControlNet."}),
-                "union_conditions": (UNION_CONDITIONS, {"tooltip": "The conditions, from Union Condition nodes."}),
-                **how,  # strength, start/end, control mode: as Apply ControlNet
-            },
-            "optional": {
-                **OPTIONAL_CONTROL_INPUTS,
-                "mask": ("MASK", {"tooltip": (
-                    "Restricts the control to a region (1 = full control). Same size as the first condition's image, "
-                    "or the same aspect ratio (then resized)."
-                )}),
-            },
+            "required": {**CONDITIONING_INPUTS, **UNION_CONTROL_INPUTS},
+            "optional": OPTIONAL_UNION_CONTROL_INPUTS,
         }
 
     def apply(self, positive, negative, control_net, union_conditions, strength, start_percent, end_percent,

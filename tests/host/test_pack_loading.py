@@ -24,7 +24,7 @@ NODES_BY_CATEGORY = {
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
     ),
     "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion"),
-    "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_ApplyControlStack"),
+    "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_UnionStackEntry", "CNS_ApplyControlStack"),
     "ControlNet Suite/training": ("CNS_CreateControlNet", "CNS_TrainControlNet"),
 }
 NODE_IDS = {node_id: category for category, ids in NODES_BY_CATEGORY.items() for node_id in ids}

@@ -297,6 +297,39 @@ def test_two_conditions_sample_with_the_fusion_run_once_per_run(host, union_sdxl
     assert len(fused) == 2  # one per run, 3 steps each
 
 
+def test_a_union_stack_entry_applies_what_apply_controlnet_union_applies(host, union_sdxl):
+    """Two Union Stack Entries (a masked two-condition entry in ControlNet-more-important mode,
+    then a one-condition entry with block weights), applied by Apply Control Stack, give one
+    step bit-equal to two Apply ControlNet Union nodes chained with the same options."""
+    depth, canny = union_sdxl.images[:1], union_sdxl.images[1:]
+    both = union_conditions(host, (depth, DEPTH, 0.6), (canny, CANNY, 1.3))
+    one = union_conditions(host, (canny, CANNY, 0.5))
+    mask = torch.zeros(IMAGE_SIDE, IMAGE_SIDE)
+    mask[:, : IMAGE_SIDE // 2] = 1.0
+    entries = [
+        dict(conditions=both, strength=0.7, mode="controlnet_more_important", options={"mask": mask}),
+        dict(conditions=one, strength=1.2, mode="balanced", options={"block_weights": "lowest resolution only"}),
+    ]
+    stack, positive, negative = None, union_sdxl.positive, union_sdxl.negative
+    for entry in entries:
+        (stack,) = host.node("CNS_UnionStackEntry").add(
+            union_sdxl.control_net, entry["conditions"], entry["strength"], 0.0, 1.0, entry["mode"], control_stack=stack,
+            **entry["options"],
+        )
+        positive, negative = host.node("CNS_ApplyControlNetUnion").apply(
+            positive, negative, union_sdxl.control_net, entry["conditions"], entry["strength"], 0.0, 1.0, entry["mode"],
+            **entry["options"],
+        )
+    stacked, _ = host.node("CNS_ApplyControlStack").apply(union_sdxl.positive, union_sdxl.negative, stack)
+
+    got = one_step(prepared(host, stacked[0][1]["control"], union_sdxl.model), union_sdxl.step)
+    expected = one_step(prepared(host, positive[0][1]["control"], union_sdxl.model), union_sdxl.step)
+    single = one_step(prepared(host, apply_union(host, union_sdxl, one, strength=1.2)[0][0][1]["control"], union_sdxl.model), union_sdxl.step)
+    for i, (g, e, s) in enumerate(zip(got, expected, single, strict=True)):
+        assert torch.equal(g, e), f"residual {i}"
+        assert not torch.equal(g, s), f"residual {i}: the first entry added nothing"
+
+
 def refusal(host, call):
     with pytest.raises(host.errors.ControlNetError) as error:
         call()
