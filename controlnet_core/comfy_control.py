@@ -321,12 +321,13 @@ class SuiteControl(ModedControl):
         name = os.path.basename(self.loaded.path)
         if not isinstance(self.model, UnionControlNet):
             raise ControlNetError(
-                f"Apply ControlNet Union takes a ControlNet Union/ProMax file; '{name}' is a plain ControlNet: apply it with Apply ControlNet"
+                f"Union conditions need a ControlNet Union/ProMax file; '{name}' is a plain ControlNet: give it an image with "
+                "Apply ControlNet or Control Stack Entry instead"
             )
         if self.extra_args.get("control_type"):
             raise ControlNetError(
                 "the control types come from the Union Condition nodes here; remove the Set Union ControlNet Type node "
-                f"between '{name}' and Apply ControlNet Union"
+                f"after '{name}'"
             )
         batches = [condition.image.shape[0] for condition in conditions]
         if any(images not in (1, max(batches)) for images in batches):
@@ -619,7 +620,7 @@ def configured_union_control(
     """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass."""
     if not isinstance(control_net, SuiteControl):
         raise ControlNetError(
-            "Apply ControlNet Union runs ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
+            "Union conditions run on ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
             "ControlNet comes from another loader: load the file with ControlNet Suite's Load ControlNet"
         )
     if not conditions:

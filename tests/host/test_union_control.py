@@ -336,7 +336,13 @@ def refusal(host, call):
     return str(error.value)
 
 
-def test_union_nodes_refuse_what_they_cannot_run(host, union_sdxl, files):
+def stack_union(host, union_sdxl, conditions, control_net=None):
+    """Our Union Stack Entry on a new stack, at strength 1 in balanced mode: the stack."""
+    return host.node("CNS_UnionStackEntry").add(control_net or union_sdxl.control_net, conditions, 1.0, 0.0, 1.0, "balanced")
+
+
+@pytest.mark.parametrize("node", [apply_union, stack_union], ids=["apply", "stack entry"])
+def test_union_nodes_refuse_what_they_cannot_run(host, union_sdxl, files, node):
     image = host.image
     assert refusal(host, lambda: union_conditions(host, (image, DEPTH, 1.0), (image, DEPTH, 0.5))) == (
         f"the Union conditions already have a {DEPTH} image: a ControlNet Union takes one image per control type. "
@@ -344,23 +350,23 @@ def test_union_nodes_refuse_what_they_cannot_run(host, union_sdxl, files):
     )
     conditions = union_conditions(host, (image, DEPTH, 1.0))
     plain = host.suite_controlnet(files.original)
-    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=plain)) == (
-        f"Apply ControlNet Union takes a ControlNet Union/ProMax file; '{files.original}' is a plain ControlNet: "
-        "apply it with Apply ControlNet"
+    assert refusal(host, lambda: node(host, union_sdxl, conditions, control_net=plain)) == (
+        f"Union conditions need a ControlNet Union/ProMax file; '{files.original}' is a plain ControlNet: give it an "
+        "image with Apply ControlNet or Control Stack Entry instead"
     )
     builtin = host.builtin_controlnet(files.original)
-    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=builtin)) == (
-        "Apply ControlNet Union runs ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
+    assert refusal(host, lambda: node(host, union_sdxl, conditions, control_net=builtin)) == (
+        "Union conditions run on ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
         "ControlNet comes from another loader: load the file with ControlNet Suite's Load ControlNet"
     )
     typed = with_type(union_sdxl.control_net, CANNY)
-    assert refusal(host, lambda: apply_union(host, union_sdxl, conditions, control_net=typed)) == (
+    assert refusal(host, lambda: node(host, union_sdxl, conditions, control_net=typed)) == (
         "the control types come from the Union Condition nodes here; remove the Set Union ControlNet Type node "
-        "between 'tiny_union.safetensors' and Apply ControlNet Union"
+        "after 'tiny_union.safetensors'"
     )
     three = torch.rand(3, IMAGE_SIDE, IMAGE_SIDE, 3)
     uneven = union_conditions(host, (union_sdxl.images, DEPTH, 1.0), (three, CANNY, 1.0))
-    assert refusal(host, lambda: apply_union(host, union_sdxl, uneven)) == (
+    assert refusal(host, lambda: node(host, union_sdxl, uneven)) == (
         "the Union conditions' images come in batches of 2, 3: give each condition 1 image or 3"
     )
 
