@@ -8,8 +8,8 @@ Control maps and result images are written to --output (default output/demo/).
 
 Weights: every file the workflow names is looked up in ComfyUI's model folders first
 (models/checkpoints, models/controlnet, models/annotators) and used when present. Each missing
-file is generated with RANDOM weights under the standard name in <output>/models/ (the SD1.5
-checkpoint in a small configuration ComfyUI still detects as SD1.5): the pipeline then runs for
+file is generated with RANDOM weights under the standard name in <output>/models/ (the SD1.5 or
+SDXL checkpoint in a small configuration ComfyUI still detects as such): the pipeline then runs for
 real, but the images it draws are noise. The output says which files were random.
 
 Needs a ComfyUI checkout: $COMFYUI_PATH, the folder above custom_nodes/ when the pack is
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -123,7 +122,7 @@ def main() -> int:
     parser.add_argument("--workflow", default="canny", choices=[w.name for w in build.WORKFLOWS],
                         help="the shared workflow to run (workflows/api/<name>.json)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "output" / "demo")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=f"image side in pixels (workflow: {build.SIDE})")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=f"image side in pixels (the workflows': {build.SIDE}, SDXL ones {build.SDXL_SIDE})")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (workflow: {build.STEPS})")
     args = parser.parse_args()
 
@@ -152,8 +151,10 @@ def main() -> int:
         print(f"Photo: generated (no photo ships with the pack): {photo_path}")
 
     workflow = next(w for w in build.WORKFLOWS if w.name == args.workflow)
+    checkpoints, controlnets = build.model_files((workflow,))
     report = provide_models(comfy, str(output / "models"), prefer_real=True,
-                            annotator_files=build.annotator_files((workflow,)))
+                            annotator_files=build.annotator_files((workflow,)),
+                            checkpoint_files=checkpoints, controlnet_files=controlnets)
     for line in report.real:
         print(f"Real weights: {line}")
     if report.random:

@@ -19,13 +19,25 @@ from typing import Mapping
 
 from .example_image import EXAMPLE_IMAGE
 from .graph import Graph, NodeSpec, Output, node_spec
-from .random_models import ANNOTATORS_REPO, CONTROLNET_FILES, CONTROLNET_REPO, SD15_CHECKPOINT, SD15_REPO
+from .random_models import (
+    ANNOTATORS_REPO,
+    CONTROLNET_FILES,
+    CONTROLNET_REPO,
+    SD15_CHECKPOINT,
+    SD15_REPO,
+    SDXL_CHECKPOINT,
+    SDXL_REPO,
+    UNION_FILE,
+    UNION_URL,
+)
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent
 API_DIR = WORKFLOWS_DIR / "api"
 
-# Generation settings saved in every workflow (ControlNet 1.1's own demos: 512 px, 20 steps).
+# Generation settings saved in every workflow (ControlNet 1.1's own demos: 512 px, 20 steps;
+# SDXL workflows at SDXL's 1024 px).
 SIDE = 512
+SDXL_SIDE = 1024
 STEPS = 20
 CFG = 7.0
 SEED = 12345
@@ -49,12 +61,39 @@ ANNOTATOR_FILES = {
 
 
 @dataclass(frozen=True)
+class Base:
+    """The checkpoint a workflow samples with, and its image side."""
+
+    checkpoint: str
+    side: int
+
+
+SD15 = Base(SD15_CHECKPOINT, SIDE)
+SDXL = Base(SDXL_CHECKPOINT, SDXL_SIDE)
+UNION = "union"  # Control.controlnet of a ControlNet Union condition
+
+# Where each model file is published (the note and the front end's missing-models dialog).
+MODEL_URLS = {
+    SD15_CHECKPOINT: f"{SD15_REPO}/resolve/main/{SD15_CHECKPOINT}",
+    SDXL_CHECKPOINT: f"{SDXL_REPO}/resolve/main/{SDXL_CHECKPOINT}",
+    UNION_FILE: UNION_URL,
+    **{name: f"{CONTROLNET_REPO}/resolve/main/{name}" for name in CONTROLNET_FILES.values()},
+}
+
+
+@dataclass(frozen=True)
 class Control:
-    """One control: the annotator node that makes its map and the ControlNet that reads it."""
+    """One control: the annotator node that makes its map and the ControlNet that reads it; for a
+    ControlNet Union, the control type the map is given as."""
 
     annotator: str
-    controlnet: str  # key of CONTROLNET_FILES
-    strength: float = 1.0
+    controlnet: str  # key of CONTROLNET_FILES, or UNION
+    strength: float = 1.0  # a Union condition's weight
+    union_type: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return UNION_FILE if self.controlnet == UNION else CONTROLNET_FILES[self.controlnet]
 
 
 @dataclass(frozen=True)
@@ -67,10 +106,15 @@ class Workflow:
     negative: str = NEGATIVE
     control_mode: str = "balanced"
     cfg: float = CFG
+    base: Base = SD15
 
     @property
     def class_types(self) -> set[str]:
         return {c.annotator for c in self.controls}
+
+    @property
+    def controlnet_files(self) -> list[str]:
+        return list(dict.fromkeys(c.file_name for c in self.controls))
 
 
 def single(name: str, title: str, summary: str, annotator: str, controlnet: str, prompt: str) -> Workflow:
@@ -111,6 +155,12 @@ WORKFLOWS: tuple[Workflow, ...] = (
              "weighted by 64/h (its block's resolution).",
              (Control("CNS_Scribble", "scribble"),), "a cottage in a meadow, watercolor" + QUALITY,
              control_mode="cfg_resolution_weighting"),
+    Workflow("sdxl_union_depth_canny", "SDXL ControlNet Union: depth + canny in one pass",
+             "One ControlNet Union ProMax reads the photo's depth map and its Canny edges, fused in one ControlNet "
+             "pass per step (Union Condition nodes into Apply ControlNet Union).",
+             (Control("CNS_MiDaSDepth", UNION, 1.0, union_type="depth"),
+              Control("CNS_Canny", UNION, 0.8, union_type="canny/lineart/anime_lineart/mlsd")),
+             "a cottage in a meadow at sunset, photo", base=SDXL),
 )
 
 
@@ -119,38 +169,46 @@ def annotator_files(workflows: tuple[Workflow, ...] = WORKFLOWS) -> set[str]:
     return {f for w in workflows for c in w.controls for f in ANNOTATOR_FILES.get(c.annotator, ())}
 
 
+def model_files(workflows: tuple[Workflow, ...] = WORKFLOWS) -> tuple[set[str], set[str]]:
+    """(checkpoints, ControlNet files) these workflows name."""
+    return {w.base.checkpoint for w in workflows}, {f for w in workflows for f in w.controlnet_files}
+
+
 def _download(file_name: str, repo: str) -> str:
     return f"{repo}/resolve/main/{file_name}"
+
+
+def _note_line(file_name: str, url: str, folder: str) -> str:
+    published = url.rsplit("/", 1)[-1]
+    renamed = f" (published as `{published}`: save it under this name)" if published != file_name else ""
+    return f"- [{file_name}]({url}) → `ComfyUI/models/{folder}`{renamed}"
 
 
 def note_text(workflow: Workflow) -> str:
     lines = [f"### ControlNet Suite: {workflow.title}", "", workflow.summary, "",
              "**Download these files** (nothing is downloaded automatically):", "",
-             f"- [{SD15_CHECKPOINT}]({_download(SD15_CHECKPOINT, SD15_REPO)}) → `ComfyUI/models/checkpoints`"]
+             _note_line(workflow.base.checkpoint, MODEL_URLS[workflow.base.checkpoint], "checkpoints")]
+    lines += [_note_line(name, MODEL_URLS[name], "controlnet") for name in workflow.controlnet_files]
     seen = set()
-    for control in workflow.controls:
-        file_name = CONTROLNET_FILES[control.controlnet]
-        if file_name not in seen:
-            lines.append(f"- [{file_name}]({_download(file_name, CONTROLNET_REPO)}) → `ComfyUI/models/controlnet`")
-            seen.add(file_name)
     for control in workflow.controls:
         for file_name in ANNOTATOR_FILES.get(control.annotator, ()):
             if file_name not in seen:
-                lines.append(f"- [{file_name}]({_download(file_name, ANNOTATORS_REPO)}) → `ComfyUI/models/annotators`")
+                lines.append(_note_line(file_name, _download(file_name, ANNOTATORS_REPO), "annotators"))
                 seen.add(file_name)
     lines += ["", "Then pick your photo in **Load Image** and queue."]
     return "\n".join(lines)
 
 
-def _models_property(file_name: str, repo: str, directory: str) -> dict:
+def _models_property(file_name: str, directory: str) -> dict:
     """The front end's `models` node property: its missing-models dialog offers these downloads."""
-    return {"models": [{"name": file_name, "url": _download(file_name, repo) + "?download=true", "directory": directory}]}
+    return {"models": [{"name": file_name, "url": MODEL_URLS[file_name] + "?download=true", "directory": directory}]}
 
 
 def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
     g = Graph(specs)
-    checkpoint = g.add("CheckpointLoaderSimple", ckpt_name=SD15_CHECKPOINT,
-                       properties=_models_property(SD15_CHECKPOINT, SD15_REPO, "checkpoints"))
+    checkpoint_name = workflow.base.checkpoint
+    checkpoint = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint_name,
+                       properties=_models_property(checkpoint_name, "checkpoints"))
     photo = g.add("LoadImage", image=EXAMPLE_IMAGE)
     maps: list[Output] = []
     for control in workflow.controls:
@@ -158,28 +216,34 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
         maps.append(annotator.out(0))
         g.add("SaveImage", title=f"Control map: {specs[control.annotator].display_name}", images=annotator.out(0),
               filename_prefix=f"controlnet_suite/{workflow.name}_map")
-    loaders = []
-    for control in workflow.controls:
-        file_name = CONTROLNET_FILES[control.controlnet]
-        loaders.append(g.add("CNS_ControlNetLoader", control_net_name=file_name,
-                             properties=_models_property(file_name, CONTROLNET_REPO, "controlnet")))
+    loaders = {name: g.add("CNS_ControlNetLoader", control_net_name=name, properties=_models_property(name, "controlnet"))
+               for name in workflow.controlnet_files}
     positive = g.add("CLIPTextEncode", title="Positive prompt", text=workflow.prompt, clip=checkpoint.out("CLIP"))
     negative = g.add("CLIPTextEncode", title="Negative prompt", text=workflow.negative, clip=checkpoint.out("CLIP"))
-    if len(workflow.controls) == 1:
+    if workflow.controls[0].union_type:  # every map a condition of one ControlNet Union, fused in one pass
+        conditions = None
+        for control, control_map in zip(workflow.controls, maps):
+            conditions = g.add("CNS_UnionCondition", image=control_map, control_type=control.union_type,
+                               weight=control.strength,
+                               **({"union_conditions": conditions.out(0)} if conditions is not None else {}))
+        conditioned = g.add("CNS_ApplyControlNetUnion", positive=positive.out(0), negative=negative.out(0),
+                            control_net=loaders[UNION_FILE].out(0), union_conditions=conditions.out(0),
+                            control_mode=workflow.control_mode)
+    elif len(workflow.controls) == 1:
         (control,) = workflow.controls
         conditioned = g.add("CNS_ApplyControlNet", positive=positive.out(0), negative=negative.out(0),
-                            control_net=loaders[0].out(0), image=maps[0], strength=control.strength,
+                            control_net=loaders[control.file_name].out(0), image=maps[0], strength=control.strength,
                             control_mode=workflow.control_mode)
     else:
         stack = None
-        for control, loader, control_map in zip(workflow.controls, loaders, maps):
-            entry = g.add("CNS_ControlStackEntry", control_net=loader.out(0), image=control_map,
+        for control, control_map in zip(workflow.controls, maps):
+            entry = g.add("CNS_ControlStackEntry", control_net=loaders[control.file_name].out(0), image=control_map,
                           strength=control.strength, control_mode=workflow.control_mode,
                           **({"control_stack": stack.out(0)} if stack is not None else {}))
             stack = entry
         conditioned = g.add("CNS_ApplyControlStack", positive=positive.out(0), negative=negative.out(0),
                             control_stack=stack.out(0))
-    latent = g.add("EmptyLatentImage", width=SIDE, height=SIDE, batch_size=1)
+    latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side, batch_size=1)
     sampler = g.add("KSampler", model=checkpoint.out("MODEL"), positive=conditioned.out(0), negative=conditioned.out(1),
                     latent_image=latent.out(0), seed=SEED, steps=STEPS, cfg=workflow.cfg, sampler_name=SAMPLER,
                     scheduler=SCHEDULER, denoise=1.0)

@@ -84,8 +84,8 @@ class Comfy:
         import folder_paths
         import nodes
 
-        if not str(getattr(nodes, "__file__", "")).startswith(str(root)):
-            raise RuntimeError(f"'nodes' resolved to {nodes.__file__}, not ComfyUI's nodes.py in {root}")
+        if not str(getattr(nodes, "__file__", "")).startswith(str(self.root)):
+            raise RuntimeError(f"'nodes' resolved to {nodes.__file__}, not ComfyUI's nodes.py in {self.root}")
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
         if PACK_PROBE_NODE not in nodes.NODE_CLASS_MAPPINGS:
             loaded = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))

@@ -14,6 +14,10 @@ from .headless import Comfy
 CHECKPOINT_SEED = 0
 CONTROLNET_SEED = 100
 ANNOTATOR_SEED = 200
+CHECKPOINT_WRITERS = {
+    random_models.SD15_CHECKPOINT: random_models.write_sd15_checkpoint,
+    random_models.SDXL_CHECKPOINT: random_models.write_sdxl_checkpoint,
+}
 
 
 @dataclass
@@ -23,8 +27,15 @@ class ModelsReport:
     unavailable: list[str] = field(default_factory=list)  # annotator files whose module is not in this checkout
 
 
-def provide_models(comfy: Comfy, folder: str, prefer_real: bool, annotator_files: Iterable[str] = ()) -> ModelsReport:
-    """Make every file the workflows name available to ComfyUI.
+def provide_models(
+    comfy: Comfy,
+    folder: str,
+    prefer_real: bool,
+    annotator_files: Iterable[str] = (),
+    checkpoint_files: Iterable[str] = (random_models.SD15_CHECKPOINT,),
+    controlnet_files: Iterable[str] = tuple(random_models.CONTROLNET_FILES.values()),
+) -> ModelsReport:
+    """Make the files the workflows name available to ComfyUI (build.model_files says which).
 
     prefer_real: a file ComfyUI already finds (the user's real weights) is used as is, and only
     the missing ones are generated; the generated folder is appended after the user's folders.
@@ -46,16 +57,20 @@ def provide_models(comfy: Comfy, folder: str, prefer_real: bool, annotator_files
         report.random.append(f"{kind}/{file_name}")
         return True
 
-    checkpoint = os.path.join(folders["checkpoints"], random_models.SD15_CHECKPOINT)
-    if needed("checkpoints", random_models.SD15_CHECKPOINT) and not os.path.exists(checkpoint):
-        random_models.write_sd15_checkpoint(checkpoint, CHECKPOINT_SEED)
+    for file_name in sorted(set(checkpoint_files)):
+        path = os.path.join(folders["checkpoints"], file_name)
+        if needed("checkpoints", file_name) and not os.path.exists(path):
+            CHECKPOINT_WRITERS[file_name](path, CHECKPOINT_SEED)
 
     first_controlnet = None
-    for file_name in sorted(set(random_models.CONTROLNET_FILES.values())):
+    for file_name in sorted(set(controlnet_files)):
         if not needed("controlnet", file_name):
             continue
         path = os.path.join(folders["controlnet"], file_name)
-        if os.path.exists(path):
+        if file_name == random_models.UNION_FILE:
+            if not os.path.exists(path):
+                random_models.write_union(path, CONTROLNET_SEED)
+        elif os.path.exists(path):
             first_controlnet = first_controlnet or path
         elif first_controlnet is None:
             first_controlnet = random_models.write_controlnet(path, CONTROLNET_SEED)

@@ -14,6 +14,13 @@ The SD1.5 checkpoint is small but still detected as SD1.5 by CheckpointLoaderSim
   leaves any weight the file lacks uninitialised, so all of it is written (123 M parameters).
 - VAE: a TAESD-shaped autoencoder (ComfyUI detects it by `taesd_decoder.1.weight`), 2.4 M
   parameters instead of the 84 M of SD1.5's KL autoencoder.
+The SDXL checkpoint (for the ControlNet Union workflow) is detected as SDXL the same way: width
+320, context 2048, ADM input 2816 and SDXL's input-side transformer depths (0, 0, 2, 2, 10, 10)
+are what ComfyUI checks; the levels keep 320 channels (SDXL: 320, 640, 1280) and the middle and
+output blocks, which detection does not look at, have one transformer block each. Both text
+encoders are written whole (CLIP-L and CLIP-G, 817 M parameters), as ComfyUI builds them whole.
+The ControlNet Union is diffusers' ControlNetUnionModel (the ProMax layout xinsir publishes) at
+the tiny U-Net's widths.
 Weights are stored as float16 to halve the files; ComfyUI computes in float32 on a CPU.
 """
 
@@ -29,6 +36,9 @@ from typing import Callable, Mapping
 import torch
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+# xinsir publishes it as diffusion_pytorch_model_promax.safetensors; saved under this name.
+UNION_FILE = "controlnet-union-sdxl-1.0-promax.safetensors"
 
 # ControlNet 1.1 file names (lllyasviel/ControlNet-v1-1) by condition, as the workflows name them.
 CONTROLNET_FILES = {
@@ -45,6 +55,8 @@ CONTROLNET_FILES = {
 CONTROLNET_REPO = "https://huggingface.co/lllyasviel/ControlNet-v1-1"
 SD15_REPO = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
 ANNOTATORS_REPO = "https://huggingface.co/lllyasviel/Annotators"
+SDXL_REPO = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"
+UNION_URL = "https://huggingface.co/xinsir/controlnet-union-sdxl-1.0/resolve/main/diffusion_pytorch_model_promax.safetensors"
 
 # ComfyUI detects SD1.5 by these two numbers (supported_models.py, SD15.unet_config).
 SD15_MODEL_CHANNELS = 320
@@ -77,6 +89,26 @@ def sd15_unet_config(model_channels: int, channel_mult: tuple[int, ...], context
 
 
 TINY_UNET_CONFIG = sd15_unet_config(SD15_MODEL_CHANNELS, TINY_CHANNEL_MULT, SD15_CONTEXT_DIM)
+
+# What ComfyUI checks to call a checkpoint SDXL (supported_models.py, SDXL.unet_config).
+SDXL_CONTEXT_DIM = 2048
+SDXL_ADM_CHANNELS = 2816  # pooled CLIP-G text (1280) + 6 size/crop numbers x 256
+SDXL_TRANSFORMER_DEPTH = (0, 0, 2, 2, 10, 10)  # per input block
+TINY_SDXL_CHANNEL_MULT = (1, 1, 1)  # SDXL: (1, 2, 4)
+TINY_SDXL_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,  # what SDXL's topology shares with SD1.5's; then what differs:
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": list(TINY_SDXL_CHANNEL_MULT),
+    "transformer_depth": list(SDXL_TRANSFORMER_DEPTH),
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],  # SDXL: 0, 0, 0, 2, 2, 2, 10, 10, 10
+    "transformer_depth_middle": 1,  # SDXL: 10
+    "context_dim": SDXL_CONTEXT_DIM,
+    "num_head_channels": 64,
+    "adm_in_channels": SDXL_ADM_CHANNELS,
+    "num_classes": "sequential",  # y (pooled text + sizes) goes through label_emb
+    "use_linear_in_transformer": True,
+}
+
 STORED_DTYPE = torch.float16
 
 
@@ -109,39 +141,75 @@ def _half(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.to(STORED_DTYPE) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
 
 
+def _random_parts(parts: Mapping[str, tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """{prefix: (template state dict, seed)} -> random tensors under prefix + key."""
+    out = {}
+    for prefix, (template, seed) in parts.items():
+        shaped = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
+        out.update({prefix + k: v for k, v in random_like(shaped, seed).items()})
+    return out
+
+
+def _meta_unet(config: object) -> dict[str, torch.Tensor]:
+    config.set_inference_dtype(torch.float32, None)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return config.get_model({}, "", device="meta").diffusion_model.state_dict()
+
+
+def _taesd_vae(seed: int) -> dict[str, torch.Tensor]:
+    """A TAESD-shaped VAE under `first_stage_model.`. Its latent scale/shift are plain numbers:
+    they keep the identity rather than noise."""
+    import comfy.taesd.taesd
+
+    with torch.device("meta"):
+        taesd = comfy.taesd.taesd.TAESD(latent_channels=4).state_dict()
+    parts = _random_parts({"first_stage_model.": (taesd, seed)})
+    parts["first_stage_model.vae_scale"] = torch.tensor(1.0)
+    parts["first_stage_model.vae_shift"] = torch.tensor(0.0)
+    return parts
+
+
 def sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """The tiny SD1.5 checkpoint's tensors in the original single-file layout
     (`model.diffusion_model.`, `cond_stage_model.transformer.`, `first_stage_model.`).
     Needs ComfyUI importable (its module classes give the exact key sets)."""
     import comfy.sd1_clip
     import comfy.supported_models
-    import comfy.taesd.taesd
 
-    config = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
-    config.set_inference_dtype(torch.float32, None)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        unet = config.get_model({}, "", device="meta").diffusion_model.state_dict()
+    unet = _meta_unet(comfy.supported_models.SD15(dict(TINY_UNET_CONFIG)))
+    with torch.device("meta"):
         clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32).transformer.state_dict()
-        taesd = comfy.taesd.taesd.TAESD(latent_channels=4).state_dict()
-    parts = {}
-    for prefix, template, part_seed in (
-        ("model.diffusion_model.", unet, seed),
-        ("cond_stage_model.transformer.", clip, seed + 1),
-        ("first_stage_model.", taesd, seed + 2),
-    ):
-        shaped = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
-        parts.update({prefix + k: v for k, v in random_like(shaped, part_seed).items()})
-    # TAESD's latent scale/shift are plain numbers: keep SD1.5's identity rather than noise.
-    parts["first_stage_model.vae_scale"] = torch.tensor(1.0)
-    parts["first_stage_model.vae_shift"] = torch.tensor(0.0)
-    return _half(parts)
+    parts = _random_parts({"model.diffusion_model.": (unet, seed), "cond_stage_model.transformer.": (clip, seed + 1)})
+    return _half({**parts, **_taesd_vae(seed + 2)})
 
 
 def write_sd15_checkpoint(path: str, seed: int = 0) -> str:
-    from safetensors.torch import save_file
+    return _save_random(path, sd15_checkpoint_state_dict(seed))
 
-    _atomic(path, lambda tmp: save_file(sd15_checkpoint_state_dict(seed), tmp, metadata={"random_weights": "true"}))
-    return path
+
+def sdxl_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tiny SDXL checkpoint's tensors in the single-file layout SDXL base ships in; the text
+    encoders under the names ComfyUI maps to its own (`conditioner.embedders.0.transformer.` for
+    CLIP-L, `conditioner.embedders.1.model.` for CLIP-G, already in transformers' naming, which
+    ComfyUI's open_clip conversion leaves as it is)."""
+    import comfy.sdxl_clip
+    import comfy.supported_models
+
+    unet = _meta_unet(comfy.supported_models.SDXL(dict(TINY_SDXL_UNET_CONFIG)))
+    with torch.device("meta"):
+        clip = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float32)
+        clip_l = {k: v for k, v in clip.clip_l.transformer.state_dict().items() if k.startswith("text_model.")}
+        clip_g = clip.clip_g.transformer.state_dict()
+    parts = _random_parts({
+        "model.diffusion_model.": (unet, seed),
+        "conditioner.embedders.0.transformer.": (clip_l, seed + 1),
+        "conditioner.embedders.1.model.transformer.": (clip_g, seed + 3),
+    })
+    return _half({**parts, **_taesd_vae(seed + 2)})
+
+
+def write_sdxl_checkpoint(path: str, seed: int = 0) -> str:
+    return _save_random(path, sdxl_checkpoint_state_dict(seed))
 
 
 def controlnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -153,14 +221,41 @@ def controlnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         template = ControlNet(sd_config(
             model_channels=SD15_MODEL_CHANNELS, channel_mult=TINY_CHANNEL_MULT, context_dim=SD15_CONTEXT_DIM
         )).state_dict()
-    shaped = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
-    return _half({f"control_model.{k}": v for k, v in random_like(shaped, seed).items()})
+    return _half(_random_parts({"control_model.": (template, seed)}))
 
 
 def write_controlnet(path: str, seed: int = 0) -> str:
     """A .pth as ControlNet 1.1 publishes them (read back with torch.load(weights_only=True))."""
     _atomic(path, lambda tmp: torch.save(controlnet_state_dict(seed), tmp))
     return path
+
+
+def union_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A ControlNet Union/ProMax for the tiny SDXL U-Net in diffusers' layout (xinsir's files):
+    diffusers' own ControlNetUnionModel, built on the meta device for its keys and shapes, needs
+    diffusers (installed with the tests and the demo)."""
+    from diffusers import ControlNetUnionModel
+
+    with torch.device("meta"):
+        template = ControlNetUnionModel(
+            block_out_channels=tuple(SD15_MODEL_CHANNELS * m for m in TINY_SDXL_CHANNEL_MULT),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            transformer_layers_per_block=[0, 1, 1],  # SDXL's: 0, 2, 10 (shapes of the residuals do not depend on it)
+            cross_attention_dim=SDXL_CONTEXT_DIM,
+            attention_head_dim=[SD15_MODEL_CHANNELS * m // 64 for m in TINY_SDXL_CHANNEL_MULT],  # 64-channel heads
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=SDXL_ADM_CHANNELS,
+            num_control_type=8,  # ProMax
+            num_trans_channel=SD15_MODEL_CHANNELS,
+            num_proj_channel=SD15_MODEL_CHANNELS,
+        ).state_dict()
+    return _half(_random_parts({"": (template, seed)}))
+
+
+def write_union(path: str, seed: int = 0) -> str:
+    return _save_random(path, union_state_dict(seed))
 
 
 @dataclass(frozen=True)
@@ -222,6 +317,14 @@ def link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def _save_random(path: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """A safetensors file marked as random weights."""
+    from safetensors.torch import save_file
+
+    _atomic(path, lambda tmp: save_file(dict(tensors), tmp, metadata={"random_weights": "true"}))
+    return path
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> None:

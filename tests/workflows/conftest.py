@@ -38,7 +38,9 @@ def comfy(tmp_path_factory) -> SimpleNamespace:
     torch.set_num_threads(1)
     booted = headless.boot(COMFYUI)
     root = tmp_path_factory.mktemp("workflows")
-    report = provide_models(booted, str(root / "models"), prefer_real=False, annotator_files=build.annotator_files())
+    checkpoints, controlnets = build.model_files()
+    report = provide_models(booted, str(root / "models"), prefer_real=False, annotator_files=build.annotator_files(),
+                            checkpoint_files=checkpoints, controlnet_files=controlnets)
     input_dir, output_dir = root / "input", root / "output"
     booted.set_io_folders(str(input_dir), str(output_dir))
     write_example_photo(str(input_dir / EXAMPLE_IMAGE), side=PHOTO_SIDE)

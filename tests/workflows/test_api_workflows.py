@@ -16,14 +16,13 @@ import torch
 from PIL import Image
 
 from workflows import build
-from workflows.random_models import CONTROLNET_FILES, SD15_CHECKPOINT
 
 from .conftest import PHOTO_SIDE, WORKFLOW_NAMES, load_json
 
 SHRUNK_SIDE = 64  # latent 8x8: the tiny U-Net's cost per step stays well under a second
 SHRUNK_STEPS = 1
 SHRUNK_RESOLUTION = PHOTO_SIDE
-CONTROL_NODES = ("CNS_ApplyControlNet", "CNS_ControlStackEntry")
+CONTROL_NODES = ("CNS_ApplyControlNet", "CNS_ControlStackEntry", "CNS_ApplyControlNetUnion")
 # With random weights a pose detector legitimately finds nobody, so its map is all black.
 MAY_BE_EMPTY = {"CNS_OpenPose"}
 
@@ -80,15 +79,31 @@ def test_committed_files_are_what_the_generator_makes(comfy):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_workflow_names_the_standard_files_and_says_what_to_download(name):
+    workflow = next(w for w in build.WORKFLOWS if w.name == name)
     ui_path, api_path = build.paths(name)
     prompt, ui = load_json(api_path), load_json(ui_path)
     (checkpoint,) = nodes_of(prompt, "CheckpointLoaderSimple")
-    assert prompt[checkpoint]["inputs"]["ckpt_name"] == SD15_CHECKPOINT
+    assert prompt[checkpoint]["inputs"]["ckpt_name"] == workflow.base.checkpoint
     controlnets = {prompt[n]["inputs"]["control_net_name"] for n in nodes_of(prompt, "CNS_ControlNetLoader")}
-    assert controlnets and controlnets <= set(CONTROLNET_FILES.values())
+    assert controlnets == set(workflow.controlnet_files)
     (note,) = [node for node in ui["nodes"] if node["type"] == "MarkdownNote"]
-    for file_name in {SD15_CHECKPOINT, *controlnets}:
-        assert file_name in note["widgets_values"][0]
+    for file_name in {workflow.base.checkpoint, *controlnets}:
+        assert f"[{file_name}]({build.MODEL_URLS[file_name]})" in note["widgets_values"][0]
+
+
+def test_the_union_workflow_fuses_its_maps_in_one_controlnet():
+    """The SDXL Union workflow: one Union loader, each annotator's map a Union Condition of its
+    type, all of them into one Apply ControlNet Union."""
+    prompt = load_json(build.paths("sdxl_union_depth_canny")[1])
+    (loader,) = nodes_of(prompt, "CNS_ControlNetLoader")
+    (apply,) = nodes_of(prompt, "CNS_ApplyControlNetUnion")
+    assert prompt[apply]["inputs"]["control_net"] == [loader, 0]
+    types, condition = {}, prompt[apply]["inputs"]["union_conditions"][0]
+    while condition is not None:
+        inputs = prompt[condition]["inputs"]
+        types[prompt[inputs["image"][0]]["class_type"]] = inputs["control_type"]
+        condition = inputs.get("union_conditions", [None])[0]
+    assert types == {"CNS_MiDaSDepth": "depth", "CNS_Canny": "canny/lineart/anime_lineart/mlsd"}
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
