@@ -68,16 +68,20 @@ class Base:
     side: int
 
 
+def _download(file_name: str, repo: str) -> str:
+    return f"{repo}/resolve/main/{file_name}"
+
+
 SD15 = Base(SD15_CHECKPOINT, SIDE)
 SDXL = Base(SDXL_CHECKPOINT, SDXL_SIDE)
 UNION = "union"  # Control.controlnet of a ControlNet Union condition
 
 # Where each model file is published (the note and the front end's missing-models dialog).
 MODEL_URLS = {
-    SD15_CHECKPOINT: f"{SD15_REPO}/resolve/main/{SD15_CHECKPOINT}",
-    SDXL_CHECKPOINT: f"{SDXL_REPO}/resolve/main/{SDXL_CHECKPOINT}",
+    SD15_CHECKPOINT: _download(SD15_CHECKPOINT, SD15_REPO),
+    SDXL_CHECKPOINT: _download(SDXL_CHECKPOINT, SDXL_REPO),
     UNION_FILE: UNION_URL,
-    **{name: f"{CONTROLNET_REPO}/resolve/main/{name}" for name in CONTROLNET_FILES.values()},
+    **{name: _download(name, CONTROLNET_REPO) for name in CONTROLNET_FILES.values()},
 }
 
 
@@ -172,10 +176,6 @@ def annotator_files(workflows: tuple[Workflow, ...] = WORKFLOWS) -> set[str]:
 def model_files(workflows: tuple[Workflow, ...] = WORKFLOWS) -> tuple[set[str], set[str]]:
     """(checkpoints, ControlNet files) these workflows name."""
     return {w.base.checkpoint for w in workflows}, {f for w in workflows for f in w.controlnet_files}
-
-
-def _download(file_name: str, repo: str) -> str:
-    return f"{repo}/resolve/main/{file_name}"
 
 
 def _note_line(file_name: str, url: str, folder: str) -> str:
