@@ -12,7 +12,7 @@ from ..annotators.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, ME
 from ..annotators.color_grid import color_grid
 from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_PX, DEFAULT_MIN_LINE_LENGTH_PX,
                                 DEFAULT_RHO_PX, DEFAULT_THETA_DEGREES, DEFAULT_VOTES, hough_lines)
-from ..annotators.inpaint import inpaint_hint
+from ..annotators.inpaint import MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
 from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
 from ..annotators.scribble import DEFAULT_STROKE_GROWTH_PX, DEFAULT_STROKE_THRESHOLD, scribble
 from ..annotators.segmentation import PALETTES, colorize_labels
@@ -72,10 +72,13 @@ class AnnotatorNode:
     OUTPUT_TOOLTIPS = ("The control map, one per input image, at the input's size.",)
     FUNCTION = "annotate"
     OPTIONS: dict[str, tuple] = {}  # inputs after `image`
+    # Inputs added after a node shipped: optional, so saved API prompts without them still validate.
+    LATER_OPTIONS: dict[str, tuple] = {}
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": IMAGE_INPUT, **cls.OPTIONS}}
+        inputs = {"required": {"image": IMAGE_INPUT, **cls.OPTIONS}}
+        return {**inputs, "optional": cls.LATER_OPTIONS} if cls.LATER_OPTIONS else inputs
 
 
 class CNS_Canny(AnnotatorNode):
@@ -212,19 +215,30 @@ def fit_masks(mask, batch_size: int, image_hw: tuple[int, int]) -> np.ndarray:
     return masks.expand(batch_size, -1, -1).detach().cpu().float().clamp(0.0, 1.0).numpy()
 
 
+# Inpaint Hint's masked-pixel values, by the ControlNet that reads the hint.
+INPAINT_MASKED_VALUES = {
+    "-1 (ControlNet 1.1 inpaint)": MASKED_VALUE,
+    "black (ControlNet Union ProMax repaint)": UNION_REPAINT_MASKED_VALUE,
+}
+
+
 class CNS_InpaintHint(AnnotatorNode):
     DESCRIPTION = (
-        "Inpaint hint (v1.1 inpaint): the image with every masked pixel (mask > 0.5) set to -1, which the inpaint "
-        "ControlNet reads as 'generate here'. The output holds -1 values: connect it straight to the apply node "
-        "(a preview shows them black; resizing it with 'Resize for Control' is refused).")
+        "Inpaint hint: the image with every masked pixel (mask > 0.5) set to -1, which the v1.1 inpaint ControlNet "
+        "reads as 'generate here' (connect it straight to the apply node: a preview shows -1 black, and resizing it "
+        "with 'Resize for Control' is refused), or set to black for a ControlNet Union ProMax's repaint type.")
     OPTIONS = {"mask": ("MASK", {"tooltip": (
         "Where to inpaint (> 0.5). One mask for the batch or one per image; a mask of another size but the same "
         "aspect ratio is resized to the image, any other size is an error.")})}
+    LATER_OPTIONS = {"masked_pixels": (list(INPAINT_MASKED_VALUES), {"tooltip": (
+        "What the masked pixels become: -1 for control_v11p_sd15_inpaint; black for xinsir's ControlNet Union ProMax "
+        "with the repaint control type (what it was trained with).")})}
 
-    def annotate(self, image, mask):
+    def annotate(self, image, mask, masked_pixels=next(iter(INPAINT_MASKED_VALUES))):
         frames = image_frames(image)
         masks = fit_masks(mask, len(frames), frames.shape[1:3])
-        hints = per_image(range(len(frames)), lambda index: inpaint_hint(frames[index], masks[index]))
+        value = INPAINT_MASKED_VALUES[masked_pixels]
+        hints = per_image(range(len(frames)), lambda index: inpaint_hint(frames[index], masks[index], value))
         return (maps_to_image(hints),)
 
 

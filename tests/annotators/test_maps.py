@@ -128,6 +128,17 @@ def test_inpaint_hint_is_image_over_255_with_minus_one_where_masked():
     np.testing.assert_array_equal(hint, expected)
 
 
+def test_inpaint_hint_for_a_union_repaint_blackens_the_masked_pixels():
+    """comfyui_controlnet_aux's black_pixel_for_xinsir_cn: masked pixels 0 instead of -1."""
+    photo = data.astronaut()[:4, :5]
+    mask = np.zeros((4, 5), np.float32)
+    mask[1:3, 2:] = 1.0
+    hint = inpaint_hint(photo, mask, masked_value=0.0)
+    expected = photo.astype(np.float32) / 255.0
+    expected[1:3, 2:] = 0.0
+    np.testing.assert_array_equal(hint, expected)
+
+
 def test_inpaint_mask_layouts_and_types():
     photo = data.astronaut()[:2, :2]
     as_float = np.array([[0.5, 0.51], [0.0, 1.0]], np.float32)  # strictly above 0.5 is masked

@@ -300,6 +300,20 @@ def test_inpaint_hint_with_one_mask_per_image(pack):
     assert (result == -1).sum() == 3 * (20 * 50 + 24 * 50)
 
 
+def test_inpaint_hint_for_a_union_repaint_sets_masked_pixels_black(pack):
+    """masked_pixels 'black' (a ControlNet Union ProMax's repaint): the photo with the masked
+    pixels 0; without the input (a prompt saved before it existed) the hint is v1.1's -1."""
+    masks = torch.zeros(1, HEIGHT, WIDTH)
+    masks[0, 10:30, 20:70] = 1.0
+    (black,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=masks, masked_pixels="black (ControlNet Union ProMax repaint)")
+    expected = PHOTOS.clone()
+    expected[:, 10:30, 20:70, :] = 0.0
+    assert torch.allclose(black, expected, rtol=0, atol=1e-6)  # the annotator goes through uint8: photos are 8-bit
+    (default,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=masks)
+    assert torch.equal(default[:, 10:30, 20:70], torch.full_like(default[:, 10:30, 20:70], -1.0))
+    assert torch.equal(default[black != 0], black[black != 0])
+
+
 def test_inpaint_hint_resizes_a_smaller_mask_of_the_same_aspect_ratio(pack):
     small = torch.zeros(1, HEIGHT // 2, WIDTH // 2)
     small[0, 5:20, 10:30] = 1.0
