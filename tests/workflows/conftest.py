@@ -8,8 +8,10 @@ Models are files with random weights under the standard names the workflows name
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import torch
@@ -29,9 +31,10 @@ def load_json(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> SimpleNamespace:
+def comfy(tmp_path_factory) -> Iterator[SimpleNamespace]:
     """ComfyUI in-process with the pack, random-weight models, the example photo in its input
-    folder and a temporary output folder."""
+    folder and a temporary output folder. The models (3 GB with the SDXL checkpoint) are deleted
+    at the end: pytest keeps the last three runs' temporary folders."""
     if COMFYUI is None:
         pytest.skip(WHY_NOT)
     # Small tensors gain nothing from threads; spinning OpenMP threads slow shared runners down.
@@ -44,6 +47,7 @@ def comfy(tmp_path_factory) -> SimpleNamespace:
     input_dir, output_dir = root / "input", root / "output"
     booted.set_io_folders(str(input_dir), str(output_dir))
     write_example_photo(str(input_dir / EXAMPLE_IMAGE), side=PHOTO_SIDE)
-    return SimpleNamespace(comfy=booted, output_dir=output_dir, models=report)
+    yield SimpleNamespace(comfy=booted, output_dir=output_dir, models=report)
+    shutil.rmtree(root / "models", ignore_errors=True)
 
 
