@@ -32,6 +32,7 @@ from .test_control_object import (
     step_inputs,
 )
 from .test_foreign_control import ACROSS_IMPLEMENTATIONS, comfy_union_controlnet
+from .test_half_precision import HALF_DTYPES, TWO_ROUNDINGS, answer_as_on, relative_deviation
 from .test_performance_paths import MODES
 from .test_sampling import MIN_EFFECT
 
@@ -328,6 +329,37 @@ def test_a_union_stack_entry_applies_what_apply_controlnet_union_applies(host, u
     for i, (g, e, s) in enumerate(zip(got, expected, single, strict=True)):
         assert torch.equal(g, e), f"residual {i}"
         assert not torch.equal(g, s), f"residual {i}: the first entry added nothing"
+
+
+@pytest.mark.parametrize("dtype_name", sorted(HALF_DTYPES))
+def test_fused_conditions_in_half_precision_round_as_much_as_one_condition(host, union_sdxl, dtype_name, monkeypatch):
+    """As on a GPU, the Union file loads and computes in fp16 or bf16, fusion transformer
+    included. Two fused conditions in that dtype lie within twice the rounding of one condition
+    (Set Union ControlNet Type + Apply ControlNet: the same network with one condition token
+    fewer) from their fp32 result: test_half_precision's bound, two roundings of one size."""
+    dtype = HALF_DTYPES[dtype_name]
+    depth, canny = union_sdxl.images[:1], union_sdxl.images[1:]
+
+    def fused():
+        control_net = host.suite_controlnet("tiny_union.safetensors")
+        positive, _ = apply_union(host, union_sdxl, union_conditions(host, (depth, DEPTH, 0.6), (canny, CANNY, 1.3)),
+                                  control_net=control_net)
+        return one_step(prepared(host, positive[0][1]["control"], union_sdxl.model), union_sdxl.step)
+
+    def single():
+        control_net = with_type(host.suite_controlnet("tiny_union.safetensors"), DEPTH)
+        return one_step(control_on(host, control_net, strength=1.0, model=union_sdxl.model), union_sdxl.step)
+
+    answer_as_on(host, monkeypatch, dtype)
+    half, single_half = fused(), single()
+    answer_as_on(host, monkeypatch, torch.float32)
+    full, single_full = fused(), single()
+
+    assert {r.dtype for r in half + single_half} == {dtype} and {r.dtype for r in full} == {torch.float32}
+    rounding = [relative_deviation(h, f) for h, f in zip(single_half, single_full, strict=True)]
+    assert min(rounding) > 0  # the dtype really rounds: the bound below is not vacuous
+    for i, (h, f, r) in enumerate(zip(half, full, rounding, strict=True)):
+        assert relative_deviation(h, f) <= TWO_ROUNDINGS * r, f"residual {i}"
 
 
 def refusal(host, call):
