@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -150,7 +150,7 @@ def _random_parts(parts: Mapping[str, tuple[Mapping[str, torch.Tensor], int]]) -
     return out
 
 
-def _meta_unet(config: object) -> dict[str, torch.Tensor]:
+def _meta_unet(config: Any) -> dict[str, torch.Tensor]:
     config.set_inference_dtype(torch.float32, None)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         return config.get_model({}, "", device="meta").diffusion_model.state_dict()
