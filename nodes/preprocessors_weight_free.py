@@ -216,10 +216,8 @@ def fit_masks(mask, batch_size: int, image_hw: tuple[int, int]) -> np.ndarray:
 
 
 # Inpaint Hint's masked-pixel values, by the ControlNet that reads the hint.
-INPAINT_MASKED_VALUES = {
-    "-1 (ControlNet 1.1 inpaint)": MASKED_VALUE,
-    "black (ControlNet Union ProMax repaint)": UNION_REPAINT_MASKED_VALUE,
-}
+V11_INPAINT = "-1 (ControlNet 1.1 inpaint)"
+INPAINT_MASKED_VALUES = {V11_INPAINT: MASKED_VALUE, "black (ControlNet Union ProMax repaint)": UNION_REPAINT_MASKED_VALUE}
 
 
 class CNS_InpaintHint(AnnotatorNode):
@@ -230,11 +228,11 @@ class CNS_InpaintHint(AnnotatorNode):
     OPTIONS = {"mask": ("MASK", {"tooltip": (
         "Where to inpaint (> 0.5). One mask for the batch or one per image; a mask of another size but the same "
         "aspect ratio is resized to the image, any other size is an error.")})}
-    LATER_OPTIONS = {"masked_pixels": (list(INPAINT_MASKED_VALUES), {"tooltip": (
+    LATER_OPTIONS = {"masked_pixels": (list(INPAINT_MASKED_VALUES), {"default": V11_INPAINT, "tooltip": (
         "What the masked pixels become: -1 for control_v11p_sd15_inpaint; black for xinsir's ControlNet Union ProMax "
         "with the repaint control type (what it was trained with).")})}
 
-    def annotate(self, image, mask, masked_pixels=next(iter(INPAINT_MASKED_VALUES))):
+    def annotate(self, image, mask, masked_pixels=V11_INPAINT):
         frames = image_frames(image)
         masks = fit_masks(mask, len(frames), frames.shape[1:3])
         value = INPAINT_MASKED_VALUES[masked_pixels]

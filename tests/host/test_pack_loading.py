@@ -1,6 +1,7 @@
 """The pack as ComfyUI sees it: its custom-node loader, the node definitions, a running server."""
 
 import importlib.util
+import inspect
 import json
 import os
 import socket
@@ -49,6 +50,25 @@ def test_every_input_has_a_tooltip(host):
         for section in ("required", "optional"):
             for name, spec in inputs.get(section, {}).items():
                 assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def test_every_optional_widget_declares_the_default_its_node_uses(host):
+    """An optional widget left out of a prompt (one saved before the input existed) takes the
+    node method's default; the front end and workflows/graph.py fill in the declared one. They
+    must be the same value."""
+    checked = 0
+    for node_id in NODE_IDS:
+        cls = host.nodes.NODE_CLASS_MAPPINGS[node_id]
+        parameters = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        for name, (kind, options) in cls.INPUT_TYPES().get("optional", {}).items():
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                assert "default" in options, f"{node_id}.{name} declares no default"
+                assert parameters[name].default == options["default"], f"{node_id}.{name}"
+                checked += 1
+    assert checked >= 2  # block_weights (apply and stack nodes), Inpaint Hint's masked_pixels
 
 
 def test_loader_lists_the_controlnet_folder(host, files):
