@@ -316,8 +316,7 @@ class SuiteControl(ModedControl):
         block_weights: str = "",
     ) -> SuiteControl:
         """`configure` with several Union conditions fused in one pass in place of one hint; the
-        mask is matched to the first condition's image. One condition's weight scales the
-        residuals (diffusers' rule), so it multiplies `strength`."""
+        mask is matched to the first condition's image; the strength is `union_strength`'s."""
         name = os.path.basename(self.loaded.path)
         if not isinstance(self.model, UnionControlNet):
             raise ControlNetError(
@@ -338,10 +337,8 @@ class SuiteControl(ModedControl):
         for condition in conditions:
             self._check_hint(condition.image.movedim(-1, 1))
         self.union_conditions = tuple(conditions)
-        if len(conditions) == 1:
-            strength *= conditions[0].weight
         first = conditions[0].image
-        return self.configure(first, strength, start_percent, end_percent, control_mode, mask, block_weights)
+        return self.configure(first, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights)
 
     def _control_types(self) -> list[int]:
         """The control types of the Union conditions, or the one ComfyUI's Set Union ControlNet
@@ -605,6 +602,13 @@ def add_union_condition(
             "control type. Remove one of the two, or give it another type"
         )
     return (*conditions, UnionCondition(image, control_type, weight))
+
+
+def union_strength(conditions: Sequence[UnionCondition], strength: float) -> float:
+    """The strength a Union applies its conditions with: one condition's weight scales the
+    residuals (diffusers' rule for a single condition), several conditions' weights act inside
+    the fusion."""
+    return strength * conditions[0].weight if len(conditions) == 1 else strength
 
 
 def configured_union_control(

@@ -65,7 +65,8 @@ class CNS_UnionStackEntry(_StackEntry):
             control_stack=None, mask=None, block_weights=""):
         from ..controlnet_core import comfy_control
 
-        return self.extended(control_stack, strength, lambda: comfy_control.configured_union_control(
+        strength_applied = comfy_control.union_strength(union_conditions, strength)
+        return self.extended(control_stack, strength_applied, lambda: comfy_control.configured_union_control(
             control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights
         ))
 

@@ -81,7 +81,7 @@ class CNS_ApplyControlNetUnion:
               control_mode, mask=None, block_weights=""):
         from ..controlnet_core import comfy_control
 
-        if strength == 0:
+        if comfy_control.union_strength(union_conditions, strength) == 0:
             return (positive, negative)
         control = comfy_control.configured_union_control(
             control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights

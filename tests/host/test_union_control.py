@@ -282,6 +282,19 @@ def test_one_condition_is_set_union_type_with_its_weight_on_the_strength(host, u
         assert torch.equal(g, e), f"residual {i}"
 
 
+def test_one_condition_of_weight_zero_adds_no_control(host, union_sdxl):
+    """Its weight multiplies the strength, so nothing is applied, as at strength 0; with a second
+    condition a weight of 0 only acts inside the fusion, and the control is applied."""
+    zero = union_conditions(host, (host.image, DEPTH, 0.0))
+    positive, negative = apply_union(host, union_sdxl, zero, strength=0.8)
+    assert (positive, negative) == (union_sdxl.positive, union_sdxl.negative)
+    assert "control" not in positive[0][1]
+    (stack,) = host.node("CNS_UnionStackEntry").add(union_sdxl.control_net, zero, 0.8, 0.0, 1.0, "balanced")
+    assert stack == ()
+    with_second = union_conditions(host, (host.image, DEPTH, 0.0), (union_sdxl.images[1:], CANNY, 1.0))
+    assert "control" in apply_union(host, union_sdxl, with_second, strength=0.8)[0][0][1]
+
+
 def test_two_conditions_sample_with_the_fusion_run_once_per_run(host, union_sdxl, monkeypatch):
     """Through ComfyUI's sampler: the conditions change the sampled latent, are fused once per
     sampling run (not at each step), and a second run gives the same latent (the cache is
