@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..controlnet_core import control_modes
 
 CATEGORY = "ControlNet Suite/apply"
@@ -35,16 +37,30 @@ OPTIONAL_CONTROL_INPUTS = {
 }
 
 
-class CNS_ApplyControlNet:
-    DESCRIPTION = (
-        "Adds a ControlNet to the positive and negative conditioning, on top of any control already there "
-        "(ComfyUI's built-in or Advanced-ControlNet chains keep their contribution)."
-    )
+class _ApplyNode:
+    """What the apply nodes share: the outputs, and putting one configured control on the
+    positive and negative conditioning (nothing at all when its strength is 0)."""
+
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     OUTPUT_TOOLTIPS = ("Positive conditioning with the control.", "Negative conditioning with the control.")
     FUNCTION = "apply"
+
+    @staticmethod
+    def attached(positive: list, negative: list, strength: float, configured: Callable[[], Any]) -> tuple:
+        from ..controlnet_core import comfy_control
+
+        if strength == 0:
+            return (positive, negative)
+        return comfy_control.attach_control(positive, negative, configured())
+
+
+class CNS_ApplyControlNet(_ApplyNode):
+    DESCRIPTION = (
+        "Adds a ControlNet to the positive and negative conditioning, on top of any control already there "
+        "(ComfyUI's built-in or Advanced-ControlNet chains keep their contribution)."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -57,12 +73,9 @@ class CNS_ApplyControlNet:
               mask=None, block_weights=""):
         from ..controlnet_core import comfy_control
 
-        if strength == 0:
-            return (positive, negative)
-        control = comfy_control.configured_control(
+        return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(
             control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights
-        )
-        return comfy_control.attach_control(positive, negative, control)
+        ))
 
 
 NODE_CLASS_MAPPINGS = {"CNS_ApplyControlNet": CNS_ApplyControlNet}

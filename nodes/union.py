@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..controlnet_core.union import UNION_CONTROL_TYPES
-from .apply import CATEGORY, CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
+from .apply import CATEGORY, CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS, _ApplyNode
 
 UNION_CONDITIONS = "CNS_UNION_CONDITIONS"
 
@@ -59,16 +59,11 @@ class CNS_UnionCondition:
         return (comfy_control.add_union_condition(union_conditions or (), image, control_type, weight),)
 
 
-class CNS_ApplyControlNetUnion:
+class CNS_ApplyControlNetUnion(_ApplyNode):
     DESCRIPTION = (
         "Adds a ControlNet Union/ProMax (loaded with ControlNet Suite's Load ControlNet) to the positive and negative "
         "conditioning, with all its conditions fused in one pass, on top of any control already there."
     )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("Positive conditioning with the control.", "Negative conditioning with the control.")
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -81,12 +76,10 @@ class CNS_ApplyControlNetUnion:
               control_mode, mask=None, block_weights=""):
         from ..controlnet_core import comfy_control
 
-        if comfy_control.union_strength(union_conditions, strength) == 0:
-            return (positive, negative)
-        control = comfy_control.configured_union_control(
+        strength_applied = comfy_control.union_strength(union_conditions, strength)
+        return self.attached(positive, negative, strength_applied, lambda: comfy_control.configured_union_control(
             control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights
-        )
-        return comfy_control.attach_control(positive, negative, control)
+        ))
 
 
 NODE_CLASS_MAPPINGS = {
