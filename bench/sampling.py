@@ -334,11 +334,27 @@ def profile_config(comfy, model, config, inputs, steps, rows: int = 25) -> str:
 
 # --- report -------------------------------------------------------------------------------------
 
-def report(configs, times, in_controls, memory, counts, device_line: str, args) -> str:
+def medians(configs, times, in_controls) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The `none` runs' median time; per configuration, the median overhead (run time − the same
+    repeat's `none` time) and the median time inside the controls."""
     none = times[NONE]
-    base = statistics.median(none)
     overhead = {c.name: statistics.median(t - n for t, n in zip(times[c.name], none)) for c in configs}
     inside = {c.name: statistics.median(in_controls[c.name]) for c in configs}
+    return statistics.median(none), overhead, inside
+
+
+def timing_cells(name: str, times, base: float, overhead, inside, reference: str | None) -> str:
+    """A report row's columns up to "inside ÷ built-in's": time, × none, overhead, time inside the
+    controls, the last two against `reference` (the built-in row doing the same task; None for
+    rows that are not ours)."""
+    t = statistics.median(times[name])
+    vs = f"{overhead[name] / overhead[reference]:.2f}" if reference else ""
+    inside_vs = f"{inside[name] / inside[reference]:.2f}" if reference else ""
+    return f"| {name} | {t:.2f} | {t / base:.2f} | {overhead[name]:.2f} | {vs} | {inside[name]:.2f} | {inside_vs} |"
+
+
+def report(configs, times, in_controls, memory, counts, device_line: str, args) -> str:
+    base, overhead, inside = medians(configs, times, in_controls)
     lines = [
         f"machine: {device_line}",
         f"model: SD1.5 topology, width {args.width_channels}, latent {args.latent}×{args.latent} "
@@ -352,18 +368,14 @@ def report(configs, times, in_controls, memory, counts, device_line: str, args) 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in configs:
-        t = statistics.median(times[c.name])
-        ours = c.kind not in (NONE, BUILTIN)
-        builtin = f"{BUILTIN}×{c.controls}"
-        vs_builtin = f"{overhead[c.name] / overhead[builtin]:.2f}" if ours else ""
-        inside_vs = f"{inside[c.name] / inside[builtin]:.2f}" if ours else ""
+        builtin = f"{BUILTIN}×{c.controls}" if c.kind not in (NONE, BUILTIN) else None
         mem = activations = "-"
         if c.name in memory:
             mem = f"{memory[c.name] / MIB:.1f}"
             activations = f"{(memory[c.name] - weight_bytes([args.unet] + c.control_models)) / MIB:.1f}"
         lines.append(
-            f"| {c.name} | {t:.2f} | {t / base:.2f} | {overhead[c.name]:.2f} | {vs_builtin} | {inside[c.name]:.2f} | "
-            f"{inside_vs} | {mem} | {weight_bytes(c.control_models) / MIB:.1f} | {activations} |"
+            timing_cells(c.name, times, base, overhead, inside, builtin)
+            + f" {mem} | {weight_bytes(c.control_models) / MIB:.1f} | {activations} |"
         )
     if counts:
         lines += ["", "work per sampling run (ControlNet forward calls / batch rows in / rows from the first "

@@ -60,10 +60,12 @@ from .sampling import (
     describe_machine,
     emit,
     log,
+    medians,
     parse_common,
     peak_memory,
     randomize,
     time_runs,
+    timing_cells,
     weight_bytes,
 )
 
@@ -217,10 +219,7 @@ def same_task_builtin(config: Config) -> str:
 
 
 def report(configs, times, in_controls, memory, latents, device_line: str, args) -> str:
-    none = times[NONE]
-    base = statistics.median(none)
-    overhead = {c.name: statistics.median(t - n for t, n in zip(times[c.name], none)) for c in configs}
-    inside = {c.name: statistics.median(in_controls[c.name]) for c in configs}
+    base, overhead, inside = medians(configs, times, in_controls)
     lines = [
         f"machine: {device_line}",
         f"model: SDXL topology (width {SDXL_WIDTH}, transformer depth {'/'.join(map(str, args.depth_blocks))}), "
@@ -233,20 +232,14 @@ def report(configs, times, in_controls, memory, latents, device_line: str, args)
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in configs:
-        t = statistics.median(times[c.name])
-        ours = c.kind not in (NONE, BUILTIN)
         reference = same_task_builtin(c)
-        vs = f"{overhead[c.name] / overhead[reference]:.2f}" if ours else ""
-        inside_vs = f"{inside[c.name] / inside[reference]:.2f}" if ours else ""
         mem = f"{memory[c.name] / MIB:.0f}" if c.name in memory else "-"
         agreement = ""
         if c.kind == "balanced" and not c.name.endswith(FUSED):  # the same computation as the built-in
             effect = (latents[reference] - latents[NONE]).abs().max().item()
             agreement = f"{(latents[c.name] - latents[reference]).abs().max().item() / effect:.1e}"
-        lines.append(
-            f"| {c.name} | {t:.2f} | {t / base:.2f} | {overhead[c.name]:.2f} | {vs} | {inside[c.name]:.2f} | {inside_vs} "
-            f"| {mem} | {agreement} |"
-        )
+        ours = c.kind not in (NONE, BUILTIN)
+        lines.append(timing_cells(c.name, times, base, overhead, inside, reference if ours else None) + f" {mem} | {agreement} |")
     lines += ["", f"weights: U-Net {weight_bytes([args.unet]) / MIB:.0f} MiB, Union ControlNet "
               f"{weight_bytes(configs[1].control_models) / MIB:.0f} MiB (shared by every row that uses it)"]
     return "\n".join(lines)
