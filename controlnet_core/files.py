@@ -118,9 +118,10 @@ def unwrap_state_dict(data: object, path: str) -> dict[str, torch.Tensor]:
         raise ControlNetFileError(f"'{_name(path)}' holds a {type(data).__name__}, not a dictionary of weights")
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        nested = [v for v in data.values() if isinstance(v, dict)]
-        if len(data) == 1 and nested:  # e.g. {"adapter": {...}} from some T2I-Adapter exports
-            return {f"{next(iter(data))}.{k}": v for k, v in unwrap_state_dict(nested[0], path).items()}
+        # Dicts of dicts: {"adapter": {...}} (some T2I-Adapter exports), {"image_proj": {...},
+        # "ip_adapter": {...}} (IP-Adapter .bin files); their keys get the outer name as prefix.
+        if all(isinstance(v, dict) for v in data.values()) and data:
+            return {f"{name}.{k}": v for name, inner in data.items() for k, v in unwrap_state_dict(inner, path).items()}
         raise ControlNetFileError(f"'{_name(path)}' contains no weight tensors")
     return tensors
 

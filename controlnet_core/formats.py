@@ -36,6 +36,20 @@ OTHER_FAMILY_MARKERS = (
     ("pos_embed_input.proj.weight", "SD3 / SD3.5"),
     ("controlnet_blocks.0.weight", "a DiT model (Flux / SD3)"),
 )
+# Key prefixes of other kinds of model that users keep in models/controlnet, refused by what
+# they are and where they load (sd_control_collection ships both beside its ControlNets).
+OTHER_KIND_PREFIXES = (
+    (
+        "lllite_",
+        "this is a ControlNet-LLLite (kohya), which patches the U-Net's attention instead of adding residuals; "
+        "ControlNet Suite does not load it. Load it with Advanced-ControlNet's 'Load Advanced ControlNet Model'",
+    ),
+    (
+        "ip_adapter.",
+        "this is an IP-Adapter (an image prompt, not a ControlNet): put it in models/ipadapter and load it with an "
+        "IP-Adapter node pack such as ComfyUI_IPAdapter_plus",
+    ),
+)
 
 
 def detect_layout(keys: Iterable[str]) -> str:
@@ -47,6 +61,9 @@ def detect_layout(keys: Iterable[str]) -> str:
                 f"this is a ControlNet for {family}; ControlNet Suite handles SD1.x, SD2.x and SDXL ControlNets. "
                 "Load it with ComfyUI's built-in 'Load ControlNet Model' node"
             )
+    for prefix, message in OTHER_KIND_PREFIXES:
+        if any(key.startswith(prefix) for key in keys):
+            raise ControlNetFormatError(message)
     if "lora_controlnet" in keys:
         return CONTROL_LORA
     if "controlnet_cond_embedding.conv_in.weight" in keys:

@@ -165,6 +165,42 @@ def test_controlnets_for_other_model_families_are_refused_by_name(marker, family
     assert str(error.value).startswith(f"this is a ControlNet for {family}; ControlNet Suite handles SD1.x, SD2.x")
 
 
+LLLITE_MESSAGE = (
+    "this is a ControlNet-LLLite (kohya), which patches the U-Net's attention instead of adding residuals; "
+    "ControlNet Suite does not load it. Load it with Advanced-ControlNet's 'Load Advanced ControlNet Model'"
+)
+IP_ADAPTER_MESSAGE = (
+    "this is an IP-Adapter (an image prompt, not a ControlNet): put it in models/ipadapter and load it with an "
+    "IP-Adapter node pack such as ComfyUI_IPAdapter_plus"
+)
+
+
+@pytest.mark.parametrize("name, weights, message", [
+    # kohya's LLLite files as published (sd_control_collection's kohya_controllllite_xl_*): one
+    # module per attention projection, named after the U-Net block it patches.
+    ("kohya_controllllite_xl_canny.safetensors", {
+        "lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.conditioning1.0.weight": (16, 3, 4, 4),
+        "lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight": (32, 640),
+    }, LLLITE_MESSAGE),
+    # An IP-Adapter saved as safetensors (h94's files) and as a .bin of two dicts (the originals).
+    ("ip-adapter_sd15.safetensors", {"image_proj.proj.weight": (3072, 1024), "ip_adapter.1.to_k_ip.weight": (320, 768)},
+        IP_ADAPTER_MESSAGE),
+    ("ip-adapter_sd15.bin", {"image_proj": {"proj.weight": (3072, 1024)}, "ip_adapter": {"1.to_k_ip.weight": (320, 768)}},
+        IP_ADAPTER_MESSAGE),
+])
+def test_other_kinds_of_model_in_the_controlnet_folder_are_refused_by_name(name, weights, message, tmp_path):
+    def tensors(shapes: dict) -> dict:
+        return {k: tensors(v) if isinstance(v, dict) else torch.zeros(v) for k, v in shapes.items()}
+
+    path = tmp_path / name
+    if name.endswith(".bin"):
+        torch.save(tensors(weights), path)
+    else:
+        save_file(tensors(weights), path)
+    with pytest.raises(ControlNetFormatError, match=f"^{re.escape(f'{name!r}: {message}')}$"):
+        load_controlnet(str(path))
+
+
 # --- architecture -----------------------------------------------------------------------------
 
 
