@@ -225,14 +225,27 @@ class Graph:
         for node in self.nodes:
             columns.setdefault(min(depth[node.id], columns_max - 1), []).append(node)
         positions: dict[int, list[float]] = {}
+        centres: dict[int, float] = {}  # vertical centre of each node placed in an earlier column
         bottoms, lefts, widths, x = {}, {}, {}, 0.0
+
+        def height_of_sources(node: Node) -> float:
+            """Mean centre of the node's inputs to its left: a node sits level with what feeds it,
+            which keeps wires short and uncrossed (the barycentre heuristic)."""
+            placed = [centres[link.node_id] for link in node.links.values() if link.node_id in centres]
+            return sum(placed) / len(placed) if placed else 0.0
+
         for column in sorted(columns):
             y, width = 0.0, 0.0
-            for node in columns[column]:
+            # The last column may hold a chain of deeper nodes: depth first keeps it in order.
+            # Output nodes (image previews) go under the nodes that feed the rest of the graph.
+            order = sorted(columns[column], key=lambda n: (depth[n.id], n.spec.output_node, height_of_sources(n), n.id))
+            for node in order:
                 w, h = self._size(node)
                 positions[node.id] = [x, y]
                 y += h + ROW_GAP
                 width = max(width, w)
+            for node in columns[column]:
+                centres[node.id] = positions[node.id][1] + self._size(node)[1] / 2
             bottoms[column], lefts[column], widths[column] = y, x, width
             x += width + COLUMN_GAP
         right, bottom = x - COLUMN_GAP, max(bottoms.values()) - ROW_GAP

@@ -91,6 +91,25 @@ def test_workflow_names_the_standard_files_and_says_what_to_download(name):
         assert f"[{file_name}]({build.MODEL_URLS[file_name]})" in note["widgets_values"][0]
 
 
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_the_graph_is_laid_out_without_overlaps_and_reads_left_to_right(name):
+    """In the editor no node (the note included) covers another, and every wire runs from a node
+    to one further right, or down to one below it in the same column (a chain stacked at the end)."""
+    ui = load_json(build.paths(name)[0])
+    boxes = {node["id"]: (*node["pos"], node["pos"][0] + node["size"][0], node["pos"][1] + node["size"][1]) for node in ui["nodes"]}
+    for a, (left_a, top_a, right_a, bottom_a) in boxes.items():
+        for b, (left_b, top_b, right_b, bottom_b) in boxes.items():
+            if a < b:
+                assert right_a <= left_b or right_b <= left_a or bottom_a <= top_b or bottom_b <= top_a, (
+                    f"{name}: nodes {a} and {b} overlap"
+                )
+    for _, source, _, target, _, _ in ui["links"]:
+        source_box, target_box = boxes[source], boxes[target]
+        rightwards = source_box[2] <= target_box[0]
+        downwards = source_box[0] == target_box[0] and source_box[3] <= target_box[1]
+        assert rightwards or downwards, f"{name}: the wire from node {source} to node {target} runs backwards"
+
+
 def test_the_union_workflow_fuses_its_maps_in_one_controlnet():
     """The SDXL Union workflow: one Union loader, each annotator's map a Union Condition of its
     type, all of them into one Apply ControlNet Union."""
