@@ -120,7 +120,7 @@ def unwrap_state_dict(data: object, path: str) -> dict[str, torch.Tensor]:
     if not tensors:
         # Dicts of dicts: {"adapter": {...}} (some T2I-Adapter exports), {"image_proj": {...},
         # "ip_adapter": {...}} (IP-Adapter .bin files); their keys get the outer name as prefix.
-        if all(isinstance(v, dict) for v in data.values()) and data:
+        if data and all(isinstance(v, dict) for v in data.values()):
             return {f"{name}.{k}": v for name, inner in data.items() for k, v in unwrap_state_dict(inner, path).items()}
         raise ControlNetFileError(f"'{_name(path)}' contains no weight tensors")
     return tensors

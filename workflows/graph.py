@@ -229,8 +229,9 @@ class Graph:
         bottoms, lefts, widths, x = {}, {}, {}, 0.0
 
         def height_of_sources(node: Node) -> float:
-            """Mean centre of the node's inputs to its left: a node sits level with what feeds it,
-            which keeps wires short and uncrossed (the barycentre heuristic)."""
+            """Mean centre of the node's inputs to its left. A column ordered by it lists its nodes
+            in the order of what feeds them, which keeps wires short and uncrossed (the
+            barycentre heuristic)."""
             placed = [centres[link.node_id] for link in node.links.values() if link.node_id in centres]
             return sum(placed) / len(placed) if placed else 0.0
 
