@@ -225,11 +225,12 @@ class Graph:
         for node in self.nodes:
             columns.setdefault(min(depth[node.id], columns_max - 1), []).append(node)
         positions: dict[int, list[float]] = {}
-        centres: dict[int, float] = {}  # vertical centre of each node placed in an earlier column
+        centres: dict[int, float] = {}  # vertical centre of each node placed so far
         bottoms, lefts, widths, x = {}, {}, {}, 0.0
 
         def height_of_sources(node: Node) -> float:
-            """Mean centre of the node's inputs to its left. A column ordered by it lists its nodes
+            """Mean centre of the node's inputs in earlier columns (a column's sort keys are taken
+            before any of its nodes is placed). A column ordered by it lists its nodes
             in the order of what feeds them, which keeps wires short and uncrossed (the
             barycentre heuristic)."""
             placed = [centres[link.node_id] for link in node.links.values() if link.node_id in centres]
@@ -243,10 +244,9 @@ class Graph:
             for node in order:
                 w, h = self._size(node)
                 positions[node.id] = [x, y]
+                centres[node.id] = y + h / 2
                 y += h + ROW_GAP
                 width = max(width, w)
-            for node in columns[column]:
-                centres[node.id] = positions[node.id][1] + self._size(node)[1] / 2
             bottoms[column], lefts[column], widths[column] = y, x, width
             x += width + COLUMN_GAP
         right, bottom = x - COLUMN_GAP, max(bottoms.values()) - ROW_GAP
