@@ -22,6 +22,16 @@ Type node puts in `extra_args` is fused with the hint once per run (`UnionContro
 several (image, control type, weight) conditions are fused in one pass, as xinsir's multi-condition
 mode (`UnionCondition`, `configure_union`, `UnionControlNet.encode_conditions`).
 
+Tiling nodes hand a control each tile's part of the hint in one of two ways, which ComfyUI's
+built-in ControlNet and Advanced-ControlNet both follow, and so do ours:
+- Ultimate SD Upscale samples the tiles one by one: it copies the control and replaces
+  `cond_hint_original` with the tile's crop of the hint image;
+- Tiled Diffusion batches tiles: before each call it sets `cond_hint` to the hint already at the
+  latent's pixel size, cropped per tile, one row per latent row.
+So everything spatial a control reads rides in `cond_hint_original`: a Union's conditions are
+packed side by side along its channels (`pack_condition_images`). A mask cannot follow the
+tiles, and Tiled Diffusion's batches mix the rows of CFG's branches; those cases are refused.
+
 bench/sampling.py measures these against ComfyUI's built-in ControlNet;
 tests/host/test_performance_paths.py checks they give what the plain path gives.
 """
@@ -169,6 +179,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.block_weights: list[float] | None = None
         self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
         self._masks: dict[tuple[int, int], torch.Tensor] = {}  # the mask at each latent size, once per run
+        self._hint_set: torch.Tensor | None = None  # the hint as set, to tell a tiling node's crop from it
 
     # set up by the apply nodes
 
@@ -197,6 +208,10 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
         return self
 
+    def set_cond_hint(self, cond_hint: torch.Tensor, *args: Any, **kwargs: Any) -> ModedControl:
+        self._hint_set = cond_hint
+        return super().set_cond_hint(cond_hint, *args, **kwargs)
+
     def _check_hint(self, hint: torch.Tensor) -> None:
         """Refuse a hint (B×C×H×W) the model cannot take, with a message that says why."""
 
@@ -207,6 +222,7 @@ class ModedControl(comfy.controlnet.ControlBase):
     def _copy_options_to(self, c: ModedControl) -> ModedControl:
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
+        c._hint_set = self._hint_set
         return c
 
     # called by ComfyUI's sampler at every step
@@ -219,6 +235,8 @@ class ModedControl(comfy.controlnet.ControlBase):
             previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
             return previous  # outside start/end: nothing to run
+        tile_hint = self._tile_hint(x_noisy)
+        self._check_tiling(tile_hint)
 
         batch = x_noisy.shape[0]
         chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
@@ -228,7 +246,8 @@ class ModedControl(comfy.controlnet.ControlBase):
             if rows.numel() == 0:
                 return previous  # an unconditional-only batch gets no control
         per_chunk = batch // len(chunks)
-        check_batch("hint", self._hint_batch(), per_chunk)
+        if tile_hint is None or tile_hint.shape[0] != batch:  # Tiled Diffusion's: one row per latent row
+            check_batch("hint", self._hint_batch() if tile_hint is None else tile_hint.shape[0], per_chunk)
         if self.mask is not None:
             check_batch("mask", self.mask.shape[0], per_chunk)
         residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
@@ -239,6 +258,50 @@ class ModedControl(comfy.controlnet.ControlBase):
     def cleanup(self) -> None:
         self._masks = {}
         super().cleanup()
+
+    # tiling nodes (see the module's docstring)
+
+    def _tile_hint(self, x_noisy: torch.Tensor) -> torch.Tensor | None:
+        """The hint a tiling node set for this call (Tiled Diffusion's `cond_hint`, at the
+        latent's pixel size), or None. ComfyUI's ControlNet keeps its own resized hint in
+        `cond_hint` and uses it when its size fits, so a node may set it; our controls never set it."""
+        hint = self.cond_hint
+        pixels = tuple(side * self.compression_ratio for side in x_noisy.shape[-2:])
+        return hint if hint is not None and tuple(hint.shape[-2:]) == pixels else None
+
+    def _hint_source(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        """The hint images this call uses (B×C×H×W): a tiling node's for this call, or
+        `cond_hint_original`, which Ultimate SD Upscale replaces with each tile's crop."""
+        tile_hint = self._tile_hint(x_noisy)
+        return self.cond_hint_original if tile_hint is None else tile_hint
+
+    def _hint_replaced(self) -> bool:
+        """Whether `cond_hint_original` is no longer the hint that was set (Ultimate SD Upscale's
+        crop). An equal copy (some packs clone conditionings) is taken as the hint from then on."""
+        hint, hint_set = self.cond_hint_original, self._hint_set
+        if hint is hint_set:
+            return False
+        same_place = hint_set is not None and (hint.shape, hint.device) == (hint_set.shape, hint_set.device)
+        if same_place and torch.equal(hint, hint_set):
+            self._hint_set = hint
+            return False
+        return True
+
+    def _check_tiling(self, tile_hint: torch.Tensor | None) -> None:
+        """Refuse what cannot follow a tiling node's tiles, rather than apply it to the wrong place."""
+        if self.mask is not None and (tile_hint is not None or self._hint_replaced()):
+            raise ControlNetError(
+                "this control has a mask, and a tiling node (such as Ultimate SD Upscale or Tiled Diffusion) has cut its "
+                "image into tiles: the mask cannot follow the tiles, so every tile would get the whole mask. Remove the "
+                "mask from this control, or sample without tiles"
+            )
+        if tile_hint is not None and control_modes.is_cond_only(self.control_mode):
+            raise ControlNetError(
+                f"control mode '{self.control_mode}' runs the control on the conditional rows only, and Tiled "
+                "Diffusion batches the rows of several tiles together in an order that does not tell them apart: use "
+                "balanced or prompt_more_important with Tiled Diffusion (Ultimate SD Upscale, which samples tile by "
+                "tile, takes every mode)"
+            )
 
     def _residuals(
         self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
@@ -292,7 +355,9 @@ class SuiteControl(ModedControl):
             loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
         )
         self.model_sampling_current = None
-        self._encoded_hints: dict[tuple[int, int], torch.Tensor] = {}  # at each latent size, once per run
+        # (latent size, hint tensor's id) → (that tensor, its encoding): once per run, and per tile
+        # hint a tiling node sets; the tensor is kept so that its id stays its own
+        self._encoded_hints: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
     @property
@@ -315,8 +380,9 @@ class SuiteControl(ModedControl):
         mask: torch.Tensor | None = None,
         block_weights: str = "",
     ) -> SuiteControl:
-        """`configure` with several Union conditions fused in one pass in place of one hint; the
-        mask is matched to the first condition's image; the strength is `union_strength`'s."""
+        """`configure` with several Union conditions fused in one pass in place of one hint: their
+        images, packed side by side (`pack_condition_images`), are the hint; the mask is matched
+        to the first condition's image; the strength is `union_strength`'s."""
         name = os.path.basename(self.loaded.path)
         if not isinstance(self.model, UnionControlNet):
             raise ControlNetError(
@@ -337,8 +403,8 @@ class SuiteControl(ModedControl):
         for condition in conditions:
             self._check_hint(condition.image.movedim(-1, 1))
         self.union_conditions = tuple(conditions)
-        first = conditions[0].image
-        return self.configure(first, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights)
+        packed = pack_condition_images([condition.image for condition in conditions])
+        return self.configure(packed, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights)
 
     def _control_types(self) -> list[int]:
         """The control types of the Union conditions, or the one ComfyUI's Set Union ControlNet
@@ -362,12 +428,9 @@ class SuiteControl(ModedControl):
         return types
 
     def _check_hint(self, hint: torch.Tensor) -> None:
-        expected = self.loaded.config.hint_channels
+        expected = self.loaded.config.hint_channels * max(1, len(self.union_conditions))  # Union conditions: packed
         if hint.shape[1] != expected:
             raise ControlNetError(f"the image has {hint.shape[1]} channels, this ControlNet takes {expected} (RGB)")
-
-    def _hint_batch(self) -> int:
-        return max((condition.image.shape[0] for condition in self.union_conditions), default=super()._hint_batch())
 
     def copy(self) -> SuiteControl:
         """A new control sharing the model (not the chain), as ComfyUI's apply nodes expect."""
@@ -418,6 +481,7 @@ class SuiteControl(ModedControl):
     ) -> list[torch.Tensor]:
         per_chunk = x_noisy.shape[0] // num_chunks
         encoded_hint = self._encoded_hint(x_noisy)
+        row_for_row = encoded_hint.shape[0] == x_noisy.shape[0] > per_chunk  # a tiling node's, per latent row
         dtype, device = self.model.dtype, x_noisy.device
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         y = cond.get("y")
@@ -425,10 +489,11 @@ class SuiteControl(ModedControl):
             x_noisy, sigma, context = x_noisy[rows], sigma[rows], context[rows]
             y = None if y is None else y[rows]
         chunks_run = x_noisy.shape[0] // per_chunk
-        if chunks_run > 1 and same_chunks(per_chunk, x_noisy, sigma, y):
+        if chunks_run > 1 and same_chunks(per_chunk, x_noisy, sigma, y, encoded_hint if row_for_row else None):
             # CFG's cond and uncond chunks of one latent: given once, with every chunk's
             # context, the model runs what precedes its first cross-attention once
             x_noisy, sigma, y = x_noisy[:per_chunk], sigma[:per_chunk], None if y is None else y[:per_chunk]
+            encoded_hint = encoded_hint[:per_chunk] if row_for_row else encoded_hint
 
         x = self.model_sampling_current.calculate_input(sigma, x_noisy)
         timesteps = self.model_sampling_current.timestep(sigma)
@@ -445,28 +510,26 @@ class SuiteControl(ModedControl):
         return self._masked(residuals, x_noisy, dtype, per_chunk, chunks_run)
 
     def _encoded_hint(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        """The hint resized and encoded for this latent size, once."""
+        """The hint resized and encoded for this latent size, once per hint tensor."""
+        source = self._hint_source(x_noisy)
         height, width = x_noisy.shape[-2:]
-        if (height, width) not in self._encoded_hints:
-
-            def at_latent_size(image: torch.Tensor) -> torch.Tensor:  # B×C×H×W
-                hint = comfy.utils.common_upscale(
-                    image, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
-                )
-                return hint.to(device=x_noisy.device, dtype=self.model.dtype)
-
+        key = (height, width, id(source))
+        if key not in self._encoded_hints:
+            hint = comfy.utils.common_upscale(
+                source, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
+            ).to(device=x_noisy.device, dtype=self.model.dtype)
             if self.union_conditions:
                 encoded = self.model.encode_conditions(
-                    [at_latent_size(condition.image.movedim(-1, 1)) for condition in self.union_conditions],
+                    list(hint.split(self.loaded.config.hint_channels, dim=1)),
                     self._control_types(),
                     [condition.weight for condition in self.union_conditions],
                 )
             elif isinstance(self.model, UnionControlNet):
-                encoded = self.model.encode_condition(at_latent_size(self.cond_hint_original), self._control_types())
+                encoded = self.model.encode_condition(hint, self._control_types())
             else:
-                encoded = self.model.encode_hint(at_latent_size(self.cond_hint_original))
-            self._encoded_hints[(height, width)] = encoded
-        return self._encoded_hints[(height, width)]
+                encoded = self.model.encode_hint(hint)
+            self._encoded_hints[key] = (source, encoded)
+        return self._encoded_hints[key][1]
 
     def _union_arguments(self) -> dict:
         """A Union model's control types for its forward (its encoded hint is fused with them)."""
@@ -551,8 +614,9 @@ def same_chunks(per_chunk: int, *tensors: torch.Tensor | None) -> bool:
 def repeat_per_chunk(tensor: torch.Tensor, per_chunk: int, num_chunks: int) -> torch.Tensor:
     """Rows for `num_chunks` batch chunks of `per_chunk` latents each: every chunk (cond,
     uncond) gets the whole image batch, tiled to its length, as ComfyUI's broadcast_image_to.
-    A single image stays a single row and broadcasts."""
-    if tensor.shape[0] == 1:
+    A single image stays a single row and broadcasts; one row per latent row (a tiling node's
+    hint) stays as it is, as ComfyUI's ControlNet takes it."""
+    if tensor.shape[0] in (1, per_chunk * num_chunks):
         return tensor
     chunk = tensor.repeat(per_chunk // tensor.shape[0], 1, 1, 1)
     return chunk.repeat(num_chunks, 1, 1, 1)
@@ -602,6 +666,24 @@ def add_union_condition(
             "control type. Remove one of the two, or give it another type"
         )
     return (*conditions, UnionCondition(image, control_type, weight))
+
+
+def pack_condition_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Condition images (ComfyUI IMAGEs, B×H×W×C) side by side along the channels, as one IMAGE
+    that a tiling node crops and resizes as it would one hint. The others are resized to the
+    first image's size the way the hint is resized to the latent, and batches of 1 are repeated
+    to the largest batch. A single image is returned as it is."""
+    if len(images) == 1:
+        return images[0]
+    height, width = images[0].shape[1:3]
+    batch = max(image.shape[0] for image in images)
+
+    def fitted(image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[1:3]) != (height, width):
+            image = comfy.utils.common_upscale(image.movedim(-1, 1), width, height, HINT_UPSCALE_METHOD, CENTER_CROP).movedim(1, -1)
+        return image.expand(batch, -1, -1, -1)
+
+    return torch.cat([fitted(image) for image in images], dim=-1)
 
 
 def union_strength(conditions: Sequence[UnionCondition], strength: float) -> float:

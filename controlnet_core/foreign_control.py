@@ -177,6 +177,7 @@ class ForeignControl(ModedControl):
             x_noisy, sigma = x_noisy[rows], sigma[rows]
             cond = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == (batch,) else v for k, v in cond.items()}
         chunks_run = x_noisy.shape[0] // per_chunk
+        self._hand_tiles_to_inner(x_noisy)
         out = self.inner.get_control(x_noisy, sigma, cond, chunks_run, {})  # it reads no transformer_options
         residuals = out["output"] + out["middle"]
         weights = self._weights()
@@ -185,6 +186,15 @@ class ForeignControl(ModedControl):
         else:
             residuals = control_modes.scale_residuals(residuals, weights)
         return self._masked(residuals, x_noisy, x_noisy.dtype, per_chunk, chunks_run)
+
+    def _hand_tiles_to_inner(self, x_noisy: torch.Tensor) -> None:
+        """What a tiling node did to this wrapper's hint (comfy_control's docstring), done to the
+        inner object, which reads both fields itself."""
+        if self.inner.cond_hint_original is not self.cond_hint_original:  # Ultimate SD Upscale's crop
+            self.inner.cond_hint_original, self.inner.cond_hint = self.cond_hint_original, None
+        tile_hint = self._tile_hint(x_noisy)
+        if tile_hint is not None:  # Tiled Diffusion's, at the latent's pixel size
+            self.inner.cond_hint = tile_hint
 
     def _divisors(self) -> list[int]:
         return resolution_divisors(self.inner.control_model)
@@ -211,7 +221,9 @@ class ForeignAdapter(ForeignControl):
 
     def __init__(self, inner: comfy.controlnet.T2IAdapter):
         super().__init__(inner)
-        self._features: dict[tuple[int, int], list[torch.Tensor]] = {}  # at the hint's batch, per latent size
+        # (latent size, hint tensor's id) → (that tensor, its features at the hint's batch), as
+        # SuiteControl caches its encoded hints
+        self._features: dict[tuple[int, int, int], tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def inference_memory_requirements(self, dtype: torch.dtype) -> int:
         """Bytes held beside the U-Net while it runs: the features cached for the run and their
@@ -258,11 +270,13 @@ class ForeignAdapter(ForeignControl):
         """The adapter's features for this latent size, computed once, as ComfyUI's T2IAdapter
         computes them (hint resized and centre-cropped to its unshuffle multiple, a sketch
         adapter's hint averaged to one channel, the network run in the latent's dtype)."""
+        source = self._hint_source(x_noisy)
         height, width = x_noisy.shape[-2:]
-        if (height, width) not in self._features:
+        key = (height, width, id(source))
+        if key not in self._features:
             inner = self.inner
             hint_width, hint_height = inner.scale_image_to(width * inner.compression_ratio, height * inner.compression_ratio)
-            hint = comfy.utils.common_upscale(self.cond_hint_original, hint_width, hint_height, inner.upscale_algorithm, CENTER_CROP)
+            hint = comfy.utils.common_upscale(source, hint_width, hint_height, inner.upscale_algorithm, CENTER_CROP)
             hint = hint.float().to(inner.device)
             if inner.channels_in == 1 and hint.shape[1] > 1:
                 hint = hint.mean(1, keepdim=True)
@@ -271,5 +285,5 @@ class ForeignAdapter(ForeignControl):
                 out = inner.t2i_model(hint.to(x_noisy.dtype))
             finally:
                 inner.t2i_model.cpu()  # as ComfyUI's T2IAdapter: the network lives on the CPU between runs
-            self._features[(height, width)] = t2i_adapter.features_in(out)
-        return self._features[(height, width)]
+            self._features[key] = (source, t2i_adapter.features_in(out))
+        return self._features[key][1]

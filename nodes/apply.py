@@ -28,7 +28,10 @@ CONTROL_INPUTS = {
     )}),
 }
 OPTIONAL_CONTROL_INPUTS = {
-    "mask": ("MASK", {"tooltip": "Restricts the control to a region (1 = full control). Same size as the image, or the same aspect ratio (then resized)."}),
+    "mask": ("MASK", {"tooltip": (
+        "Restricts the control to a region (1 = full control). Same size as the image, or the same aspect ratio (then "
+        "resized). Not under tiled upscalers (Ultimate SD Upscale, Tiled Diffusion): they cannot crop it."
+    )}),
     "block_weights": ("STRING", {"default": "", "multiline": False, "tooltip": (
         "Optional per-residual multipliers: N comma-separated numbers, shallowest block first and the middle block "
         "last (13 for SD1.x/SD2.x, 10 for SDXL, 4 for a T2I-Adapter), or a preset: " + ", ".join(control_modes.BLOCK_WEIGHT_PRESETS)

@@ -19,7 +19,8 @@ OPTIONAL_UNION_CONTROL_INPUTS = {
     **OPTIONAL_CONTROL_INPUTS,
     "mask": ("MASK", {"tooltip": (
         "Restricts the control to a region (1 = full control). Same size as the first condition's image, "
-        "or the same aspect ratio (then resized)."
+        "or the same aspect ratio (then resized). Not under tiled upscalers (Ultimate SD Upscale, Tiled Diffusion): "
+        "they cannot crop it."
     )}),
 }
 

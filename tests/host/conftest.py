@@ -171,3 +171,53 @@ def files(host: Host) -> SimpleNamespace:
         second=host.write("tiny_second.safetensors", host.controlnet_state_dict(seed=12)),
         zero=host.write("tiny_zero.safetensors", host.controlnet_state_dict(seed=13, zero_convs=True)),
     )
+
+
+@pytest.fixture(scope="module")
+def union_sdxl(host):
+    """A diffusers-format ProMax file (diffusers' own model, random weights) of test_sdxl's tiny
+    SDXL shape, loaded with our Load ControlNet; that SDXL U-Net; conditioning for it; and one
+    step's inputs (one latent: uncond row, then cond row)."""
+    from diffusers import ControlNetUnionModel
+    from safetensors.torch import save_file
+    from tests.core.tiny import randomize
+
+    from .test_sdxl import ADM_CHANNELS, CHANNEL_MULT, POOLED_DIM, SDXL_UNET_CONFIG, TRANSFORMER_DEPTH, WIDTH
+    from .test_sdxl import CONTEXT_DIM as SDXL_CONTEXT_DIM
+
+    network = ControlNetUnionModel(
+        block_out_channels=tuple(WIDTH * m for m in CHANNEL_MULT),
+        down_block_types=tuple("CrossAttnDownBlock2D" if depth else "DownBlock2D" for depth in TRANSFORMER_DEPTH),
+        transformer_layers_per_block=list(TRANSFORMER_DEPTH),
+        cross_attention_dim=SDXL_CONTEXT_DIM,
+        attention_head_dim=[WIDTH * m // 64 for m in CHANNEL_MULT],  # head counts: 64-channel heads
+        use_linear_projection=True,
+        layers_per_block=2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,  # SDXL's: y = pooled text + 6 sinusoidal size ids of 256
+        projection_class_embeddings_input_dim=ADM_CHANNELS,
+        num_control_type=8,
+        num_trans_channel=WIDTH,
+        num_proj_channel=WIDTH,
+    )
+    weights = {k: v.contiguous() for k, v in randomize(network, seed=7).state_dict().items()}
+    save_file(weights, host.models_dir / "tiny_union.safetensors")
+    gen = torch.Generator().manual_seed(6)
+
+    def conditioning():
+        context = torch.randn(1, TOKENS, SDXL_CONTEXT_DIM, generator=gen)
+        return [[context, {"pooled_output": torch.randn(1, POOLED_DIM, generator=gen)}]]
+
+    x = (torch.randn(1, 4, LATENT_SIDE, LATENT_SIDE, generator=gen) * 5).repeat(2, 1, 1, 1)
+    cond = {
+        "c_crossattn": torch.randn(2, TOKENS, SDXL_CONTEXT_DIM, generator=gen),
+        "y": torch.randn(2, ADM_CHANNELS, generator=gen),
+    }
+    return SimpleNamespace(
+        control_net=host.suite_controlnet("tiny_union.safetensors"),
+        model=host.tiny_model(family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2),
+        positive=conditioning(),
+        negative=conditioning(),
+        step=(x, torch.full((2,), 4.0), cond),
+        images=torch.rand(2, IMAGE_SIDE, IMAGE_SIDE, 3, generator=gen),  # two condition maps, one image each
+    )

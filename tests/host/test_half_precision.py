@@ -92,7 +92,7 @@ def test_loads_computes_and_caches_in_the_gpu_dtype(host, files, gpu_dtype):
     control = control_on(host, ours)
     residuals = run_control(control, one_latent_step())
     assert {r.dtype for r in residuals} == {gpu_dtype}
-    (encoded,) = control._encoded_hints.values()
+    ((_, encoded),) = control._encoded_hints.values()  # (hint, its encoding)
     assert encoded.dtype == gpu_dtype
     control.cleanup()
 

@@ -11,7 +11,6 @@ compute the same thing: the sample token ComfyUI drops never reaches the conditi
 """
 
 import importlib
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -164,57 +163,7 @@ def test_a_control_type_on_a_plain_controlnet_is_refused(host, files):
     )
 
 
-# --- a Union file through our loader, on a tiny SDXL model ---------------------------------------
-
-@pytest.fixture(scope="module")
-def union_sdxl(host):
-    """A diffusers-format ProMax file (diffusers' own model, random weights) of test_sdxl's tiny
-    SDXL shape, loaded with our Load ControlNet; that SDXL U-Net; conditioning for it; and one
-    step's inputs (one latent: uncond row, then cond row)."""
-    from diffusers import ControlNetUnionModel
-    from safetensors.torch import save_file
-    from tests.core.tiny import randomize
-
-    from .test_sdxl import ADM_CHANNELS, CHANNEL_MULT, POOLED_DIM, SDXL_UNET_CONFIG, TRANSFORMER_DEPTH, WIDTH
-    from .test_sdxl import CONTEXT_DIM as SDXL_CONTEXT_DIM
-
-    network = ControlNetUnionModel(
-        block_out_channels=tuple(WIDTH * m for m in CHANNEL_MULT),
-        down_block_types=tuple("CrossAttnDownBlock2D" if depth else "DownBlock2D" for depth in TRANSFORMER_DEPTH),
-        transformer_layers_per_block=list(TRANSFORMER_DEPTH),
-        cross_attention_dim=SDXL_CONTEXT_DIM,
-        attention_head_dim=[WIDTH * m // 64 for m in CHANNEL_MULT],  # head counts: 64-channel heads
-        use_linear_projection=True,
-        layers_per_block=2,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,  # SDXL's: y = pooled text + 6 sinusoidal size ids of 256
-        projection_class_embeddings_input_dim=ADM_CHANNELS,
-        num_control_type=8,
-        num_trans_channel=WIDTH,
-        num_proj_channel=WIDTH,
-    )
-    weights = {k: v.contiguous() for k, v in randomize(network, seed=7).state_dict().items()}
-    save_file(weights, host.models_dir / "tiny_union.safetensors")
-    gen = torch.Generator().manual_seed(6)
-
-    def conditioning():
-        context = torch.randn(1, TOKENS, SDXL_CONTEXT_DIM, generator=gen)
-        return [[context, {"pooled_output": torch.randn(1, POOLED_DIM, generator=gen)}]]
-
-    x = (torch.randn(1, 4, LATENT_SIDE, LATENT_SIDE, generator=gen) * 5).repeat(2, 1, 1, 1)
-    cond = {
-        "c_crossattn": torch.randn(2, TOKENS, SDXL_CONTEXT_DIM, generator=gen),
-        "y": torch.randn(2, ADM_CHANNELS, generator=gen),
-    }
-    return SimpleNamespace(
-        control_net=host.suite_controlnet("tiny_union.safetensors"),
-        model=host.tiny_model(family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2),
-        positive=conditioning(),
-        negative=conditioning(),
-        step=(x, torch.full((2,), 4.0), cond),
-        images=torch.rand(2, IMAGE_SIDE, IMAGE_SIDE, 3, generator=gen),  # two condition maps, one image each
-    )
-
+# --- a Union file through our loader, on a tiny SDXL model (conftest's union_sdxl) ---------------
 
 def reference_forward(union_sdxl, conditions, scales=None):
     """The core model's reference forward (xinsir's computation, sample token included) on the
@@ -266,6 +215,21 @@ def test_two_conditions_fused_in_one_pass_give_the_reference_forward(host, union
     got = one_step(control, union_sdxl.step)
 
     assert_weighted_by_mode(got, reference_forward(union_sdxl, [(depth, DEPTH), (canny, CANNY)], scales=[0.6, 1.3]), mode)
+
+
+def test_conditions_of_different_sizes_are_each_fitted_to_the_first(host, union_sdxl):
+    """The conditions travel packed side by side in the control's hint (so tiling nodes crop them
+    alike): a map of another size is resized to the first's size first. A map upscaled 2× by
+    repeating pixels comes back exactly, so it fuses as the map itself does."""
+    depth, canny = union_sdxl.images[:1], union_sdxl.images[1:]
+    canny_twice = canny.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+
+    def fused(canny_map):
+        positive, _ = apply_union(host, union_sdxl, union_conditions(host, (depth, DEPTH, 0.6), (canny_map, CANNY, 1.3)))
+        return one_step(prepared(host, positive[0][1]["control"], union_sdxl.model), union_sdxl.step)
+
+    for i, (got, expected) in enumerate(zip(fused(canny_twice), fused(canny), strict=True)):
+        assert torch.equal(got, expected), f"residual {i}"
 
 
 def test_one_condition_is_set_union_type_with_its_weight_on_the_strength(host, union_sdxl):
