@@ -276,13 +276,14 @@ class ModedControl(comfy.controlnet.ControlBase):
         return self.cond_hint_original if tile_hint is None else tile_hint
 
     def _hint_replaced(self) -> bool:
-        """Whether `cond_hint_original` is no longer the hint that was set (Ultimate SD Upscale's
-        crop). An equal copy (some packs clone conditionings) is taken as the hint from then on."""
+        """Whether `cond_hint_original` holds other images than the hint that was set (Ultimate SD
+        Upscale's crop). Images of the hint that was set (a clone, or some of its batch: packs
+        that clone conditionings or sample a batch image by image) are taken as the hint from then on."""
         hint, hint_set = self.cond_hint_original, self._hint_set
         if hint is hint_set:
             return False
-        same_place = hint_set is not None and (hint.shape, hint.device) == (hint_set.shape, hint_set.device)
-        if same_place and torch.equal(hint, hint_set):
+        comparable = hint_set is not None and (hint.shape[1:], hint.device) == (hint_set.shape[1:], hint_set.device)
+        if comparable and all(any(torch.equal(image, image_set) for image_set in hint_set) for image in hint):
             self._hint_set = hint
             return False
         return True

@@ -276,6 +276,21 @@ def test_a_masked_control_under_a_tiling_node_is_refused(host, files, tiler):
     assert_close(step(prepared(host, cloned), x, sigma, cond), expected, "cloned hint")
 
 
+def test_a_masked_control_whose_hint_batch_is_sliced_is_not_a_tile(host, files):
+    """Packs that sample a batch image by image give each run one image of the hint batch
+    (`cond_hint_original[i:i+1]`): the images are the hint's, the mask still fits, and the
+    control runs as one configured with that image."""
+    images = torch.cat(canvas_images(21, 2))
+    mask = torch.zeros(1, CANVAS * PIXELS, CANVAS * PIXELS)
+    mask[..., : CANVAS * PIXELS // 2] = 1.0
+    control_net = host.suite_controlnet(files.original)
+    x, sigma, cond = canvas_inputs(22)
+    one_by_one = applied(host, control_net, images, mask=mask).copy()
+    one_by_one.cond_hint_original = one_by_one.cond_hint_original[1:2]
+    expected = step(prepared(host, applied(host, control_net, images[1:2], mask=mask)), x, sigma, cond)
+    assert_close(step(prepared(host, one_by_one), x, sigma, cond), expected, "second image")
+
+
 @pytest.mark.parametrize("mode", ["controlnet_more_important", "cfg_resolution_weighting"])
 def test_a_cond_only_mode_under_tiled_diffusion_is_refused(host, files, mode):
     (image,) = canvas_images(19)
