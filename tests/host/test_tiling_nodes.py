@@ -56,6 +56,11 @@ def latent_crop(tensor, top, left):
     return tensor[..., top : top + TILE, left : left + TILE]
 
 
+def hint_crop(hint, top, left):
+    """A tile's crop of a hint (BCHW) at the whole latent's pixel size."""
+    return hint[..., top * PIXELS : (top + TILE) * PIXELS, left * PIXELS : (left + TILE) * PIXELS]
+
+
 def step(control, x, sigma, cond):
     """One step's residuals: every entry of the control dict (a T2I-Adapter's are 'input' ones)."""
     with torch.no_grad():
@@ -67,8 +72,7 @@ def ultimate_sd_upscale_tile(control, top, left):
     """USDU's crop_controlnet for one tile: a copy of the control whose `cond_hint_original` (BCHW)
     is cropped to the tile (already the tile's size here, so its resize changes nothing)."""
     tile = control.copy()
-    hint = control.cond_hint_original
-    tile.cond_hint_original = hint[..., top * PIXELS : (top + TILE) * PIXELS, left * PIXELS : (left + TILE) * PIXELS]
+    tile.cond_hint_original = hint_crop(control.cond_hint_original, top, left)
     return tile
 
 
@@ -87,18 +91,13 @@ def tiled_diffusion_step(control, x, sigma, cond, tiles=TILES, kept=None):
             control.cond_hint_original, x.shape[-1] * PIXELS, x.shape[-2] * PIXELS, control.upscale_algorithm, "center"
         )
         hint = control.preprocess_image(hint).expand(x.shape[0], -1, -1, -1)
-        control.cond_hint = torch.cat([latent_crop_pixels(hint, top, left) for top, left in tiles])
+        control.cond_hint = torch.cat([hint_crop(hint, top, left) for top, left in tiles])
         if kept is not None:
             kept[tuple(tiles)] = control.cond_hint
     x_tiles = torch.cat([latent_crop(x, top, left) for top, left in tiles])
     sigma_tiles = sigma.repeat(len(tiles))
     cond_tiles = {key: value.repeat(len(tiles), *[1] * (value.ndim - 1)) for key, value in cond.items()}
     return step(control, x_tiles, sigma_tiles, cond_tiles)
-
-
-def latent_crop_pixels(hint, top, left):
-    """A tile's crop of a hint already at the latent's pixel size (BCHW)."""
-    return hint[..., top * PIXELS : (top + TILE) * PIXELS, left * PIXELS : (left + TILE) * PIXELS]
 
 
 def per_tile(make_control, x, sigma, cond, tiles=TILES):
@@ -127,11 +126,11 @@ def applied(host, control_net, image, mode="balanced", **options):
     return positive[0][1]["control"]
 
 
-def applied_union(host, union_sdxl, images, mode="balanced"):
+def applied_union(host, union_sdxl, images):
     """Our Apply ControlNet Union node with depth (weight 0.6) and, when given, canny (1.3)."""
     conditions = union_conditions(host, *[(image, kind, weight) for image, kind, weight in zip(images, (DEPTH, CANNY), (0.6, 1.3))])
     positive, _ = host.node("CNS_ApplyControlNetUnion").apply(
-        union_sdxl.positive, union_sdxl.negative, union_sdxl.control_net, conditions, STRENGTH, 0.0, 1.0, mode
+        union_sdxl.positive, union_sdxl.negative, union_sdxl.control_net, conditions, STRENGTH, 0.0, 1.0, "balanced"
     )
     return positive[0][1]["control"]
 
