@@ -275,6 +275,16 @@ class ModedControl(comfy.controlnet.ControlBase):
         tile_hint = self._tile_hint(x_noisy)
         return self.cond_hint_original if tile_hint is None else tile_hint
 
+    def _once_per_hint(self, cache: dict, x_noisy: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+        """`compute(hint)` for this call's hint images (`_hint_source`), once per latent size and
+        hint tensor in a run, so each of a tiling node's tile hints gets its own. `cache` maps
+        (height, width, id(hint)) to (hint, result): keeping the hint keeps its id its own."""
+        source = self._hint_source(x_noisy)
+        key = (*x_noisy.shape[-2:], id(source))
+        if key not in cache:
+            cache[key] = (source, compute(source))
+        return cache[key][1]
+
     def _hint_replaced(self) -> bool:
         """Whether `cond_hint_original` holds other images than the hint that was set (Ultimate SD
         Upscale's crop). Images of the hint that was set (a clone, or some of its batch: packs
@@ -356,8 +366,7 @@ class SuiteControl(ModedControl):
             loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
         )
         self.model_sampling_current = None
-        # (latent size, hint tensor's id) → (that tensor, its encoding): once per run, and per tile
-        # hint a tiling node sets; the tensor is kept so that its id stays its own
+        # the encoded hint per latent size and hint tensor, for the run (ModedControl._once_per_hint)
         self._encoded_hints: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
@@ -512,25 +521,23 @@ class SuiteControl(ModedControl):
 
     def _encoded_hint(self, x_noisy: torch.Tensor) -> torch.Tensor:
         """The hint resized and encoded for this latent size, once per hint tensor."""
-        source = self._hint_source(x_noisy)
         height, width = x_noisy.shape[-2:]
-        key = (height, width, id(source))
-        if key not in self._encoded_hints:
+
+        def encode(source: torch.Tensor) -> torch.Tensor:
             hint = comfy.utils.common_upscale(
                 source, width * LATENT_TO_PIXELS, height * LATENT_TO_PIXELS, HINT_UPSCALE_METHOD, CENTER_CROP
             ).to(device=x_noisy.device, dtype=self.model.dtype)
             if self.union_conditions:
-                encoded = self.model.encode_conditions(
+                return self.model.encode_conditions(
                     list(hint.split(self.loaded.config.hint_channels, dim=1)),
                     self._control_types(),
                     [condition.weight for condition in self.union_conditions],
                 )
-            elif isinstance(self.model, UnionControlNet):
-                encoded = self.model.encode_condition(hint, self._control_types())
-            else:
-                encoded = self.model.encode_hint(hint)
-            self._encoded_hints[key] = (source, encoded)
-        return self._encoded_hints[key][1]
+            if isinstance(self.model, UnionControlNet):
+                return self.model.encode_condition(hint, self._control_types())
+            return self.model.encode_hint(hint)
+
+        return self._once_per_hint(self._encoded_hints, x_noisy, encode)
 
     def _union_arguments(self) -> dict:
         """A Union model's control types for its forward (its encoded hint is fused with them)."""

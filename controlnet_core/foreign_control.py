@@ -221,8 +221,8 @@ class ForeignAdapter(ForeignControl):
 
     def __init__(self, inner: comfy.controlnet.T2IAdapter):
         super().__init__(inner)
-        # (latent size, hint tensor's id) → (that tensor, its features at the hint's batch), as
-        # SuiteControl caches its encoded hints
+        # the features (at the hint's batch) per latent size and hint tensor, for the run
+        # (ModedControl._once_per_hint)
         self._features: dict[tuple[int, int, int], tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def inference_memory_requirements(self, dtype: torch.dtype) -> int:
@@ -267,14 +267,13 @@ class ForeignAdapter(ForeignControl):
         return self._masked(residuals, x_noisy, x_noisy.dtype, per_chunk, chunks_run)
 
     def _features_at(self, x_noisy: torch.Tensor) -> list[torch.Tensor]:
-        """The adapter's features for this latent size, computed once, as ComfyUI's T2IAdapter
+        """The adapter's features for this latent size, once per hint tensor, as ComfyUI's T2IAdapter
         computes them (hint resized and centre-cropped to its unshuffle multiple, a sketch
         adapter's hint averaged to one channel, the network run in the latent's dtype)."""
-        source = self._hint_source(x_noisy)
         height, width = x_noisy.shape[-2:]
-        key = (height, width, id(source))
-        if key not in self._features:
-            inner = self.inner
+        inner = self.inner
+
+        def features(source: torch.Tensor) -> list[torch.Tensor]:
             hint_width, hint_height = inner.scale_image_to(width * inner.compression_ratio, height * inner.compression_ratio)
             hint = comfy.utils.common_upscale(source, hint_width, hint_height, inner.upscale_algorithm, CENTER_CROP)
             hint = hint.float().to(inner.device)
@@ -285,5 +284,6 @@ class ForeignAdapter(ForeignControl):
                 out = inner.t2i_model(hint.to(x_noisy.dtype))
             finally:
                 inner.t2i_model.cpu()  # as ComfyUI's T2IAdapter: the network lives on the CPU between runs
-            self._features[key] = (source, t2i_adapter.features_in(out))
-        return self._features[key][1]
+            return t2i_adapter.features_in(out)
+
+        return self._once_per_hint(self._features, x_noisy, features)
