@@ -149,6 +149,10 @@ def load_control(path: str, model: Any = None) -> comfy.controlnet.ControlBase:
         base_unet=base_unet,
     )
     loaded.model.compute_dtype = compute_dtype
+    if layout == formats.LLLITE:
+        from .lllite_control import LLLiteControl  # it builds on this module
+
+        return LLLiteControl(loaded, load_device)
     return SuiteControl(loaded, load_device)
 
 
@@ -250,10 +254,7 @@ class ModedControl(comfy.controlnet.ControlBase):
             check_batch("hint", self._hint_batch() if tile_hint is None else tile_hint.shape[0], per_chunk)
         if self.mask is not None:
             check_batch("mask", self.mask.shape[0], per_chunk)
-        residuals = self._residuals(x_noisy, t, cond, rows, len(chunks))
-        if rows is not None:
-            residuals = control_modes.scatter_rows(residuals, rows, batch)
-        return merge_with_previous(self._layout(residuals), previous)
+        return self._control(x_noisy, t, cond, rows, len(chunks), transformer_options, previous)
 
     def cleanup(self) -> None:
         self._masks = {}
@@ -314,6 +315,23 @@ class ModedControl(comfy.controlnet.ControlBase):
                 "tile, takes every mode)"
             )
 
+    def _control(
+        self,
+        x_noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: dict,
+        rows: torch.Tensor | None,
+        num_chunks: int,
+        transformer_options: dict,
+        previous: dict | None,
+    ) -> dict | None:
+        """This step's control dict for the U-Net, the previous control's included, once the step
+        is known to run: our residuals for `rows` (all rows when None) added to the previous ones."""
+        residuals = self._residuals(x_noisy, sigma, cond, rows, num_chunks)
+        if rows is not None:
+            residuals = control_modes.scatter_rows(residuals, rows, x_noisy.shape[0])
+        return merge_with_previous(self._layout(residuals), previous)
+
     def _residuals(
         self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, rows: torch.Tensor | None, num_chunks: int
     ) -> list[torch.Tensor]:
@@ -327,11 +345,15 @@ class ModedControl(comfy.controlnet.ControlBase):
         one: resized to the latent once per run, kept in `dtype`, then to each residual."""
         if self.mask is None:
             return residuals
+        return control_modes.mask_residuals(residuals, repeat_per_chunk(self._latent_mask(x_noisy, dtype), per_chunk, num_chunks))
+
+    def _latent_mask(self, x_noisy: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The mask (B×1×H×W) resized to the latent, once per latent size in a run."""
         height, width = x_noisy.shape[-2:]
         if (height, width) not in self._masks:
             mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
             self._masks[(height, width)] = mask.to(device=x_noisy.device, dtype=dtype)
-        return control_modes.mask_residuals(residuals, repeat_per_chunk(self._masks[(height, width)], per_chunk, num_chunks))
+        return self._masks[(height, width)]
 
     def _divisors(self) -> list[int]:
         """For each residual, how many times smaller than the latent it is."""
@@ -353,8 +375,8 @@ class ModedControl(comfy.controlnet.ControlBase):
         return {"input": [], "middle": [residuals[-1]], "output": list(residuals[:-1])}
 
 
-class SuiteControl(ModedControl):
-    """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+class LoadedModelControl(ModedControl):
+    """A control running a model our loader loaded: SuiteControl, and lllite_control's LLLiteControl."""
 
     def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
         super().__init__()
@@ -365,14 +387,24 @@ class SuiteControl(ModedControl):
         self.patcher = patcher or comfy.model_patcher.ModelPatcher(
             loaded.model, load_device=load_device, offload_device=model_management.unet_offload_device()
         )
-        self.model_sampling_current = None
-        # the encoded hint per latent size and hint tensor, for the run (ModedControl._once_per_hint)
-        self._encoded_hints: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
     @property
     def model(self):
         return self.loaded.model
+
+    def get_models(self) -> list:
+        return super().get_models() + [self.patcher]
+
+
+class SuiteControl(LoadedModelControl):
+    """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+
+    def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
+        super().__init__(loaded, load_device, patcher)
+        self.model_sampling_current = None
+        # the encoded hint per latent size and hint tensor, for the run (ModedControl._once_per_hint)
+        self._encoded_hints: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
     # set up by the apply nodes (configure: ModedControl's)
 
@@ -454,9 +486,6 @@ class SuiteControl(ModedControl):
         check_family(self.loaded.family, model)
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling_current = model.model_sampling
-
-    def get_models(self) -> list:
-        return super().get_models() + [self.patcher]
 
     def inference_memory_requirements(self, dtype: torch.dtype) -> int:
         """Bytes held beside the U-Net while it runs: our residuals for a cond+uncond batch and
@@ -626,8 +655,9 @@ def repeat_per_chunk(tensor: torch.Tensor, per_chunk: int, num_chunks: int) -> t
     hint) stays as it is, as ComfyUI's ControlNet takes it."""
     if tensor.shape[0] in (1, per_chunk * num_chunks):
         return tensor
-    chunk = tensor.repeat(per_chunk // tensor.shape[0], 1, 1, 1)
-    return chunk.repeat(num_chunks, 1, 1, 1)
+    same = [1] * (tensor.ndim - 1)
+    chunk = tensor.repeat(per_chunk // tensor.shape[0], *same)
+    return chunk.repeat(num_chunks, *same)
 
 
 def fit_mask(mask: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
@@ -712,6 +742,11 @@ def configured_union_control(
     block_weights: str = "",
 ) -> SuiteControl:
     """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass."""
+    if isinstance(control_net, LoadedModelControl) and control_net.loaded.layout == formats.LLLITE:
+        raise ControlNetError(
+            f"Union conditions need a ControlNet Union/ProMax file; '{os.path.basename(control_net.loaded.path)}' is a "
+            "ControlNet-LLLite: give it an image with Apply ControlNet or Control Stack Entry instead"
+        )
     if not isinstance(control_net, SuiteControl):
         raise ControlNetError(
             "Union conditions run on ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
@@ -745,7 +780,7 @@ def configured_control(
     T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
     applies them in balanced mode; SD ControlNets and T2I-Adapters among them get the other
     options through foreign_control, the rest are refused them."""
-    if isinstance(control_net, SuiteControl):
+    if isinstance(control_net, ModedControl):  # ours: SuiteControl, LLLiteControl
         return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
     if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip():
         return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))

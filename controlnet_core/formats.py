@@ -20,6 +20,8 @@ DIFFUSERS = "diffusers"  # diffusers ControlNetModel (folder with config.json, o
 DIFFUSERS_UNION = "diffusers-union"  # xinsir ControlNet Union / ProMax (diffusers names)
 CONTROL_LORA = "control-lora"  # Stability Control-LoRA: low-rank deltas on the base U-Net
 T2I_ADAPTER = "t2i-adapter"  # TencentARC T2I-Adapter (full, light, XL, diffusers)
+LLLITE = "controlnet-lllite"  # kohya's ControlNet-LLLite for SDXL: modules on the attention projections
+LLLITE_PREFIX = "lllite_unet_"
 
 ORIGINAL_PREFIX = "control_model."
 # Modules of the trainable copy that a base U-Net also has (same names in both).
@@ -40,9 +42,9 @@ OTHER_FAMILY_MARKERS = (
 # they are and where they load (sd_control_collection ships both beside its ControlNets).
 OTHER_KIND_PREFIXES = (
     (
-        "lllite_",
-        "this is a ControlNet-LLLite (kohya), which patches the U-Net's attention instead of adding residuals; "
-        "ControlNet Suite does not load it. Load it with Advanced-ControlNet's 'Load Advanced ControlNet Model'",
+        "lllite_",  # what is left once SDXL's `lllite_unet_` files are taken: Anima's `lllite_dit_blocks_`
+        "this is a ControlNet-LLLite for a DiT model such as Anima, not for a Stable Diffusion U-Net; ControlNet "
+        "Suite loads SDXL LLLite files only. Load it with Advanced-ControlNet's 'Load Anima LLLite Model'",
     ),
     (
         "ip_adapter.",
@@ -61,6 +63,8 @@ def detect_layout(keys: Iterable[str]) -> str:
                 f"this is a ControlNet for {family}; ControlNet Suite handles SD1.x, SD2.x and SDXL ControlNets. "
                 "Load it with ComfyUI's built-in 'Load ControlNet Model' node"
             )
+    if any(key.startswith(LLLITE_PREFIX) for key in keys):
+        return LLLITE
     for prefix, message in OTHER_KIND_PREFIXES:
         if any(key.startswith(prefix) for key in keys):
             raise ControlNetFormatError(message)

@@ -22,6 +22,7 @@ from . import formats
 from .config import ControlNetConfig, config_from_state_dict
 from .errors import ControlNetError, ControlNetFormatError
 from .files import WeightFile, assign_weights, find_diffusers_weights, open_weights, read_diffusers_config
+from .lllite import ControlLLLite, load_lllite
 from .model import TORCH_OPS, ControlNet
 from .t2i_adapter import T2IAdapter, load_t2i_adapter
 from .union import load_union
@@ -33,7 +34,7 @@ SHUFFLE_SUFFIXES = ("_shuffle", "_shuffle_fp16")  # ComfyUI's rule for global av
 
 @dataclass
 class LoadedControlNet:
-    model: ControlNet | T2IAdapter  # UnionControlNet is a ControlNet
+    model: ControlNet | T2IAdapter | ControlLLLite  # UnionControlNet is a ControlNet
     layout: str
     path: str
 
@@ -69,6 +70,8 @@ def load_controlnet(
         return LoadedControlNet(load_union(weights, dtype, device, ops, heads=_heads(weights)), layout, path)
     if layout == formats.T2I_ADAPTER:
         return LoadedControlNet(load_t2i_adapter(weights, dtype, device, ops), layout, path)
+    if layout == formats.LLLITE:
+        return LoadedControlNet(load_lllite(weights, dtype, device, ops), layout, path)
     sources = _sources(weights, layout)
     shapes = {k: weights.shapes[v] for k, v in sources.items()}
     if layout == formats.DIFFERENCE:

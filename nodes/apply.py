@@ -14,7 +14,7 @@ CONDITIONING_INPUTS = {
     "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
 }
 CONTROL_INPUTS = {
-    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet or T2I-Adapter from a ControlNet Suite loader or from ComfyUI's (every option works on each)."}),
+    "control_net": ("CONTROL_NET", {"tooltip": "A ControlNet, T2I-Adapter or ControlNet-LLLite from a ControlNet Suite loader, or a ControlNet or T2I-Adapter from ComfyUI's (every option works on each)."}),
     "image": ("IMAGE", {"tooltip": "The control image (a map from an annotator: edges, depth, pose...). It is resized to the latent's size x8 with a centre crop."}),
     "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Multiplies every residual. 0 leaves the conditioning unchanged."}),
     "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling where the control starts (0 = first step)."}),
@@ -24,7 +24,8 @@ CONTROL_INPUTS = {
         "prompt_more_important: residual i weighted 0.825^(N-1-i) (middle block 1.0), both branches. "
         "controlnet_more_important: same weights, conditional branch only (the original guess mode). "
         "cfg_resolution_weighting: the paper's CFG resolution weighting, conditional branch only, residual i weighted 64/h_i. "
-        "A T2I-Adapter's 4 features count as its residuals; its soft weights are A1111's 0.25, 0.62, 0.825, 1.0."
+        "A T2I-Adapter's 4 features count as its residuals; its soft weights are A1111's 0.25, 0.62, 0.825, 1.0. "
+        "A ControlNet-LLLite's modules take the weight of the SDXL residual at their depth of the U-Net."
     )}),
 }
 OPTIONAL_CONTROL_INPUTS = {
@@ -34,7 +35,7 @@ OPTIONAL_CONTROL_INPUTS = {
     )}),
     "block_weights": ("STRING", {"default": "", "multiline": False, "tooltip": (
         "Optional per-residual multipliers: N comma-separated numbers, shallowest block first and the middle block "
-        "last (13 for SD1.x/SD2.x, 10 for SDXL, 4 for a T2I-Adapter), or a preset: " + ", ".join(control_modes.BLOCK_WEIGHT_PRESETS)
+        "last (13 for SD1.x/SD2.x, 10 for SDXL and SDXL ControlNet-LLLite, 4 for a T2I-Adapter), or a preset: " + ", ".join(control_modes.BLOCK_WEIGHT_PRESETS)
         + ". Empty: all 1."
     )}),
 }

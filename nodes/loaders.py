@@ -5,7 +5,8 @@ from __future__ import annotations
 CATEGORY = "ControlNet Suite/loaders"
 CONTROL_NET_NAME_TOOLTIP = (
     "A ControlNet in models/controlnet: original .pth/.safetensors (with or without the control_model. prefix) "
-    "or a diffusers folder's diffusion_pytorch_model.safetensors. The layout is detected."
+    "or a diffusers folder's diffusion_pytorch_model.safetensors; also ControlNet Union, T2I-Adapter and SDXL "
+    "ControlNet-LLLite files. The layout is detected."
 )
 
 
@@ -25,7 +26,8 @@ def _load(control_net_name: str, model=None):
 
 class CNS_ControlNetLoader:
     DESCRIPTION = (
-        "Loads an SD1.x, SD2.x or SDXL ControlNet in any common layout (original, bare, diffusers). "
+        "Loads an SD1.x, SD2.x or SDXL ControlNet in any common layout (original, bare, diffusers), a ControlNet "
+        "Union, a T2I-Adapter or an SDXL ControlNet-LLLite. "
         "For \"difference\" ControlNets and Control-LoRAs use 'Load ControlNet with Model (ControlNet Suite)'."
     )
     CATEGORY = CATEGORY

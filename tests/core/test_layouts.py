@@ -165,9 +165,9 @@ def test_controlnets_for_other_model_families_are_refused_by_name(marker, family
     assert str(error.value).startswith(f"this is a ControlNet for {family}; ControlNet Suite handles SD1.x, SD2.x")
 
 
-LLLITE_MESSAGE = (
-    "this is a ControlNet-LLLite (kohya), which patches the U-Net's attention instead of adding residuals; "
-    "ControlNet Suite does not load it. Load it with Advanced-ControlNet's 'Load Advanced ControlNet Model'"
+ANIMA_LLLITE_MESSAGE = (
+    "this is a ControlNet-LLLite for a DiT model such as Anima, not for a Stable Diffusion U-Net; ControlNet "
+    "Suite loads SDXL LLLite files only. Load it with Advanced-ControlNet's 'Load Anima LLLite Model'"
 )
 IP_ADAPTER_MESSAGE = (
     "this is an IP-Adapter (an image prompt, not a ControlNet): put it in models/ipadapter and load it with an "
@@ -176,12 +176,12 @@ IP_ADAPTER_MESSAGE = (
 
 
 @pytest.mark.parametrize("name, weights, message", [
-    # kohya's LLLite files as published (sd_control_collection's kohya_controllllite_xl_*): one
-    # module per attention projection, named after the U-Net block it patches.
-    ("kohya_controllllite_xl_canny.safetensors", {
-        "lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.conditioning1.0.weight": (16, 3, 4, 4),
-        "lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight": (32, 640),
-    }, LLLITE_MESSAGE),
+    # Anima's LLLite (kohya-ss/ComfyUI-Anima-LLLite), which Advanced-ControlNet's control.py tells
+    # by a `lllite_conditioning1.conv1.weight` key and keys under `lllite_dit_blocks_`.
+    ("anima_lllite_v2.safetensors", {
+        "lllite_conditioning1.conv1.weight": (16, 3, 4, 4),
+        "lllite_dit_blocks_0_self_attn_q_proj.down.weight": (32, 2048),
+    }, ANIMA_LLLITE_MESSAGE),
     # An IP-Adapter saved as safetensors (h94's files) and as a .bin of two dicts (the originals).
     ("ip-adapter_sd15.safetensors", {"image_proj.proj.weight": (3072, 1024), "ip_adapter.1.to_k_ip.weight": (320, 768)},
         IP_ADAPTER_MESSAGE),
