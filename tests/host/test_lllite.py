@@ -344,3 +344,29 @@ def test_memory_estimate_counts_every_modules_condition_tokens(host, lllite):
             depth = sum(1 for k in lllite.weights if k.startswith(f"{name}.conditioning1.") and k.endswith(".weight"))
             elements += 2 * weight.shape[0] * (LATENT_SIDE // 2 ** (depth - 1)) ** 2
     assert control.inference_memory_requirements(torch.float32) == elements * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loads_and_computes_in_the_gpus_dtype(host, lllite, monkeypatch, dtype):
+    """With model management answering as on a GPU, the LLLite loads in that dtype and, on a U-Net
+    computing in it, gives kohya's wrapping run in the same dtype to within one rounding step of
+    the output's largest value (the same operations in the same order)."""
+    from .test_half_precision import answer_as_on
+
+    answer_as_on(host, monkeypatch, dtype)
+    control_net = host.suite_controlnet(lllite.file)
+    assert control_net.model.dtype == dtype
+    half = SimpleNamespace(**{**vars(lllite), "model": host.tiny_model(dtype, family="SDXL", unet_config=SDXL_UNET_CONFIG, seed=2)})
+    half.unet, half.weights = half.model.model.diffusion_model, {k: v.to(dtype) for k, v in lllite.weights.items()}
+    positive, _ = host.node("CNS_ApplyControlNet").apply(
+        lllite.positive, lllite.negative, control_net, host.image, 1.0, 0.0, 1.0, "balanced"
+    )
+    control = prepared(host, positive[0][1]["control"], half.model)
+    x, sigma, cond = step_inputs()
+    got = unet_output(half, x, sigma, cond, control)
+    with kohya_wrapped(host, half.unet, half.weights, host.image.to(dtype), (LATENT_SIDE, LATENT_SIDE)):
+        reference = unet_output(half, x, sigma, cond)
+    assert got.dtype == reference.dtype
+    effect = (reference.float() - unet_output(half, x, sigma, cond).float()).abs().max().item()
+    assert effect > MIN_EFFECT
+    assert (got.float() - reference.float()).abs().max().item() <= torch.finfo(dtype).eps * reference.float().abs().max().item()
