@@ -168,9 +168,10 @@ def _stored_dtype(weights: Any) -> torch.dtype | None:
 # --- the control object -----------------------------------------------------------------------
 
 class ModedControl(comfy.controlnet.ControlBase):
-    """A control with our control mode, mask and block weights: what SuiteControl and the
-    wrappers in foreign_control share. Subclasses compute the weighted residuals of the rows a
-    step runs (`_residuals`) and say how many residuals at which resolutions (`_divisors`); a
+    """A control with our control mode, mask and block weights: what SuiteControl, LLLiteControl
+    and the wrappers in foreign_control share. Subclasses compute the weighted residuals of the rows
+    a step runs (`_residuals`; LLLiteControl, which adds none, replaces `_control` instead) and say
+    how many residuals at which resolutions (`_divisors`); a
     control whose outputs are not a ControlNet's (input blocks, then the middle block) says
     where they go (`_layout`, `_ends_at_middle_block`) and how the soft modes weight them
     (`soft_weights`)."""
