@@ -370,3 +370,15 @@ def test_half_precision_loads_and_computes_in_the_gpus_dtype(host, lllite, monke
     effect = (reference.float() - unet_output(half, x, sigma, cond).float()).abs().max().item()
     assert effect > MIN_EFFECT
     assert (got.float() - reference.float()).abs().max().item() <= torch.finfo(dtype).eps * reference.float().abs().max().item()
+
+
+def test_a_union_control_type_on_an_lllite_is_refused_when_applied(host, lllite):
+    from .test_union_control import DEPTH, with_type
+
+    control_net = with_type(host.suite_controlnet(lllite.file), DEPTH)
+    with pytest.raises(host.errors.ControlNetError) as error:
+        apply_ours(host, lllite.positive, lllite.negative, control_net)
+    assert str(error.value) == (
+        "Set Union ControlNet Type picks a control type for ControlNet Union files; "
+        "'kohya_controllllite_xl_tiny.safetensors' is a ControlNet-LLLite, which has none: remove that node"
+    )
