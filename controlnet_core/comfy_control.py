@@ -379,6 +379,8 @@ class ModedControl(comfy.controlnet.ControlBase):
 class LoadedModelControl(ModedControl):
     """A control running a model our loader loaded: SuiteControl, and lllite_control's LLLiteControl."""
 
+    kind = "ControlNet"  # what the refusals call the model
+
     def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
         super().__init__()
         self.loaded = loaded
@@ -393,12 +395,36 @@ class LoadedModelControl(ModedControl):
     def model(self):
         return self.loaded.model
 
+    @property
+    def name(self) -> str:
+        """The file's name, as messages give it."""
+        return os.path.basename(self.loaded.path)
+
     def get_models(self) -> list:
         return super().get_models() + [self.patcher]
+
+    def configure_union(self, *args: Any, **kwargs: Any) -> LoadedModelControl:
+        """Union conditions: only SuiteControl running a ControlNet Union takes them."""
+        raise self._union_conditions_refused()
+
+    def _union_conditions_refused(self) -> ControlNetError:
+        return ControlNetError(
+            f"Union conditions need a ControlNet Union/ProMax file; '{self.name}' is a {self.kind}: give it an image "
+            "with Apply ControlNet or Control Stack Entry instead"
+        )
+
+    def _control_type_refused(self) -> ControlNetError:
+        """For a control type from ComfyUI's Set Union ControlNet Type node on a model without types."""
+        return ControlNetError(
+            f"Set Union ControlNet Type picks a control type for ControlNet Union files; '{self.name}' is a "
+            f"{self.kind}, which has none: remove that node"
+        )
 
 
 class SuiteControl(LoadedModelControl):
     """A ControlNet Suite control in a ComfyUI conditioning (the CONTROL_NET type)."""
+
+    kind = "plain ControlNet"  # the refusals are for files that are not a Union
 
     def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
         super().__init__(loaded, load_device, patcher)
@@ -426,16 +452,12 @@ class SuiteControl(LoadedModelControl):
         """`configure` with several Union conditions fused in one pass in place of one hint: their
         images, packed side by side (`pack_condition_images`), are the hint; the mask is matched
         to the first condition's image; the strength is `union_strength`'s."""
-        name = os.path.basename(self.loaded.path)
         if not isinstance(self.model, UnionControlNet):
-            raise ControlNetError(
-                f"Union conditions need a ControlNet Union/ProMax file; '{name}' is a plain ControlNet: give it an image with "
-                "Apply ControlNet or Control Stack Entry instead"
-            )
+            raise self._union_conditions_refused()
         if self.extra_args.get("control_type"):
             raise ControlNetError(
                 "the control types come from the Union Condition nodes here; remove the Set Union ControlNet Type node "
-                f"after '{name}'"
+                f"after '{self.name}'"
             )
         batches = [condition.image.shape[0] for condition in conditions]
         if any(images not in (1, max(batches)) for images in batches):
@@ -459,10 +481,7 @@ class SuiteControl(LoadedModelControl):
             types = list(self.extra_args.get("control_type", []))
         if not isinstance(self.model, UnionControlNet):
             if types:
-                raise ControlNetError(
-                    f"Set Union ControlNet Type picks a control type for ControlNet Union files; '{os.path.basename(self.loaded.path)}' is "
-                    "a plain ControlNet, which has none: remove that node"
-                )
+                raise self._control_type_refused()
             return types
         try:
             self.model.check_types(types)
@@ -742,13 +761,9 @@ def configured_union_control(
     mask: torch.Tensor | None = None,
     block_weights: str = "",
 ) -> SuiteControl:
-    """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass."""
-    if isinstance(control_net, LoadedModelControl) and control_net.loaded.layout == formats.LLLITE:
-        raise ControlNetError(
-            f"Union conditions need a ControlNet Union/ProMax file; '{os.path.basename(control_net.loaded.path)}' is a "
-            "ControlNet-LLLite: give it an image with Apply ControlNet or Control Stack Entry instead"
-        )
-    if not isinstance(control_net, SuiteControl):
+    """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass
+    (our other files refuse them, saying what they are)."""
+    if not isinstance(control_net, LoadedModelControl):
         raise ControlNetError(
             "Union conditions run on ControlNet Union files loaded with ControlNet Suite's Load ControlNet; this "
             "ControlNet comes from another loader: load the file with ControlNet Suite's Load ControlNet"

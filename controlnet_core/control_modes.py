@@ -103,12 +103,18 @@ def scale_residuals(residuals: Sequence[torch.Tensor], weights: Sequence[float])
 
 def mask_residuals(residuals: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
     """Multiply each residual by `mask` (B×1×H×W or 1×1×H×W, any H×W of the latent's aspect
-    ratio) resized bilinearly to that residual's size."""
+    ratio) resized to that residual's size."""
     out = []
     for r in residuals:
-        m = mask if tuple(mask.shape[-2:]) == tuple(r.shape[-2:]) else F.interpolate(mask, size=r.shape[-2:], mode="bilinear", align_corners=False)
-        out.append(r * m.to(device=r.device, dtype=r.dtype))
+        out.append(r * resized_mask(mask, r.shape[-2:]).to(device=r.device, dtype=r.dtype))
     return out
+
+
+def resized_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """`mask` (B×1×H×W) at `size`, bilinearly (the mask itself when it has that size)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def cond_rows(batch_size: int, cond_or_uncond: Sequence[int]) -> torch.Tensor:

@@ -25,16 +25,14 @@ first has corrected (so do kohya's and Advanced-ControlNet's), not a sum.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management as model_management
 import comfy.utils
 
-from . import lllite
+from . import control_modes, lllite
 from .comfy_control import (
     CENTER_CROP, HINT_UPSCALE_METHOD, LoadedModelControl, check_family, latent_size_guess, repeat_per_chunk,
 )
@@ -48,23 +46,18 @@ KIND = "ControlNet-LLLite"
 class LLLiteControl(LoadedModelControl):
     """A ControlNet-LLLite file loaded with ours, in a ComfyUI conditioning (CONTROL_NET)."""
 
+    kind = KIND
+
     def __init__(self, loaded: LoadedControlNet, load_device: torch.device, patcher: Any = None):
         super().__init__(loaded, load_device, patcher)
         # each module's condition tokens per latent size and hint tensor (ModedControl._once_per_hint)
         self._tokens: dict[tuple[int, int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.loaded.path)
-
     # set up by the apply nodes
 
     def configure(self, *args: Any, **kwargs: Any) -> LLLiteControl:
         if self.extra_args.get("control_type"):
-            raise ControlNetError(
-                f"Set Union ControlNet Type picks a control type for ControlNet Union files; '{self.name}' is a "
-                f"{KIND}, which has none: remove that node"
-            )
+            raise self._control_type_refused()
         return super().configure(*args, **kwargs)
 
     def _check_hint(self, hint: torch.Tensor) -> None:
@@ -114,6 +107,7 @@ class LLLiteControl(LoadedModelControl):
         transformer_options: dict,
         previous: dict | None,
     ) -> dict | None:
+        rows = None if rows is None else rows.to(x_noisy.device)  # once: the patches index with them at every block
         step = LLLiteStep(self.model, self._weights(), rows, self._step_tokens(x_noisy, rows, num_chunks),
                           self._step_masks(x_noisy, rows, num_chunks))
         patches = dict(transformer_options.get("patches", {}))
@@ -137,7 +131,7 @@ class LLLiteControl(LoadedModelControl):
                 count = x_noisy.shape[0] if rows is None else rows.numel()
                 out[name] = module_tokens.expand(count, -1, -1)
             else:
-                out[name] = module_tokens if rows is None else module_tokens[rows.to(module_tokens.device)]
+                out[name] = module_tokens if rows is None else module_tokens[rows]
         return out
 
     def _tokens_once_per_hint(self, x_noisy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -162,19 +156,17 @@ class LLLiteControl(LoadedModelControl):
         masks = {}
         for level in self.model.levels():
             grid = lllite.token_grid(tuple(x_noisy.shape[-2:]), level)
-            mask = latent_mask if tuple(latent_mask.shape[-2:]) == grid else F.interpolate(
-                latent_mask, size=grid, mode="bilinear", align_corners=False  # as control_modes.mask_residuals
-            )
+            mask = control_modes.resized_mask(latent_mask, grid)  # as for a ControlNet's residuals
             mask = repeat_per_chunk(mask, per_chunk, num_chunks).flatten(2).transpose(1, 2)
             if rows is not None and mask.shape[0] > 1:
-                mask = mask[rows.to(mask.device)]
+                mask = mask[rows]
             masks[level] = mask
         return masks
 
 
 class LLLiteStep:
     """What one step's patches apply: per module, the correction of the projection input x,
-    weighted, masked, on `rows` of the batch (all when None)."""
+    weighted, masked, on `rows` of the batch (all when None; on the batch's device)."""
 
     def __init__(
         self,
@@ -191,7 +183,7 @@ class LLLiteStep:
         weight = self.weights[site.residual_index]
         if weight == 0.0:
             return x
-        part = x if self.rows is None else x[self.rows.to(x.device)]
+        part = x if self.rows is None else x[self.rows]
         tokens = self.tokens[name]
         if tokens.shape[1] != part.shape[1]:
             raise ControlNetError(
@@ -206,7 +198,7 @@ class LLLiteStep:
         correction = correction.to(x.dtype)
         if self.rows is None:
             return x + correction
-        return x.index_add(0, self.rows.to(x.device), correction)
+        return x.index_add(0, self.rows, correction)
 
 
 class AttentionPatch:

@@ -51,6 +51,14 @@ def module_weights(
     return out
 
 
+def depth_of(weights: dict, name: str) -> int:
+    """A module's depth, read off conditioning1 as kohya's ComfyUI node reads it: a third conv
+    means depth 3; otherwise the second conv's kernel, 4 (depth 2) or 2 (depth 1)."""
+    if f"{name}.conditioning1.4.weight" in weights:
+        return 3
+    return 2 if weights[f"{name}.conditioning1.2.weight"].shape[-1] == 4 else 1
+
+
 def cond_emb(weights: dict, name: str, hint: torch.Tensor) -> torch.Tensor:
     """conditioning1(hint) as tokens (B×T×C); hint B×3×H×W in [-1, 1]."""
     i, h = 0, hint

@@ -89,7 +89,7 @@ def kohya_wrapped(host, unet, weights, image, latent, multiplier=1.0, row_factor
         name = KOHYA_PREFIX + path.replace(".", "_")
         if f"{name}.down.0.weight" not in weights:
             continue
-        depth = sum(1 for k in weights if k.startswith(f"{name}.conditioning1.") and k.endswith(".weight"))
+        depth = kohya.depth_of(weights, name)
         emb = kohya.cond_emb(weights, name, kohya_hint_at(image, depth, latent, host))
 
         def wrap(_module, args, name=name, emb=emb, depth=depth):
@@ -341,7 +341,7 @@ def test_memory_estimate_counts_every_modules_condition_tokens(host, lllite):
     for key, weight in lllite.weights.items():
         if key.endswith(".conditioning1.0.weight"):
             name = key.split(".", 1)[0]
-            depth = sum(1 for k in lllite.weights if k.startswith(f"{name}.conditioning1.") and k.endswith(".weight"))
+            depth = kohya.depth_of(lllite.weights, name)
             elements += 2 * weight.shape[0] * (LATENT_SIDE // 2 ** (depth - 1)) ** 2
     assert control.inference_memory_requirements(torch.float32) == elements * 4
 
