@@ -14,7 +14,8 @@ weights and masks of `control_modes`, and does no work twice:
   conditional rows only;
 - CFG's cond and uncond rows of one latent differ only in their text context: the model runs
   what precedes its first cross-attention once for both;
-- a step outside start/end returns the previous control's residuals and runs nothing;
+- a step outside start/end, or where a strength schedule (`schedule`) is at 0, returns the
+  previous control's residuals and runs nothing;
 - residuals are weighted, and summed with the previous control's, in place (no copies).
 
 ControlNet Union files run in `SuiteControl` too: the control type ComfyUI's Set Union ControlNet
@@ -51,7 +52,7 @@ import comfy.ops
 import comfy.supported_models_base
 import comfy.utils
 
-from . import control_modes, formats
+from . import control_modes, formats, schedule
 from .config import SD1, SD2, SDXL, STANDARD_CONTEXT_DIM
 from .errors import ControlNetError, FamilyMismatchError
 from .files import find_diffusers_weights, open_weights
@@ -185,6 +186,9 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
         self._masks: dict[tuple[int, int], torch.Tensor] = {}  # the mask at each latent size, once per run
         self._hint_set: torch.Tensor | None = None  # the hint as set, to tell a tiling node's crop from it
+        self.strength_schedule: schedule.StrengthSchedule | None = None
+        self._sigma_schedule: schedule.SigmaSchedule | None = None  # the schedule on the model's sigmas, for the run
+        self._step_multiplier = 1.0  # the schedule's multiplier at the step being run
 
     # set up by the apply nodes
 
@@ -197,6 +201,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         control_mode: str = control_modes.BALANCED,
         mask: torch.Tensor | None = None,
         block_weights: str = "",
+        strength_schedule: schedule.StrengthSchedule | None = None,
     ) -> ModedControl:
         """Set the hint (ComfyUI IMAGE, B×H×W×C in 0..1) and how to apply it; returns self.
         Everything checkable without the latent is checked here, before sampling."""
@@ -211,6 +216,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.control_mode = control_mode
         self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors(), self._ends_at_middle_block())
         self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
+        self.strength_schedule = strength_schedule
         return self
 
     def set_cond_hint(self, cond_hint: torch.Tensor, *args: Any, **kwargs: Any) -> ModedControl:
@@ -227,10 +233,16 @@ class ModedControl(comfy.controlnet.ControlBase):
     def _copy_options_to(self, c: ModedControl) -> ModedControl:
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
+        c.strength_schedule = self.strength_schedule
         c._hint_set = self._hint_set
         return c
 
-    # called by ComfyUI's sampler at every step
+    # called by ComfyUI's sampler: once when sampling starts, then at every step
+
+    def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
+        super().pre_run(model, percent_to_timestep_function)
+        if self.strength_schedule is not None:
+            self._sigma_schedule = schedule.SigmaSchedule(self.strength_schedule, percent_to_timestep_function)
 
     def get_control(
         self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int, transformer_options: dict
@@ -240,6 +252,9 @@ class ModedControl(comfy.controlnet.ControlBase):
             previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
             return previous  # outside start/end: nothing to run
+        self._step_multiplier = self._scheduled_multiplier(t)
+        if self._step_multiplier == 0.0:
+            return previous  # the strength schedule is at 0: nothing to run
         tile_hint = self._tile_hint(x_noisy)
         self._check_tiling(tile_hint)
 
@@ -259,7 +274,20 @@ class ModedControl(comfy.controlnet.ControlBase):
 
     def cleanup(self) -> None:
         self._masks = {}
+        self._sigma_schedule = None
         super().cleanup()
+
+    def _scheduled_multiplier(self, sigma: torch.Tensor) -> float:
+        """The strength schedule's multiplier at this step (1 without a schedule)."""
+        if self.strength_schedule is None:
+            return 1.0
+        if self._sigma_schedule is None:
+            raise ControlNetError(
+                "this control has a strength schedule, and sampling started without telling it the model's sigmas "
+                "(pre_run was not called): the node that samples does not set controls up as ComfyUI's samplers do. "
+                "Sample with a ComfyUI sampler node, or remove the strength schedule"
+            )
+        return self._sigma_schedule.multiplier(float(sigma[0]))
 
     # tiling nodes (see the module's docstring)
 
@@ -361,9 +389,10 @@ class ModedControl(comfy.controlnet.ControlBase):
         raise NotImplementedError
 
     def _weights(self) -> list[float]:
-        """w_i of each residual: the mode's, times the strength and the block weights."""
+        """w_i of each residual: the mode's, times the strength (and the strength schedule's
+        multiplier at this step) and the block weights."""
         return control_modes.mode_weights(
-            self.control_mode, self.strength, self._divisors(), self.block_weights, self.soft_weights
+            self.control_mode, self.strength * self._step_multiplier, self._divisors(), self.block_weights, self.soft_weights
         )
 
     def _ends_at_middle_block(self) -> bool:
@@ -448,6 +477,7 @@ class SuiteControl(LoadedModelControl):
         control_mode: str = control_modes.BALANCED,
         mask: torch.Tensor | None = None,
         block_weights: str = "",
+        strength_schedule: schedule.StrengthSchedule | None = None,
     ) -> SuiteControl:
         """`configure` with several Union conditions fused in one pass in place of one hint: their
         images, packed side by side (`pack_condition_images`), are the hint; the mask is matched
@@ -469,7 +499,10 @@ class SuiteControl(LoadedModelControl):
             self._check_hint(condition.image.movedim(-1, 1))
         self.union_conditions = tuple(conditions)
         packed = pack_condition_images([condition.image for condition in conditions])
-        return self.configure(packed, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights)
+        return self.configure(
+            packed, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights,
+            strength_schedule,
+        )
 
     def _control_types(self) -> list[int]:
         """The control types of the Union conditions, or the one ComfyUI's Set Union ControlNet
@@ -760,6 +793,7 @@ def configured_union_control(
     control_mode: str = control_modes.BALANCED,
     mask: torch.Tensor | None = None,
     block_weights: str = "",
+    strength_schedule: schedule.StrengthSchedule | None = None,
 ) -> SuiteControl:
     """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass
     (our other files refuse them, saying what they are)."""
@@ -770,7 +804,9 @@ def configured_union_control(
         )
     if not conditions:
         raise ControlNetError("no Union conditions: add at least one with a Union Condition node")
-    return control_net.copy().configure_union(conditions, strength, start_percent, end_percent, control_mode, mask, block_weights)
+    return control_net.copy().configure_union(
+        conditions, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule
+    )
 
 
 # --- attaching controls to conditioning -------------------------------------------------------
@@ -791,18 +827,20 @@ def configured_control(
     control_mode: str = control_modes.BALANCED,
     mask: torch.Tensor | None = None,
     block_weights: str = "",
+    strength_schedule: schedule.StrengthSchedule | None = None,
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
     T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
-    applies them in balanced mode; SD ControlNets and T2I-Adapters among them get the other
-    options through foreign_control, the rest are refused them."""
+    applies them in balanced mode with no schedule; SD ControlNets and T2I-Adapters among them get
+    the other options through foreign_control, the rest are refused them."""
+    options = (control_mode, mask, block_weights, strength_schedule)
     if isinstance(control_net, ModedControl):  # ours: SuiteControl, LLLiteControl
-        return control_net.copy().configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
-    if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip():
+        return control_net.copy().configure(image, strength, start_percent, end_percent, *options)
+    if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip() and strength_schedule is None:
         return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
     from . import foreign_control  # it builds on this module
 
-    return foreign_control.wrap(control_net).configure(image, strength, start_percent, end_percent, control_mode, mask, block_weights)
+    return foreign_control.wrap(control_net).configure(image, strength, start_percent, end_percent, *options)
 
 
 def attach_control(positive: list, negative: list, control: comfy.controlnet.ControlBase) -> tuple[list, list]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..controlnet_core import control_modes
+from ..controlnet_core import control_modes, schedule
 
 CATEGORY = "ControlNet Suite/apply"
+STRENGTH_SCHEDULE = "CNS_STRENGTH_SCHEDULE"
 
 # Inputs shared with the stack and Union nodes (input names are a public API: never rename).
 CONDITIONING_INPUTS = {
@@ -37,6 +38,10 @@ OPTIONAL_CONTROL_INPUTS = {
         "Optional per-residual multipliers: N comma-separated numbers, shallowest block first and the middle block "
         "last (13 for SD1.x/SD2.x, 10 for SDXL and SDXL ControlNet-LLLite, 4 for a T2I-Adapter), or a preset: " + ", ".join(control_modes.BLOCK_WEIGHT_PRESETS)
         + ". Empty: all 1."
+    )}),
+    "strength_schedule": (STRENGTH_SCHEDULE, {"tooltip": (
+        "Optional: the strength over the sampling, from a 'ControlNet Strength Schedule' node (timestep keyframes). "
+        "Each step's strength is strength times the schedule's multiplier there; steps where it is 0 cost nothing."
     )}),
 }
 
@@ -74,13 +79,49 @@ class CNS_ApplyControlNet(_ApplyNode):
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent, control_mode,
-              mask=None, block_weights=""):
+              mask=None, block_weights="", strength_schedule=None):
         from ..controlnet_core import comfy_control
 
         return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(
-            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights
+            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule
         ))
 
 
-NODE_CLASS_MAPPINGS = {"CNS_ApplyControlNet": CNS_ApplyControlNet}
-NODE_DISPLAY_NAME_MAPPINGS = {"CNS_ApplyControlNet": "Apply ControlNet (ControlNet Suite)"}
+class CNS_StrengthSchedule:
+    DESCRIPTION = (
+        "A ControlNet's strength over the sampling (timestep keyframes): percent=multiplier keyframes, held or eased "
+        "from one to the next. Connect it to an apply or stack node's strength_schedule input."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STRENGTH_SCHEDULE,)
+    RETURN_NAMES = ("strength_schedule",)
+    OUTPUT_TOOLTIPS = ("The schedule, for the strength_schedule input of the apply and stack nodes.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "keyframes": ("STRING", {"default": schedule.EXAMPLE, "multiline": True, "tooltip": (
+                    "percent=multiplier entries, separated by commas or new lines, in increasing percent order. "
+                    "percent: of the sampling, 0 = first step, 1 = end (as start_percent/end_percent). multiplier: "
+                    "times the apply node's strength, from that percent on. Before the first keyframe the multiplier "
+                    "is 1; after the last it stays at the last value."
+                )}),
+                "interpolation": (list(schedule.INTERPOLATIONS), {"default": schedule.LINEAR, "tooltip": (
+                    "From one keyframe to the next: hold keeps each value until the next keyframe; linear, ease-in "
+                    "(u^2), ease-out (1-(1-u)^2) and ease-in-out ((1-cos(pi u))/2) go smoothly, as Advanced-ControlNet's "
+                    "interpolations do."
+                )}),
+            }
+        }
+
+    def make(self, keyframes, interpolation):
+        return (schedule.parse_schedule(keyframes, interpolation),)
+
+
+NODE_CLASS_MAPPINGS = {"CNS_ApplyControlNet": CNS_ApplyControlNet, "CNS_StrengthSchedule": CNS_StrengthSchedule}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CNS_ApplyControlNet": "Apply ControlNet (ControlNet Suite)",
+    "CNS_StrengthSchedule": "ControlNet Strength Schedule (ControlNet Suite)",
+}

@@ -10,6 +10,7 @@ file's tensors. Neither our site parsing nor ComfyUI's attention patches take pa
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,11 +173,14 @@ def assert_matches(step):
     assert (step.got - step.reference).abs().max().item() <= RELATIVE_TO_EFFECT * effect
 
 
-def configured(host, lllite, mode="balanced", strength=1.0, start=0.0, end=1.0, mask=None, block_weights="", image=None):
+def configured(
+    host, lllite, mode="balanced", strength=1.0, start=0.0, end=1.0, mask=None, block_weights="", image=None,
+    strength_schedule=None,
+):
     control_net = host.suite_controlnet(lllite.file)
     positive, _ = host.node("CNS_ApplyControlNet").apply(
         lllite.positive, lllite.negative, control_net, host.image if image is None else image, strength, start, end,
-        mode, mask=mask, block_weights=block_weights,
+        mode, mask=mask, block_weights=block_weights, strength_schedule=strength_schedule,
     )
     return prepared(host, positive[0][1]["control"], lllite.model)
 
@@ -243,6 +247,20 @@ def test_outside_start_end_no_patch_is_put_in(host, lllite):
     early = torch.full((2,), 14.0)  # the first step's sigma: before start_percent 0.5
     assert control.get_control(x, early, {}, 2, options) is None
     assert "patches" not in options
+
+
+def test_a_strength_schedule_weights_the_step_by_its_multiplier_at_the_steps_percent(host, lllite):
+    """At the step's sigma (4.0), the schedule's multiplier is numpy's interp at the percent
+    ComfyUI's discrete sampling gives that sigma: percent_to_sigma(p) interpolates the log-sigma
+    table at timestep 999·(1 − p), so p = 1 − t / 999 with t read back off the table by interp."""
+    percents, multipliers = [0.0, 0.2, 0.6, 1.0], [0.2, 1.6, 0.5, 0.0]
+    (linear,) = host.node("CNS_StrengthSchedule").make(", ".join(f"{p}={m}" for p, m in zip(percents, multipliers)), "linear")
+    log_sigmas = lllite.model.model.model_sampling.log_sigmas.numpy()  # increasing with the timestep
+    percent = 1.0 - np.interp(np.log(4.0), log_sigmas, np.arange(len(log_sigmas))) / 999.0
+    assert 0.2 < percent < 0.6  # between two keyframes
+    strength = 0.7
+    control = configured(host, lllite, strength=strength, strength_schedule=linear)
+    assert_matches(one_step(host, lllite, control, multiplier=strength * np.interp(percent, percents, multipliers)))
 
 
 def test_patches_are_added_without_touching_the_dicts_already_there(host, lllite):

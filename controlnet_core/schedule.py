@@ -1,0 +1,168 @@
+"""Strength schedules (timestep keyframes): a control's strength as a function of how far the
+sampling has got.
+
+A schedule is a list of keyframes `percent=multiplier`. The control's strength at a step is its
+strength times the schedule's multiplier at the step's percent, where a step's percent is the one
+ComfyUI's start/end use: the p with `percent_to_sigma(p)` equal to the step's sigma (0 = the
+first step, 1 = the end). Between two keyframes the multiplier is held (`hold`: the earlier
+keyframe's value until the next keyframe) or eased from one value to the next with ACN's curves
+(Advanced-ControlNet's `StrengthInterpolation`: linear, u², 1 − (1 − u)², (1 − cos πu) / 2).
+Before the first keyframe the schedule starts at 1 at percent 0 (the control as configured);
+after the last one its value holds.
+
+`SigmaSchedule` is the schedule on one model's sigmas (built when sampling starts): a keyframe
+takes effect from its sigma down, as start_percent does, so hold schedules switch exactly where
+start/end would; eased ones find the step's percent between two keyframes by bisection.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ControlNetError
+
+HOLD = "hold"
+LINEAR = "linear"
+EASE_IN = "ease-in"
+EASE_OUT = "ease-out"
+EASE_IN_OUT = "ease-in-out"
+
+
+def hold(u: float) -> float:
+    return 0.0
+
+
+def linear(u: float) -> float:
+    return u
+
+
+def ease_in(u: float) -> float:
+    return u * u
+
+
+def ease_out(u: float) -> float:
+    return 1.0 - (1.0 - u) ** 2
+
+
+def ease_in_out(u: float) -> float:
+    return (1.0 - math.cos(math.pi * u)) / 2.0
+
+
+# how far (0..1) from one keyframe's multiplier to the next's, at a fraction u of the way
+EASING: dict[str, Callable[[float], float]] = {
+    HOLD: hold, LINEAR: linear, EASE_IN: ease_in, EASE_OUT: ease_out, EASE_IN_OUT: ease_in_out,
+}
+INTERPOLATIONS = tuple(EASING)
+
+START_MULTIPLIER = 1.0  # before the first keyframe: the control as configured
+BISECTION_STEPS = 40  # halvings of a keyframe interval: the percent to within 2^-40 of it
+EXAMPLE = "0=1, 0.5=0.5, 1=0"
+_ENTRY_SEPARATORS = re.compile(r"[,\n;]")
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    percent: float  # of the sampling, 0..1
+    multiplier: float  # of the control's strength, from this percent on
+
+
+@dataclass(frozen=True)
+class StrengthSchedule:
+    """Keyframes in increasing percent order, the first at percent 0, and how to go between them."""
+
+    keyframes: tuple[Keyframe, ...]
+    interpolation: str = LINEAR
+
+    def at(self, percent: float) -> float:
+        """The multiplier at `percent` of the sampling."""
+        frames = self.keyframes
+        k = max(i for i, frame in enumerate(frames) if frame.percent <= percent) if percent >= 0 else 0
+        return self.between(k, percent)
+
+    def between(self, k: int, percent: float) -> float:
+        """The multiplier at `percent`, which lies from keyframe k to the next one."""
+        frames = self.keyframes
+        if k == len(frames) - 1:
+            return frames[k].multiplier
+        start, end = frames[k], frames[k + 1]
+        u = min(max((percent - start.percent) / (end.percent - start.percent), 0.0), 1.0)
+        return start.multiplier + (end.multiplier - start.multiplier) * EASING[self.interpolation](u)
+
+
+def parse_schedule(text: str, interpolation: str = LINEAR) -> StrengthSchedule:
+    """A schedule from `percent=multiplier` entries separated by commas, semicolons or new lines
+    (for example '0=1, 0.5=0.5, 1=0'), refused with a message naming the entry that is wrong."""
+    if interpolation not in EASING:
+        raise ControlNetError(f"unknown interpolation '{interpolation}': use one of {', '.join(INTERPOLATIONS)}")
+    entries = [entry.strip() for entry in _ENTRY_SEPARATORS.split(text) if entry.strip()]
+    if not entries:
+        raise ControlNetError(
+            f"the strength schedule has no keyframes: write percent=multiplier entries separated by commas, for example {EXAMPLE}"
+        )
+    keyframes = [_keyframe(entry) for entry in entries]
+    for (earlier, before), (later, after) in zip(zip(entries, keyframes), zip(entries[1:], keyframes[1:])):
+        if after.percent <= before.percent:
+            raise ControlNetError(
+                f"strength schedule keyframes must go in increasing percent order, each percent once: '{later}' comes "
+                f"after '{earlier}'"
+            )
+    if keyframes[0].percent > 0.0:
+        keyframes.insert(0, Keyframe(0.0, START_MULTIPLIER))
+    return StrengthSchedule(tuple(keyframes), interpolation)
+
+
+def _keyframe(entry: str) -> Keyframe:
+    parts = entry.split("=")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        percent, multiplier = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ControlNetError(
+            f"strength schedule entry '{entry}' is not percent=multiplier (two numbers, for example 0.5=0.8)"
+        ) from None
+    if not 0.0 <= percent <= 1.0:
+        raise ControlNetError(f"strength schedule entry '{entry}': the percent must lie in 0..1")
+    if not (math.isfinite(multiplier) and multiplier >= 0.0):
+        raise ControlNetError(f"strength schedule entry '{entry}': the multiplier must be a number of at least 0")
+    return Keyframe(percent, multiplier)
+
+
+def percent_of_sigma(sigma: float, low: float, high: float, percent_to_sigma: Callable[[float], float]) -> float:
+    """The percent p in low..high with percent_to_sigma(p) = sigma, by bisection: percent_to_sigma
+    decreases, and sigma lies from percent_to_sigma(high) to percent_to_sigma(low)."""
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2.0
+        if float(percent_to_sigma(middle)) >= sigma:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+class SigmaSchedule:
+    """A schedule on one model's sigmas (`percent_to_sigma` is its model sampling's)."""
+
+    def __init__(self, schedule: StrengthSchedule, percent_to_sigma: Callable[[float], float]):
+        self.schedule = schedule
+        self.percent_to_sigma = percent_to_sigma
+        self.sigmas = [float(percent_to_sigma(frame.percent)) for frame in schedule.keyframes]
+        self._multipliers: dict[float, float] = {}  # per sigma: a run visits each a few times
+
+    def multiplier(self, sigma: float) -> float:
+        """The schedule's multiplier at a step of this sigma."""
+        if sigma not in self._multipliers:
+            self._multipliers[sigma] = self._multiplier(sigma)
+        return self._multipliers[sigma]
+
+    def _multiplier(self, sigma: float) -> float:
+        # the last keyframe in effect: each takes effect from its sigma down (the first's is the largest)
+        k = max((i for i, keyframe_sigma in enumerate(self.sigmas) if sigma <= keyframe_sigma), default=0)
+        frames = self.schedule.keyframes
+        if self.schedule.interpolation == HOLD or k == len(frames) - 1:
+            return frames[k].multiplier
+        percent = percent_of_sigma(sigma, frames[k].percent, frames[k + 1].percent, self.percent_to_sigma)
+        return self.schedule.between(k, percent)

@@ -1,0 +1,164 @@
+"""Strength schedules (timestep keyframes) on every kind of control our apply and stack nodes take.
+
+Two independent references:
+- a hold schedule that is 0 until a percent and 1 from there is ComfyUI's own start_percent, which
+  ComfyUI's code applies (its sampler skips the control above percent_to_sigma(start));
+- at one step, the residuals are the unscheduled control's times the multiplier numpy's `interp`
+  gives at the percent the step's sigma was made from (percent_to_sigma of the tiny model).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from .test_control_object import (
+    COND_OR_UNCOND,
+    STRENGTH,
+    TOLERANCE,
+    count_calls,
+    flat,
+    prepared,
+    raw_residuals,
+    step_inputs,
+)
+from .test_foreign_control import ACROSS_IMPLEMENTATIONS
+from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
+from .test_t2i_adapter_options import comfy_adapter
+
+STEPS = 6  # enough steps for a keyframe at 0.5 to fall between two of them
+KEYFRAME_PERCENTS, KEYFRAME_MULTIPLIERS = [0.0, 0.4, 1.0], [0.25, 1.5, 0.5]
+LINEAR_TEXT = ", ".join(f"{p}={m}" for p, m in zip(KEYFRAME_PERCENTS, KEYFRAME_MULTIPLIERS))
+FROM_HALF = "0=0, 0.5=1"  # hold: off, then on from 50 %
+
+
+def schedule(host, text, interpolation="hold"):
+    (made,) = host.node("CNS_StrengthSchedule").make(text, interpolation)
+    return made
+
+
+def apply(host, control_net, positive=None, negative=None, start=0.0, strength_schedule=None, image=None):
+    return host.node("CNS_ApplyControlNet").apply(
+        positive or host.positive, negative or host.negative, control_net, host.image if image is None else image,
+        STRENGTH, start, 1.0, "balanced", strength_schedule=strength_schedule,
+    )
+
+
+def test_a_schedule_off_until_half_samples_as_start_percent_half_and_runs_nothing_before(host, files):
+    control_net = host.suite_controlnet(files.original)
+    calls = count_calls(control_net.loaded.model)
+    try:
+        started = host.sample(*apply(host, control_net, start=0.5), steps=STEPS)
+        runs_started = len(calls)
+        scheduled = host.sample(*apply(host, control_net, strength_schedule=schedule(host, FROM_HALF)), steps=STEPS)
+    finally:
+        del control_net.loaded.model.forward
+    plain = host.sample(host.positive, host.negative, steps=STEPS)
+    assert (started - plain).abs().max().item() > MIN_EFFECT
+    assert torch.equal(scheduled, started)
+    assert 0 < runs_started < STEPS and len(calls) == 2 * runs_started  # not one call more
+
+
+@pytest.mark.parametrize("kind", ["ComfyUI's Load ControlNet", "T2I-Adapter"])
+def test_controls_comfyui_runs_take_a_schedule_through_the_wrapper(host, files, kind):
+    """ComfyUI's own object at start_percent 0.5 against our wrapper with the schedule."""
+    control_net = comfy_adapter(host) if kind == "T2I-Adapter" else host.builtin_controlnet(files.original)
+    started_conditioning = apply(host, control_net, start=0.5)
+    scheduled_conditioning = apply(host, control_net, strength_schedule=schedule(host, FROM_HALF))
+    started = host.sample(*started_conditioning, steps=STEPS)
+    scheduled = host.sample(*scheduled_conditioning, steps=STEPS)
+    plain = host.sample(host.positive, host.negative, steps=STEPS)
+    effect = (started - plain).abs().max().item()
+    assert type(started_conditioning[0][0][1]["control"]) is type(control_net)
+    assert type(scheduled_conditioning[0][0][1]["control"]).__name__ in ("ForeignControl", "ForeignAdapter")
+    assert effect > MIN_EFFECT
+    assert (scheduled - started).abs().max().item() <= RELATIVE_TO_EFFECT * effect
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "hold"])
+@pytest.mark.parametrize("loader", ["ours", "ComfyUI's"])
+def test_each_step_is_weighted_by_the_schedule_at_its_percent(host, files, interpolation, loader):
+    control_net = host.suite_controlnet(files.original) if loader == "ours" else host.builtin_controlnet(files.original)
+    positive, _ = host.node("CNS_ApplyControlNet").apply(
+        host.positive, host.negative, control_net, host.image, STRENGTH, 0.0, 1.0, "balanced",
+        strength_schedule=schedule(host, LINEAR_TEXT, interpolation),
+    )
+    control = prepared(host, positive[0][1]["control"])
+    sampling = host.model.model.model_sampling
+    x, _, cond = step_inputs(host)
+    for percent in (0.1, 0.4, 0.55, 0.9):
+        sigma = torch.full((2,), sampling.percent_to_sigma(percent))
+        if interpolation == "linear":
+            multiplier = np.interp(percent, KEYFRAME_PERCENTS, KEYFRAME_MULTIPLIERS)
+        else:
+            multiplier = KEYFRAME_MULTIPLIERS[np.searchsorted(KEYFRAME_PERCENTS, percent, side="right") - 1]
+        with torch.no_grad():
+            got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
+        raw = raw_residuals(host, host.suite_controlnet(files.original), x, sigma, cond)
+        tolerance = TOLERANCE if loader == "ours" else ACROSS_IMPLEMENTATIONS
+        for i, (g, r) in enumerate(zip(got, raw)):
+            scale = STRENGTH * multiplier * r.abs().max().item()
+            assert (g - STRENGTH * multiplier * r).abs().max().item() <= tolerance * scale, f"{percent=} residual {i}"
+    control.cleanup()
+
+
+def test_a_stack_entry_with_a_schedule_equals_the_apply_node_with_it(host, files):
+    control_net = host.suite_controlnet(files.original)
+    linear = schedule(host, LINEAR_TEXT, "ease-in-out")
+    (stack,) = host.node("CNS_ControlStackEntry").add(
+        control_net, host.image, STRENGTH, 0.0, 1.0, "balanced", strength_schedule=linear
+    )
+    stacked = host.sample(*host.node("CNS_ApplyControlStack").apply(host.positive, host.negative, stack), steps=STEPS)
+    applied = host.sample(*apply(host, control_net, strength_schedule=linear), steps=STEPS)
+    unscheduled = host.sample(*apply(host, control_net), steps=STEPS)
+    assert torch.equal(stacked, applied)
+    assert (applied - unscheduled).abs().max().item() > MIN_EFFECT  # the schedule did something
+
+
+def test_a_schedule_on_a_union_samples_as_start_percent(host, union_sdxl):
+    conditions = host.node("CNS_UnionCondition").add(union_sdxl.images[:1], "depth", 1.0)[0]
+    union = host.node("CNS_ApplyControlNetUnion")
+
+    def sampled(start, strength_schedule=None):
+        conditioning = union.apply(
+            union_sdxl.positive, union_sdxl.negative, union_sdxl.control_net, conditions, STRENGTH, start, 1.0,
+            "balanced", strength_schedule=strength_schedule,
+        )
+        return host.sample(*conditioning, model=union_sdxl.model, steps=STEPS)
+
+    started = sampled(0.5)
+    plain = host.sample(union_sdxl.positive, union_sdxl.negative, model=union_sdxl.model, steps=STEPS)
+    assert (started - plain).abs().max().item() > MIN_EFFECT
+    assert torch.equal(sampled(0.0, schedule(host, FROM_HALF)), started)
+
+
+def test_a_bad_schedule_is_refused_by_the_node(host):
+    with pytest.raises(host.errors.ControlNetError) as error:
+        schedule(host, "0.5=0.2, 0.1=1")
+    assert str(error.value) == (
+        "strength schedule keyframes must go in increasing percent order, each percent once: '0.1=1' comes after "
+        "'0.5=0.2'"
+    )
+
+
+def test_sampling_without_pre_run_is_refused_rather_than_ignoring_the_schedule(host, files):
+    positive, _ = apply(host, host.suite_controlnet(files.original), strength_schedule=schedule(host, FROM_HALF))
+    x, sigma, cond = step_inputs(host)
+    with pytest.raises(host.errors.ControlNetError) as error:
+        positive[0][1]["control"].get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
+    assert str(error.value) == (
+        "this control has a strength schedule, and sampling started without telling it the model's sigmas (pre_run was "
+        "not called): the node that samples does not set controls up as ComfyUI's samplers do. Sample with a ComfyUI "
+        "sampler node, or remove the strength schedule"
+    )
+
+
+def test_a_control_comfyui_cannot_weight_is_refused_a_schedule(host):
+    class OtherPacksControl(host.comfy.controlnet.ControlBase):
+        pass
+
+    with pytest.raises(host.errors.ControlNetError) as error:
+        apply(host, OtherPacksControl(), strength_schedule=schedule(host, FROM_HALF))
+    assert str(error.value).startswith(
+        "control modes other than balanced, masks, block weights and strength schedules need an SD1.x/SD2.x/SDXL "
+        "ControlNet or T2I-Adapter"
+    )
