@@ -111,10 +111,11 @@ class Workflow:
     control_mode: str = "balanced"
     cfg: float = CFG
     base: Base = SD15
+    strength_schedule: tuple[str, str] | None = None  # (keyframes, interpolation) of a Strength Schedule node
 
     @property
     def class_types(self) -> set[str]:
-        return {c.annotator for c in self.controls}
+        return {c.annotator for c in self.controls} | ({"CNS_StrengthSchedule"} if self.strength_schedule else set())
 
     @property
     def controlnet_files(self) -> list[str]:
@@ -159,6 +160,12 @@ WORKFLOWS: tuple[Workflow, ...] = (
              "weighted by 64/h (its block's resolution).",
              (Control("CNS_Scribble", "scribble"),), "a cottage in a meadow, watercolor" + QUALITY,
              control_mode="cfg_resolution_weighting"),
+    Workflow("canny_fade_out", "Canny edges, fading out (strength schedule)",
+             "A strength schedule: the Canny edges hold the composition at full strength for the first 30% of the "
+             "steps, then fade out by 80%, so the prompt finishes the details (ControlNet Strength Schedule into "
+             "Apply ControlNet).",
+             (Control("CNS_Canny", "canny"),), "a cottage in a meadow, a person standing in front, oil painting" + QUALITY,
+             strength_schedule=("0=1, 0.3=1, 0.8=0", "linear")),
     Workflow("sdxl_union_depth_canny", "SDXL ControlNet Union: depth + canny in one pass",
              "One ControlNet Union ProMax reads the photo's depth map and its Canny edges, fused in one ControlNet "
              "pass per step (Union Condition nodes into Apply ControlNet Union).",
@@ -231,9 +238,14 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
                             control_mode=workflow.control_mode)
     elif len(workflow.controls) == 1:
         (control,) = workflow.controls
+        scheduled = {}
+        if workflow.strength_schedule:
+            keyframes, interpolation = workflow.strength_schedule
+            schedule = g.add("CNS_StrengthSchedule", keyframes=keyframes, interpolation=interpolation)
+            scheduled = {"strength_schedule": schedule.out(0)}
         conditioned = g.add("CNS_ApplyControlNet", positive=positive.out(0), negative=negative.out(0),
                             control_net=loaders[control.file_name].out(0), image=maps[0], strength=control.strength,
-                            control_mode=workflow.control_mode)
+                            control_mode=workflow.control_mode, **scheduled)
     else:
         stack = None
         for control, control_map in zip(workflow.controls, maps):
