@@ -187,6 +187,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self._masks: dict[tuple[int, int], torch.Tensor] = {}  # the mask at each latent size, once per run
         self._hint_set: torch.Tensor | None = None  # the hint as set, to tell a tiling node's crop from it
         self.strength_schedule: schedule.StrengthSchedule | None = None
+        self.latent_strengths: schedule.LatentStrengths | None = None  # ride with the mask: one factor per latent
         self._sigma_schedule: schedule.SigmaSchedule | None = None  # the schedule on the model's sigmas, for the run
         self._step_multiplier = 1.0  # the schedule's multiplier at the step being run
 
@@ -202,6 +203,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         mask: torch.Tensor | None = None,
         block_weights: str = "",
         strength_schedule: schedule.StrengthSchedule | None = None,
+        latent_strengths: schedule.LatentStrengths | None = None,
     ) -> ModedControl:
         """Set the hint (ComfyUI IMAGE, B×H×W×C in 0..1) and how to apply it; returns self.
         Everything checkable without the latent is checked here, before sampling."""
@@ -217,6 +219,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors(), self._ends_at_middle_block())
         self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
         self.strength_schedule = strength_schedule
+        self.latent_strengths = latent_strengths
         return self
 
     def set_cond_hint(self, cond_hint: torch.Tensor, *args: Any, **kwargs: Any) -> ModedControl:
@@ -233,7 +236,7 @@ class ModedControl(comfy.controlnet.ControlBase):
     def _copy_options_to(self, c: ModedControl) -> ModedControl:
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
-        c.strength_schedule = self.strength_schedule
+        c.strength_schedule, c.latent_strengths = self.strength_schedule, self.latent_strengths
         c._hint_set = self._hint_set
         return c
 
@@ -330,6 +333,12 @@ class ModedControl(comfy.controlnet.ControlBase):
 
     def _check_tiling(self, tile_hint: torch.Tensor | None) -> None:
         """Refuse what cannot follow a tiling node's tiles, rather than apply it to the wrong place."""
+        if tile_hint is not None and self.latent_strengths is not None:
+            raise ControlNetError(
+                "this control has latent strengths, and Tiled Diffusion batches the tiles of the latents together in an "
+                "order that does not tell the latents apart: remove the latent strengths, or use Ultimate SD Upscale, "
+                "which samples the latent batch tile by tile"
+            )
         if self.mask is not None and (tile_hint is not None or self._hint_replaced()):
             raise ControlNetError(
                 "this control has a mask, and a tiling node (such as Ultimate SD Upscale or Tiled Diffusion) has cut its "
@@ -372,17 +381,30 @@ class ModedControl(comfy.controlnet.ControlBase):
     ) -> list[torch.Tensor]:
         """`residuals` (for `num_chunks` chunks of `per_chunk` rows) times the mask, when there is
         one: resized to the latent once per run, kept in `dtype`, then to each residual."""
-        if self.mask is None:
+        if not self._has_mask():
             return residuals
-        return control_modes.mask_residuals(residuals, repeat_per_chunk(self._latent_mask(x_noisy, dtype), per_chunk, num_chunks))
+        mask = self._latent_mask(x_noisy, dtype, per_chunk)
+        return control_modes.mask_residuals(residuals, repeat_per_chunk(mask, per_chunk, num_chunks))
 
-    def _latent_mask(self, x_noisy: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The mask (B×1×H×W) resized to the latent, once per latent size in a run."""
+    def _has_mask(self) -> bool:
+        """Whether the control has a mask or latent strengths (which go with the mask)."""
+        return self.mask is not None or self.latent_strengths is not None
+
+    def _latent_mask(self, x_noisy: torch.Tensor, dtype: torch.dtype, per_chunk: int) -> torch.Tensor:
+        """The mask resized to the latent (B×1×H×W), times the latent strengths for a batch of
+        `per_chunk` latents (then one row per latent; without a mask, per_chunk×1×1×1), once per
+        latent size and batch in a run."""
         height, width = x_noisy.shape[-2:]
-        if (height, width) not in self._masks:
-            mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
-            self._masks[(height, width)] = mask.to(device=x_noisy.device, dtype=dtype)
-        return self._masks[(height, width)]
+        key = (height, width, per_chunk)
+        if key not in self._masks:
+            mask = torch.ones(1, 1, 1, 1)
+            if self.mask is not None:
+                mask = comfy.utils.common_upscale(self.mask, width, height, MASK_UPSCALE_METHOD, CENTER_CROP)
+            if self.latent_strengths is not None:
+                strengths = torch.tensor(self.latent_strengths.for_batch(per_chunk), dtype=mask.dtype)
+                mask = repeat_per_chunk(mask, per_chunk, 1) * strengths.view(-1, 1, 1, 1)
+            self._masks[key] = mask.to(device=x_noisy.device, dtype=dtype)
+        return self._masks[key]
 
     def _divisors(self) -> list[int]:
         """For each residual, how many times smaller than the latent it is."""
@@ -478,6 +500,7 @@ class SuiteControl(LoadedModelControl):
         mask: torch.Tensor | None = None,
         block_weights: str = "",
         strength_schedule: schedule.StrengthSchedule | None = None,
+        latent_strengths: schedule.LatentStrengths | None = None,
     ) -> SuiteControl:
         """`configure` with several Union conditions fused in one pass in place of one hint: their
         images, packed side by side (`pack_condition_images`), are the hint; the mask is matched
@@ -501,7 +524,7 @@ class SuiteControl(LoadedModelControl):
         packed = pack_condition_images([condition.image for condition in conditions])
         return self.configure(
             packed, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights,
-            strength_schedule,
+            strength_schedule, latent_strengths,
         )
 
     def _control_types(self) -> list[int]:
@@ -794,6 +817,7 @@ def configured_union_control(
     mask: torch.Tensor | None = None,
     block_weights: str = "",
     strength_schedule: schedule.StrengthSchedule | None = None,
+    latent_strengths: schedule.LatentStrengths | None = None,
 ) -> SuiteControl:
     """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass
     (our other files refuse them, saying what they are)."""
@@ -805,7 +829,8 @@ def configured_union_control(
     if not conditions:
         raise ControlNetError("no Union conditions: add at least one with a Union Condition node")
     return control_net.copy().configure_union(
-        conditions, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule
+        conditions, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+        latent_strengths,
     )
 
 
@@ -828,15 +853,17 @@ def configured_control(
     mask: torch.Tensor | None = None,
     block_weights: str = "",
     strength_schedule: schedule.StrengthSchedule | None = None,
+    latent_strengths: schedule.LatentStrengths | None = None,
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
     T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
-    applies them in balanced mode with no schedule; SD ControlNets and T2I-Adapters among them get
-    the other options through foreign_control, the rest are refused them."""
-    options = (control_mode, mask, block_weights, strength_schedule)
+    applies them in balanced mode with no other option; SD ControlNets and T2I-Adapters among them
+    get the other options through foreign_control, the rest are refused them."""
+    options = (control_mode, mask, block_weights, strength_schedule, latent_strengths)
     if isinstance(control_net, ModedControl):  # ours: SuiteControl, LLLiteControl
         return control_net.copy().configure(image, strength, start_percent, end_percent, *options)
-    if control_mode == control_modes.BALANCED and mask is None and not block_weights.strip() and strength_schedule is None:
+    no_other_option = all(option is None for option in (mask, strength_schedule, latent_strengths))
+    if control_mode == control_modes.BALANCED and not block_weights.strip() and no_other_option:
         return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
     from . import foreign_control  # it builds on this module
 

@@ -111,8 +111,9 @@ def mask_residuals(residuals: Sequence[torch.Tensor], mask: torch.Tensor) -> lis
 
 
 def resized_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """`mask` (B×1×H×W) at `size`, bilinearly (the mask itself when it has that size)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
+    """`mask` (B×1×H×W) at `size`, bilinearly (the mask itself when it has that size, or one value
+    per row, B×1×1×1, which broadcasts: any resize of a constant is that constant)."""
+    if tuple(mask.shape[-2:]) in (tuple(size), (1, 1)):
         return mask
     return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
 

@@ -1,5 +1,5 @@
-"""Control modes, masks, block weights and strength schedules for controls that ComfyUI's own
-control objects run.
+"""Control modes, masks, block weights and strength schedules (over the steps and the latent batch)
+for controls that ComfyUI's own control objects run.
 
 SD ControlNets loaded with ComfyUI's built-in loader (classic or Union) reach our apply nodes as
 ComfyUI's `comfy.controlnet.ControlNet` rather than as our `SuiteControl`. Their model (`comfy.cldm.cldm.ControlNet`)
@@ -49,7 +49,7 @@ from .config import SD1, SD2, SDXL
 from .errors import ControlNetError
 
 
-OPTIONS = "control modes other than balanced, masks, block weights and strength schedules"
+OPTIONS = "control modes other than balanced, masks, block weights, strength schedules and latent strengths"
 
 
 def can_wrap(control_net: Any) -> bool:
@@ -70,17 +70,17 @@ def why_not_wrappable(control_net: Any) -> str:
     if type(control_net) is comfy.controlnet.T2IAdapter and isinstance(control_net.t2i_model, comfy.ldm.cascade.controlnet.ControlNet):
         return (
             f"{OPTIONS} work on SD1.x/SD2.x/SDXL controls; this is a Stable Cascade ControlNet, whose outputs go to "
-            "Stable Cascade's own blocks: use balanced mode with no mask, no block weights and no strength schedule"
+            "Stable Cascade's own blocks: use balanced mode with no other option"
         )
     if type(control_net) is comfy.controlnet.T2IAdapter:
         return (
             f"{OPTIONS} need a T2I-Adapter with {len(control_modes.ADAPTER_SOFT_WEIGHTS)} feature levels and a constant "
-            "strength, as the published ones have; this one differs: use balanced mode with no mask, no block weights and no strength schedule"
+            "strength, as the published ones have; this one differs: use balanced mode with no other option"
         )
     return (
         f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter, loaded with ControlNet Suite's 'Load "
         f"ControlNet' node or ComfyUI's; this control is a {type(control_net).__module__}.{type(control_net).__name__}, "
-        "whose outputs are placed differently: use balanced mode with no mask, no block weights and no strength schedule"
+        "whose outputs are placed differently: use balanced mode with no other option"
     )
 
 

@@ -10,11 +10,13 @@ blocks call the patches with the normalised hidden states before q, k and v are 
 are, and each patch adds the corrections of the modules that sit there (`lllite.Site`).
 
 Our options map onto the modules:
-- strength and start/end weight the corrections; outside start/end no patch is put in;
+- strength, start/end and the strength schedule weight the corrections; outside start/end (or
+  where the schedule is 0) no patch is put in;
 - control modes and block weights: a module takes the weight of the SDXL ControlNet residual at
   its depth of the U-Net (`Site.residual_index`); the cond-only modes correct the conditional
   rows only, and leave the unconditional rows exactly as they were;
-- a mask is resized to each block's token grid and multiplied into the corrections.
+- a mask (times the latent strengths, one per latent) is resized to each block's token grid and
+  multiplied into the corrections.
 Each module's condition tokens depend only on the image: they are computed once per run (per
 latent size and hint tensor, so tiling nodes' tiles work as with our ControlNets).
 
@@ -149,10 +151,10 @@ class LLLiteControl(LoadedModelControl):
 
     def _step_masks(self, x_noisy: torch.Tensor, rows: torch.Tensor | None, num_chunks: int) -> dict[int, torch.Tensor]:
         """The mask at each level's token grid, as B×T×1 for this step's rows; {} without a mask."""
-        if self.mask is None:
+        if not self._has_mask():
             return {}
         per_chunk = x_noisy.shape[0] // num_chunks
-        latent_mask = self._latent_mask(x_noisy, self._compute_dtype())
+        latent_mask = self._latent_mask(x_noisy, self._compute_dtype(), per_chunk)
         masks = {}
         for level in self.model.levels():
             grid = lllite.token_grid(tuple(x_noisy.shape[-2:]), level)

@@ -1,5 +1,5 @@
-"""Strength schedules (timestep keyframes): a control's strength as a function of how far the
-sampling has got.
+"""Strength schedules: a control's strength as a function of how far the sampling has got
+(timestep keyframes), and per latent of the batch (latent keyframes, `LatentStrengths` below).
 
 A schedule is a list of keyframes `percent=multiplier`. The control's strength at a step is its
 strength times the schedule's multiplier at the step's percent, where a step's percent is the one
@@ -166,3 +166,90 @@ class SigmaSchedule:
             return frames[k].multiplier
         percent = percent_of_sigma(sigma, frames[k].percent, frames[k + 1].percent, self.percent_to_sigma)
         return self.schedule.between(k, percent)
+
+
+# --- over the latent batch (latent keyframes) -------------------------------------------------
+
+LATENT_EXAMPLE = "0=1, 1=0.75, 2=0.5, 3=0.25"
+
+
+@dataclass(frozen=True)
+class LatentStrength:
+    start: int | None  # the first latent (negative: from the end; None: the first of the batch)
+    stop: int | None  # one past the last (a range), None: to the end of the batch
+    multiplier: float
+    entry: str  # as written, for messages
+    is_range: bool
+
+
+@dataclass(frozen=True)
+class LatentStrengths:
+    """Multipliers of a control's strength per latent of the batch (Advanced-ControlNet's latent
+    keyframes): `index=multiplier` or `start:stop=multiplier` (stop excluded, negative indices
+    from the end, as Python's slices), later entries over earlier ones; latents no entry names
+    get `others`."""
+
+    entries: tuple[LatentStrength, ...]
+    others: float = 1.0
+
+    def for_batch(self, latents: int) -> list[float]:
+        """One multiplier per latent of a batch of `latents`; an entry naming a latent the batch
+        does not have is refused by name."""
+        multipliers = [self.others] * latents
+        for entry in self.entries:
+            if entry.is_range:
+                bounds = [b for b in (entry.start, entry.stop) if b is not None]
+                if any(not -latents <= b <= latents for b in bounds):
+                    raise self._outside(entry, latents)
+                picked = range(latents)[entry.start:entry.stop]
+            else:
+                if not -latents <= entry.start < latents:
+                    raise self._outside(entry, latents)
+                picked = [entry.start % latents]
+            for index in picked:
+                multipliers[index] = entry.multiplier
+        return multipliers
+
+    @staticmethod
+    def _outside(entry: LatentStrength, latents: int) -> ControlNetError:
+        return ControlNetError(
+            f"latent strength entry '{entry.entry}' names latents the batch does not have: it has {latents} "
+            f"(indices 0..{latents - 1}, or -{latents}..-1 from the end)"
+        )
+
+
+def parse_latent_strengths(text: str, others: float = 1.0) -> LatentStrengths:
+    """Latent strengths from `index=multiplier` / `start:stop=multiplier` entries separated by
+    commas, semicolons or new lines, refused with a message naming the entry that is wrong."""
+    entries = [entry.strip() for entry in _ENTRY_SEPARATORS.split(text) if entry.strip()]
+    if not entries:
+        raise ControlNetError(
+            f"the latent strengths have no entries: write index=multiplier entries separated by commas, for example {LATENT_EXAMPLE}"
+        )
+    if not (math.isfinite(others) and others >= 0.0):
+        raise ControlNetError("the strength of the other latents must be a number of at least 0")
+    return LatentStrengths(tuple(_latent_strength(entry) for entry in entries), others)
+
+
+def _latent_strength(entry: str) -> LatentStrength:
+    parts = entry.split("=")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        where, multiplier = parts[0].strip(), float(parts[1])
+        if ":" in where:
+            bounds = where.split(":")
+            if len(bounds) != 2:
+                raise ValueError
+            start, stop = (int(b) if b.strip() else None for b in bounds)
+            is_range = True
+        else:
+            start, stop, is_range = int(where), None, False
+    except ValueError:
+        raise ControlNetError(
+            f"latent strength entry '{entry}' is not index=multiplier or start:stop=multiplier (whole-number indices, "
+            "for example 2=0.5 or 0:4=0.8)"
+        ) from None
+    if not (math.isfinite(multiplier) and multiplier >= 0.0):
+        raise ControlNetError(f"latent strength entry '{entry}': the multiplier must be a number of at least 0")
+    return LatentStrength(start, stop, multiplier, entry, is_range)

@@ -8,6 +8,7 @@ from ..controlnet_core import control_modes, schedule
 
 CATEGORY = "ControlNet Suite/apply"
 STRENGTH_SCHEDULE = "CNS_STRENGTH_SCHEDULE"
+LATENT_STRENGTHS = "CNS_LATENT_STRENGTHS"
 
 # Inputs shared with the stack and Union nodes (input names are a public API: never rename).
 CONDITIONING_INPUTS = {
@@ -42,6 +43,10 @@ OPTIONAL_CONTROL_INPUTS = {
     "strength_schedule": (STRENGTH_SCHEDULE, {"tooltip": (
         "Optional: the strength over the sampling, from a 'ControlNet Strength Schedule' node (timestep keyframes). "
         "Each step's strength is strength times the schedule's multiplier there; steps where it is 0 cost nothing."
+    )}),
+    "latent_strengths": (LATENT_STRENGTHS, {"tooltip": (
+        "Optional: a strength per latent of the batch, from a 'ControlNet Latent Strengths' node (latent keyframes): "
+        "for batches of variations or animation frames. Multiplies the strength (and the mask) latent by latent."
     )}),
 }
 
@@ -79,11 +84,12 @@ class CNS_ApplyControlNet(_ApplyNode):
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent, control_mode,
-              mask=None, block_weights="", strength_schedule=None):
+              mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
         from ..controlnet_core import comfy_control
 
         return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(
-            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule
+            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+            latent_strengths,
         ))
 
 
@@ -120,8 +126,45 @@ class CNS_StrengthSchedule:
         return (schedule.parse_schedule(keyframes, interpolation),)
 
 
-NODE_CLASS_MAPPINGS = {"CNS_ApplyControlNet": CNS_ApplyControlNet, "CNS_StrengthSchedule": CNS_StrengthSchedule}
+class CNS_LatentStrengths:
+    DESCRIPTION = (
+        "A ControlNet's strength per latent of the batch (latent keyframes): index=multiplier or start:stop=multiplier "
+        "entries. Connect it to an apply or stack node's latent_strengths input."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (LATENT_STRENGTHS,)
+    RETURN_NAMES = ("latent_strengths",)
+    OUTPUT_TOOLTIPS = ("The strengths, for the latent_strengths input of the apply and stack nodes.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "index_strengths": ("STRING", {"default": schedule.LATENT_EXAMPLE, "multiline": True, "tooltip": (
+                    "index=multiplier or start:stop=multiplier entries, separated by commas or new lines. Indices count "
+                    "from 0; negative ones from the end (-1 = the last latent); a range stops before 'stop' (0:4 = "
+                    "latents 0, 1, 2, 3) and may leave either end open (4: = from latent 4 on). Later entries win. "
+                    "An index the batch does not have is refused when sampling."
+                )}),
+                "other_latents": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": (
+                    "The multiplier of the latents no entry names (Advanced-ControlNet's null_latent_kf_strength, "
+                    "whose default is 0)."
+                )}),
+            }
+        }
+
+    def make(self, index_strengths, other_latents):
+        return (schedule.parse_latent_strengths(index_strengths, other_latents),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CNS_ApplyControlNet": CNS_ApplyControlNet,
+    "CNS_StrengthSchedule": CNS_StrengthSchedule,
+    "CNS_LatentStrengths": CNS_LatentStrengths,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CNS_ApplyControlNet": "Apply ControlNet (ControlNet Suite)",
     "CNS_StrengthSchedule": "ControlNet Strength Schedule (ControlNet Suite)",
+    "CNS_LatentStrengths": "ControlNet Latent Strengths (ControlNet Suite)",
 }

@@ -34,8 +34,8 @@ class _StackEntry:
 
 class CNS_ControlStackEntry(_StackEntry):
     DESCRIPTION = (
-        "Adds one control (ControlNet, image, strength, range, mode, optional mask, block weights and strength "
-        "schedule) to a stack. Chain entries, then apply the stack with 'Apply Control Stack'."
+        "Adds one control (ControlNet, image, strength, range, mode, optional mask, block weights, strength "
+        "schedule and latent strengths) to a stack. Chain entries, then apply the stack with 'Apply Control Stack'."
     )
 
     @classmethod
@@ -43,18 +43,20 @@ class CNS_ControlStackEntry(_StackEntry):
         return {"required": CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_CONTROL_INPUTS}}
 
     def add(self, control_net, image, strength, start_percent, end_percent, control_mode,
-            control_stack=None, mask=None, block_weights="", strength_schedule=None):
+            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
         from ..controlnet_core import comfy_control
 
         return self.extended(control_stack, strength, lambda: comfy_control.configured_control(
-            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule
+            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+            latent_strengths,
         ))
 
 
 class CNS_UnionStackEntry(_StackEntry):
     DESCRIPTION = (
         "Adds one ControlNet Union/ProMax with its Union conditions (fused in one pass, as 'Apply ControlNet Union' "
-        "does) to a stack, with strength, range, mode, optional mask, block weights and strength schedule."
+        "does) to a stack, with strength, range, mode, optional mask, block weights, strength schedule and latent "
+        "strengths."
     )
 
     @classmethod
@@ -62,13 +64,13 @@ class CNS_UnionStackEntry(_StackEntry):
         return {"required": UNION_CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_UNION_CONTROL_INPUTS}}
 
     def add(self, control_net, union_conditions, strength, start_percent, end_percent, control_mode,
-            control_stack=None, mask=None, block_weights="", strength_schedule=None):
+            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
         from ..controlnet_core import comfy_control
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
         return self.extended(control_stack, strength_applied, lambda: comfy_control.configured_union_control(
             control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights,
-            strength_schedule,
+            strength_schedule, latent_strengths,
         ))
 
 

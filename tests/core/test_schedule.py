@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from controlnet_core.errors import ControlNetError
-from controlnet_core.schedule import SigmaSchedule, parse_schedule
+from controlnet_core.schedule import SigmaSchedule, parse_latent_strengths, parse_schedule
 
 GRID = np.linspace(0.0, 1.0, 101)
 EXACT = 1e-12
@@ -107,4 +107,38 @@ def test_on_sigmas_a_keyframe_takes_effect_at_its_own_sigma_as_start_percent_doe
 def test_bad_schedules_are_refused_by_name(text, interpolation, message):
     with pytest.raises(ControlNetError) as error:
         parse_schedule(text, interpolation)
+    assert str(error.value) == message
+
+
+# --- latent strengths --------------------------------------------------------------------------
+
+def test_latent_strengths_pick_latents_by_index_and_range_later_entries_winning():
+    # by hand: 0 → 1; 1 → 0.75; 2: → 0.5 for 2, 3, 4; -1 → the last (4) → 0
+    assert parse_latent_strengths("0=1, 1=0.75\n2:=0.5; -1=0").for_batch(5) == [1.0, 0.75, 0.5, 0.5, 0.0]
+    # :2 → 0, 1; -3:-1 → 1, 2 (stop excluded); the rest get others
+    assert parse_latent_strengths(":2=0.2, -3:-1=0.6", others=0.0).for_batch(4) == [0.2, 0.6, 0.6, 0.0]
+
+
+@pytest.mark.parametrize("text, latents, message", [
+    ("4=1", 4, "latent strength entry '4=1' names latents the batch does not have: it has 4 (indices 0..3, or -4..-1 from the end)"),
+    ("-3=1", 2, "latent strength entry '-3=1' names latents the batch does not have: it has 2 (indices 0..1, or -2..-1 from the end)"),
+    ("1:6=1", 4, "latent strength entry '1:6=1' names latents the batch does not have: it has 4 (indices 0..3, or -4..-1 from the end)"),
+])
+def test_latent_strengths_for_latents_the_batch_lacks_are_refused_by_name(text, latents, message):
+    strengths = parse_latent_strengths(text)
+    with pytest.raises(ControlNetError) as error:
+        strengths.for_batch(latents)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the latent strengths have no entries: write index=multiplier entries separated by commas, for example 0=1, 1=0.75, 2=0.5, 3=0.25"),
+    ("0.5=1", "latent strength entry '0.5=1' is not index=multiplier or start:stop=multiplier (whole-number indices, for example 2=0.5 or 0:4=0.8)"),
+    ("1:2:3=1", "latent strength entry '1:2:3=1' is not index=multiplier or start:stop=multiplier (whole-number indices, for example 2=0.5 or 0:4=0.8)"),
+    ("2", "latent strength entry '2' is not index=multiplier or start:stop=multiplier (whole-number indices, for example 2=0.5 or 0:4=0.8)"),
+    ("2=-0.5", "latent strength entry '2=-0.5': the multiplier must be a number of at least 0"),
+])
+def test_bad_latent_strengths_are_refused_by_name(text, message):
+    with pytest.raises(ControlNetError) as error:
+        parse_latent_strengths(text)
     assert str(error.value) == message

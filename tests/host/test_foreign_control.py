@@ -31,7 +31,7 @@ from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 # ComfyUI's forward against ours on the same weights, per residual: float rounding of two
 # attention kernels (measured: at most 1.4e-6 of each residual's largest magnitude).
 ACROSS_IMPLEMENTATIONS = 1e-5
-OPTIONS = "control modes other than balanced, masks, block weights and strength schedules"
+OPTIONS = "control modes other than balanced, masks, block weights, strength schedules and latent strengths"
 
 
 def close(got, expected, scale):
@@ -122,7 +122,7 @@ def test_t2i_adapter_of_another_shape_with_a_mode_is_refused_by_name(host):
     adapter = host.comfy.controlnet.T2IAdapter(None, channels_in=3, compression_ratio=8, upscale_algorithm="nearest-exact")
     assert refusal(host, adapter, "controlnet_more_important") == (
         f"{OPTIONS} need a T2I-Adapter with 4 feature levels and a constant strength, as the published ones have; "
-        "this one differs: use balanced mode with no mask, no block weights and no strength schedule"
+        "this one differs: use balanced mode with no other option"
     )
 
 
@@ -134,7 +134,7 @@ def test_a_stable_cascade_controlnet_with_a_mode_is_refused_by_name(host):
     control_net = host.comfy.controlnet.T2IAdapter(cascade, cascade.input_channels, compression_ratio=32, upscale_algorithm="bilinear")
     assert refusal(host, control_net, "prompt_more_important") == (
         f"{OPTIONS} work on SD1.x/SD2.x/SDXL controls; this is a Stable Cascade ControlNet, whose outputs go to "
-        "Stable Cascade's own blocks: use balanced mode with no mask, no block weights and no strength schedule"
+        "Stable Cascade's own blocks: use balanced mode with no other option"
     )
 
 
@@ -145,7 +145,7 @@ def test_other_control_objects_with_a_mask_are_refused_by_name(host, files):
     assert refusal(host, OtherPacksControl(), "balanced", mask=torch.ones(1, IMAGE_SIDE, IMAGE_SIDE)) == (
         f"{OPTIONS} need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter, loaded with ControlNet Suite's 'Load ControlNet' "
         f"node or ComfyUI's; this control is a {__name__}.OtherPacksControl, whose outputs are placed differently: use "
-        "balanced mode with no mask, no block weights and no strength schedule"
+        "balanced mode with no other option"
     )
 
 

@@ -400,3 +400,25 @@ def test_a_union_control_type_on_an_lllite_is_refused_when_applied(host, lllite)
         "Set Union ControlNet Type picks a control type for ControlNet Union files; "
         "'kohya_controllllite_xl_tiny.safetensors' is a ControlNet-LLLite, which has none: remove that node"
     )
+
+
+def test_latent_strengths_of_one_and_zero_correct_the_first_latent_only(host, lllite):
+    """A batch of two: the first latent sampled as with the LLLite, bit for bit, the second as without."""
+    (first_only_strengths,) = host.node("CNS_LatentStrengths").make("1=0", 1.0)
+    control_net = host.suite_controlnet(lllite.file)
+
+    def sampled(positive, negative):
+        latent = torch.zeros(2, 4, LATENT_SIDE, LATENT_SIDE)
+        noise = host.comfy.sample.prepare_noise(latent, 0)
+        return host.comfy.sample.sample(lllite.model, noise, 3, 5.0, "euler", "normal", positive, negative, latent, seed=0)
+
+    def applied(**options):
+        return host.node("CNS_ApplyControlNet").apply(
+            lllite.positive, lllite.negative, control_net, host.image, 1.0, 0.0, 1.0, "balanced", **options
+        )
+
+    first_only = sampled(*applied(latent_strengths=first_only_strengths))
+    controlled, plain = sampled(*applied()), sampled(lllite.positive, lllite.negative)
+    assert (controlled[0] - plain[0]).abs().max().item() > MIN_EFFECT
+    assert torch.equal(first_only[0], controlled[0])
+    assert torch.equal(first_only[1], plain[1])

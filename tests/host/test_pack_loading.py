@@ -24,7 +24,7 @@ NODES_BY_CATEGORY = {
         "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_UniFormerSegmentation",
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
     ),
-    "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion", "CNS_StrengthSchedule"),
+    "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion", "CNS_StrengthSchedule", "CNS_LatentStrengths"),
     "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_UnionStackEntry", "CNS_ApplyControlStack"),
     "ControlNet Suite/training": ("CNS_CreateControlNet", "CNS_TrainControlNet"),
 }

@@ -1,10 +1,13 @@
-"""Strength schedules (timestep keyframes) on every kind of control our apply and stack nodes take.
+"""Strength schedules (timestep keyframes) and latent strengths (latent keyframes) on every kind
+of control our apply and stack nodes take.
 
-Two independent references:
+Independent references:
 - a hold schedule that is 0 until a percent and 1 from there is ComfyUI's own start_percent, which
   ComfyUI's code applies (its sampler skips the control above percent_to_sigma(start));
 - at one step, the residuals are the unscheduled control's times the multiplier numpy's `interp`
-  gives at the percent the step's sigma was made from (percent_to_sigma of the tiny model).
+  gives at the percent the step's sigma was made from (percent_to_sigma of the tiny model);
+- latent strengths of 1 and 0 on a batch of two: the first latent is sampled as with the control,
+  bit for bit, the second as without it; soft strengths are checked row by row at one step.
 """
 
 import numpy as np
@@ -36,10 +39,10 @@ def schedule(host, text, interpolation="hold"):
     return made
 
 
-def apply(host, control_net, positive=None, negative=None, start=0.0, strength_schedule=None, image=None):
+def apply(host, control_net, start=0.0, strength_schedule=None, latent_strengths=None):
     return host.node("CNS_ApplyControlNet").apply(
-        positive or host.positive, negative or host.negative, control_net, host.image if image is None else image,
-        STRENGTH, start, 1.0, "balanced", strength_schedule=strength_schedule,
+        host.positive, host.negative, control_net, host.image, STRENGTH, start, 1.0, "balanced",
+        strength_schedule=strength_schedule, latent_strengths=latent_strengths,
     )
 
 
@@ -159,6 +162,87 @@ def test_a_control_comfyui_cannot_weight_is_refused_a_schedule(host):
     with pytest.raises(host.errors.ControlNetError) as error:
         apply(host, OtherPacksControl(), strength_schedule=schedule(host, FROM_HALF))
     assert str(error.value).startswith(
-        "control modes other than balanced, masks, block weights and strength schedules need an SD1.x/SD2.x/SDXL "
-        "ControlNet or T2I-Adapter"
+        "control modes other than balanced, masks, block weights, strength schedules and latent strengths need an "
+        "SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter"
     )
+
+
+# --- latent strengths ------------------------------------------------------------------------------
+
+def latent_strengths(host, text, others=1.0):
+    (made,) = host.node("CNS_LatentStrengths").make(text, others)
+    return made
+
+
+@pytest.mark.parametrize("loader", ["ours", "ComfyUI's"])
+def test_latent_strengths_of_one_and_zero_control_the_first_latent_only(host, files, loader):
+    control_net = host.suite_controlnet(files.original) if loader == "ours" else host.builtin_controlnet(files.original)
+    first_only = host.sample(*apply(host, control_net, latent_strengths=latent_strengths(host, "1=0")), batch=2)
+    controlled = host.sample(*apply(host, control_net), batch=2)
+    plain = host.sample(host.positive, host.negative, batch=2)
+    assert (controlled[0] - plain[0]).abs().max().item() > MIN_EFFECT
+    if loader == "ours":
+        assert torch.equal(first_only[0], controlled[0])
+    else:  # our wrapper against ComfyUI's own object, which runs it without options
+        effect = (controlled[0] - plain[0]).abs().max().item()
+        assert (first_only[0] - controlled[0]).abs().max().item() <= RELATIVE_TO_EFFECT * effect
+    assert torch.equal(first_only[1], plain[1])
+
+
+def test_latent_strengths_multiply_the_mask_row_by_row_in_a_cond_only_mode(host, files):
+    """Two latents, uncond chunk then cond chunk: each cond row is the raw residual times the
+    mode's weight, the mask and its latent's strength; the uncond rows get nothing."""
+    from .conftest import CONTEXT_DIM, IMAGE_SIDE, LATENT_SIDE, TOKENS
+
+    mask = torch.ones(1, IMAGE_SIDE, IMAGE_SIDE)
+    mask[..., IMAGE_SIDE // 2:] = 0.0  # control on the left half only
+    positive, _ = host.node("CNS_ApplyControlNet").apply(
+        host.positive, host.negative, host.suite_controlnet(files.original), host.image, STRENGTH, 0.0, 1.0,
+        "controlnet_more_important", mask=mask, latent_strengths=latent_strengths(host, "0=0.3, -1=1.7"),
+    )
+    control = prepared(host, positive[0][1]["control"])
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 4, LATENT_SIDE, LATENT_SIDE, generator=gen) * 5
+    sigma = torch.full((4,), 4.0)
+    cond = {"c_crossattn": torch.randn(4, TOKENS, CONTEXT_DIM, generator=gen)}
+    with torch.no_grad():
+        got = flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [1, 0]}))
+    control.cleanup()
+    raw = raw_residuals(host, host.suite_controlnet(files.original), x, sigma, cond)
+    for i, (g, r) in enumerate(zip(got, raw)):
+        weight = STRENGTH * 0.825 ** (len(raw) - 1 - i)  # the original guess mode's soft weight
+        half = r.shape[-1] // 2
+        assert torch.count_nonzero(g[:2]) == 0, f"residual {i}: control on the uncond rows"
+        if half == 0:
+            continue  # a 1x1 residual straddles the mask's edge
+        for row, latent_strength in ((2, 0.3), (3, 1.7)):
+            assert torch.count_nonzero(g[row, ..., half:]) == 0, f"residual {i}: control outside the mask"
+            expected = weight * latent_strength * r[row, ..., :half]
+            assert (g[row, ..., :half] - expected).abs().max().item() <= TOLERANCE * expected.abs().max().item(), (
+                f"residual {i}, row {row}"
+            )
+
+
+def test_latent_strengths_naming_a_latent_the_batch_lacks_are_refused_when_sampling(host, files):
+    strengths = latent_strengths(host, "0:3=0.5")
+    with pytest.raises(host.errors.ControlNetError) as error:
+        host.sample(*apply(host, host.suite_controlnet(files.original), latent_strengths=strengths), batch=2)
+    assert str(error.value) == (
+        "latent strength entry '0:3=0.5' names latents the batch does not have: it has 2 (indices 0..1, or -2..-1 from "
+        "the end)"
+    )
+
+
+def test_latent_strengths_under_tiled_diffusion_are_refused(host, files):
+    """Tiled Diffusion sets `cond_hint` at the latent's pixel size before each call (see
+    test_tiling_nodes); its batches of tiles do not say which latent a row belongs to."""
+    from .conftest import IMAGE_SIDE
+
+    positive, _ = apply(host, host.suite_controlnet(files.original), latent_strengths=latent_strengths(host, "0=0.5"))
+    control = prepared(host, positive[0][1]["control"])
+    x, sigma, cond = step_inputs(host)
+    control.cond_hint = torch.rand(2, 3, IMAGE_SIDE, IMAGE_SIDE)
+    with pytest.raises(host.errors.ControlNetError) as error:
+        control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND})
+    control.cleanup()
+    assert str(error.value).startswith("this control has latent strengths, and Tiled Diffusion batches the tiles")
