@@ -184,7 +184,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.control_mode = control_modes.BALANCED
         self.block_weights: list[float] | None = None
         self.mask: torch.Tensor | None = None  # B×1×H×W at the hint image's size
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}  # the mask at each latent size, once per run
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}  # per latent size and batch, once per run
         self._hint_set: torch.Tensor | None = None  # the hint as set, to tell a tiling node's crop from it
         self.strength_schedule: schedule.StrengthSchedule | None = None
         self.latent_strengths: schedule.LatentStrengths | None = None  # ride with the mask: one factor per latent

@@ -78,8 +78,7 @@ class StrengthSchedule:
 
     def at(self, percent: float) -> float:
         """The multiplier at `percent` of the sampling."""
-        frames = self.keyframes
-        k = max(i for i, frame in enumerate(frames) if frame.percent <= percent) if percent >= 0 else 0
+        k = max((i for i, frame in enumerate(self.keyframes) if frame.percent <= percent), default=0)
         return self.between(k, percent)
 
     def between(self, k: int, percent: float) -> float:
