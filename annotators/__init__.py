@@ -4,7 +4,8 @@ numpy / OpenCV / torch; no ComfyUI import, no network. Every annotator is one mo
 entry point taking an image array (see `image` for the accepted dtypes and layouts) and
 returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` alone returns float32.
 Learned annotators take their network, made by their `load_*` function from the weight file
-lllyasviel/Annotators publishes, found in local folders only (see `weights`). OpenPose lives in
+lllyasviel/Annotators publishes (Depth Anything V2: the files of the depth-anything
+repositories), found in local folders only (see `weights`). OpenPose lives in
 the `openpose` subpackage (it also needs scipy and scikit-image).
 """
 
@@ -17,6 +18,8 @@ from .inpaint import inpaint_hint
 from .normal_from_depth import normal_from_depth
 from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resolution,
                          resize_geometry, resize_to_target)
+from .depth_anything import (DEPTH_ANYTHING_V2_BASE, DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL,
+                             DepthAnythingV2Network, depth_anything, load_depth_anything)
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
 from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
@@ -34,6 +37,8 @@ from .uniformer import UNIFORMER_WEIGHTS, UniFormerSegmentationNetwork, load_uni
 from .xdog import xdog_scribble
 
 __all__ = [
+    "DEPTH_ANYTHING_V2_BASE", "DEPTH_ANYTHING_V2_LARGE", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network",
+    "depth_anything", "load_depth_anything",
     "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",
     "LineartNetwork", "lineart", "load_lineart", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork",
     "lineart_anime", "load_lineart_anime", "MLSD_WEIGHTS", "MLSDNetwork", "decode_segments", "load_mlsd",

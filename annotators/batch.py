@@ -111,6 +111,16 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                    ("manga_line.MANGA_LINE_WEIGHTS",)),
     "uniformer": LearnedAnnotator("uniformer", "uniformer_segmentation", "load_uniformer",
                                   ("uniformer.UNIFORMER_WEIGHTS",)),
+    # published by the authors (huggingface.co/depth-anything), not by lllyasviel/Annotators
+    "depth_anything_v2": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
+                                          ("depth_anything.DEPTH_ANYTHING_V2_LARGE",),
+                                          loader_options={"size": "large"}),
+    "depth_anything_v2_base": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
+                                               ("depth_anything.DEPTH_ANYTHING_V2_BASE",),
+                                               loader_options={"size": "base"}),
+    "depth_anything_v2_small": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
+                                                ("depth_anything.DEPTH_ANYTHING_V2_SMALL",),
+                                                loader_options={"size": "small"}),
 }
 
 # What OpenCV can read; anything else is reported and skipped without trying.
@@ -170,7 +180,8 @@ def unknown_annotator_message(name: str) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return (f"unknown annotator {name!r}{hint}. Annotators and the weight files they need "
-            f"(from {PUBLISHED_AT}, put in --weights-dir):\n{annotator_listing()}")
+            f"(from {PUBLISHED_AT}, Depth Anything V2's from https://huggingface.co/depth-anything; put them in "
+            f"--weights-dir):\n{annotator_listing()}")
 
 
 # --- parameters --------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dpt_blocks import FusionBlock
+
 # --- BiT ResNetV2 trunk (timm vision_transformer_hybrid._resnetv2(layers=(3, 4, 9))) ----------
 STEM_CHANNELS = 64
 STEM_KERNEL = 7
@@ -327,36 +329,6 @@ class Encoder(nn.Module):
                 self.act_postprocess4(tokens_last, *grid)]
 
 
-class ResidualConvUnit(nn.Module):
-    """x + conv(relu(conv(relu(x)))), 3x3 convs with bias."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(FEATURES, FEATURES, 3, padding=1)
-        self.conv2 = nn.Conv2d(FEATURES, FEATURES, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
-
-
-class FusionBlock(nn.Module):
-    """RefineNet-style fusion: add the refined skip map, refine, upsample x2 (align_corners),
-    1x1 conv. The coarsest block has no skip (its resConfUnit1 is unused but published)."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_conv = nn.Conv2d(FEATURES, FEATURES, 1)
-        self.resConfUnit1 = ResidualConvUnit()
-        self.resConfUnit2 = ResidualConvUnit()
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if skip is not None:
-            x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
-
-
 class Decoder(nn.Module):
     """`scratch`: per-level 3x3 convs to 256 channels, fusion coarse to fine, depth head."""
 
@@ -365,7 +337,7 @@ class Decoder(nn.Module):
         for level, channels in enumerate(STAGE_CHANNELS, start=1):
             setattr(self, f"layer{level}_rn", nn.Conv2d(channels, FEATURES, 3, padding=1, bias=False))
         for level in range(1, len(STAGE_CHANNELS) + 1):
-            setattr(self, f"refinenet{level}", FusionBlock())
+            setattr(self, f"refinenet{level}", FusionBlock(FEATURES))
         self.output_conv = nn.Sequential(
             nn.Conv2d(FEATURES, HEAD_MIDDLE, 3, padding=1),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),

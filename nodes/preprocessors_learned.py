@@ -18,9 +18,8 @@ MAX_MLSD_DISTANCE = 20.0  # thr_d is in half-resolution pixels; A1111's slider e
 # (repeated here so this module imports without annotators/midas.py; a test checks they agree).
 MIDAS_NORMAL_BACKGROUND_THRESHOLD = 0.4
 
-WEIGHTS_NOTE = (
-    "Needs {files} from huggingface.co/lllyasviel/Annotators in models/annotators (never downloaded). "
-    "The network is loaded once and kept; ComfyUI's model management moves it to the GPU and unloads it.")
+NETWORK_NOTE = "The network is loaded once and kept; ComfyUI's model management moves it to the GPU and unloads it."
+WEIGHTS_NOTE = "Needs {files} from huggingface.co/lllyasviel/Annotators in models/annotators (never downloaded). " + NETWORK_NOTE
 
 
 def _safe_input() -> tuple[str, dict[str, Any]]:
@@ -137,6 +136,40 @@ class CNS_MiDaSNormal(LearnedAnnotatorNode):
     }
 
 
+def depth_anything_v2_model(size: str, weights: str) -> LearnedModel:
+    """The network for one model choice; its file comes from a depth-anything repository
+    (annotators/depth_anything.py WEIGHTS_REPOS, which the cache reads)."""
+    return LearnedModel("depth_anything", (weights,), "load_depth_anything", (("size", size),))
+
+
+class CNS_DepthAnythingV2(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "Depth Anything V2 relative depth (as comfyui_controlnet_aux's 'Depth Anything V2 - Relative'), near is "
+        "bright, for depth ControlNets. Needs depth_anything_v2_vits.pth (small) from "
+        "huggingface.co/depth-anything/Depth-Anything-V2-Small, depth_anything_v2_vitb.pth (base) from "
+        "huggingface.co/depth-anything/Depth-Anything-V2-Base or depth_anything_v2_vitl.pth (large) from "
+        "huggingface.co/depth-anything/Depth-Anything-V2-Large in models/annotators (never downloaded). " + NETWORK_NOTE)
+    MODELS = {
+        "small": depth_anything_v2_model("small", "DEPTH_ANYTHING_V2_SMALL"),
+        "base": depth_anything_v2_model("base", "DEPTH_ANYTHING_V2_BASE"),
+        "large": depth_anything_v2_model("large", "DEPTH_ANYTHING_V2_LARGE"),
+    }
+    RUN = "depth_anything"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "model": (list(MODELS), {"default": "large", "tooltip": (
+            "small: depth_anything_v2_vits.pth (24.8 M parameters, fastest); base: depth_anything_v2_vitb.pth "
+            "(97.5 M); large: depth_anything_v2_vitl.pth (335.3 M, finest; comfyui_controlnet_aux's default). "
+            "Whatever the detect resolution, the network sees the image at a 518-pixel short side.")}),
+    }
+
+    def model_for(self, options):
+        return self.MODELS[options["model"]]
+
+    def run_options(self, options):
+        return {}
+
+
 class CNS_NormalBAE(LearnedAnnotatorNode):
     DESCRIPTION = "Surface normals by NormalBAE (v1.1 normal_bae), for control_v11p_sd15_normalbae. " + WEIGHTS_NOTE.format(files="scannet.pt")
     MODEL = LearnedModel("normalbae", ("NORMALBAE_WEIGHTS",), "load_normalbae")
@@ -198,6 +231,7 @@ NODES = {
     "CNS_MangaLine": (CNS_MangaLine, "Manga Line Art"),
     "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
     "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
+    "CNS_DepthAnythingV2": (CNS_DepthAnythingV2, "Depth Anything V2 Depth"),
     "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
 }

@@ -121,12 +121,14 @@ def cached_network(model: LearnedModel) -> tuple[tuple, CachedNetwork]:
     import comfy.model_patcher
     import comfy.patcher_extension
 
-    from ..annotators.weights import find_weights
+    from ..annotators.weights import PUBLISHED_REPO, find_weights
 
     _forget_released()
     module = model.import_module()
     folders = annotator_folders()
-    paths = [find_weights(getattr(module, constant), folders) for constant in model.weight_constants]
+    repos = getattr(module, "WEIGHTS_REPOS", {})  # files published elsewhere than lllyasviel/Annotators
+    paths = [find_weights(name, folders, repos.get(name, PUBLISHED_REPO))
+             for name in (getattr(module, constant) for constant in model.weight_constants)]
     load_device = model_management.get_torch_device()
     offload_device = model_management.unet_offload_device()
     key = (model.module, model.loader, model.options, tuple(_file_identity(p) for p in paths),

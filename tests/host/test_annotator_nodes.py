@@ -27,7 +27,7 @@ from tests.annotators.random_learned import random_state_dict  # the annotator t
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
                "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"]
-LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime"]
+LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime", "CNS_DepthAnythingV2"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION
@@ -168,7 +168,7 @@ spec.loader.exec_module(pack)
 import pack.nodes.preprocessors as preprocessors
 print(json.dumps(sorted(preprocessors.NODE_CLASS_MAPPINGS)))
 """
-LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose")
+LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose", "depth_anything")
 
 
 def test_nodes_import_without_the_learned_annotator_modules():
@@ -413,7 +413,7 @@ def random_weights(template: dict[str, torch.Tensor], seed: int) -> dict[str, to
             for key, value in random_state_dict(template, seed).items()}
 
 
-# (annotators module, weight-file constant, network class) of every learned network.
+# (annotators module, weight-file constant, network class[, its arguments]) of every learned network.
 NETWORKS = [
     ("hed", "HED_WEIGHTS", "HEDNetwork"),
     ("pidinet", "PIDINET_WEIGHTS", "PiDiNetNetwork"),
@@ -426,6 +426,7 @@ NETWORKS = [
     ("midas", "MIDAS_WEIGHTS", "MiDaSNetwork"),
     ("normalbae", "NORMALBAE_WEIGHTS", "NormalBaeNetwork"),
     ("uniformer", "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork"),
+    ("depth_anything", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network", "vits"),
 ]
 
 
@@ -433,12 +434,12 @@ NETWORKS = [
 def weights_folder(pack, tmp_path_factory):
     """Random weights for every learned network whose module exists, under the published names."""
     folder = tmp_path_factory.mktemp("annotators")
-    for seed, (module_name, constant, class_name) in enumerate(NETWORKS):
+    for seed, (module_name, constant, class_name, *arguments) in enumerate(NETWORKS):
         if not pack.has(f"annotators.{module_name}"):
             continue
         module = pack.module(f"annotators.{module_name}")
         with torch.device("meta"):  # shapes only: no time spent on a random initialisation
-            template = getattr(module, class_name)().state_dict()
+            template = getattr(module, class_name)(*arguments).state_dict()
         torch.save(random_weights(template, seed), folder / getattr(module, constant))
     return folder
 
@@ -474,7 +475,12 @@ LEARNED_CASES = [
      dict(background_threshold=0.2, z_component=3.0)),
     ("CNS_NormalBAE", {}, "normalbae", "load_normalbae", {}, "normalbae", {}),
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
+    ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
+     "depth_anything", {}),
 ]
+# Depth Anything V2 runs every image at a 518-pixel short side whatever the detect resolution
+# (seconds per image on a CPU runner); the node only forwards, so the tests shrink it.
+DEPTH_ANYTHING_TEST_INPUT_SIZE = 70
 
 
 @pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
@@ -485,6 +491,8 @@ def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folde
         # UniFormer rescales every image to a 512-pixel short side whatever the detect resolution
         # (minutes on a CPU runner); the node only forwards, so test it at a smaller scale.
         monkeypatch.setattr(pack.module("annotators.uniformer"), "RESCALE_LIMITS", (4 * LEARNED_RESOLUTION, LEARNED_RESOLUTION))
+    if module_name == "depth_anything":
+        monkeypatch.setattr(pack.module("annotators.depth_anything"), "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
     (result,) = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
     network = direct_network(pack, module_name, loader, annotators_folder, **loader_options)
     annotate = getattr(pack.module(f"annotators.{module_name}"), function)
@@ -527,6 +535,16 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
                 assert getattr(module, constant) in cls.DESCRIPTION, f"{node_id}'s description names another file"
         checked.append(node_id)
     assert set(LEARNED) <= set(checked)
+    # Depth Anything V2's files come from other repositories than lllyasviel/Annotators (its module's
+    # WEIGHTS_REPOS): the description names each file with its repository.
+    depth_anything = pack.module("annotators.depth_anything")
+    description = learned.CNS_DepthAnythingV2.DESCRIPTION
+    for size, model in learned.CNS_DepthAnythingV2.MODELS.items():
+        assert dict(model.options) == {"size": size}
+        file_name = depth_anything.MODEL_FILES[size]
+        assert f"{file_name} ({size}) from huggingface.co/{depth_anything.WEIGHTS_REPOS[file_name]}" in description
+    assert "lllyasviel" not in description
+    assert pack.defaults("CNS_DepthAnythingV2")["model"] == depth_anything.DEFAULT_MODEL == "large"
     if pack.has("annotators.midas"):
         assert learned.MIDAS_NORMAL_BACKGROUND_THRESHOLD == pack.module("annotators.midas").DEFAULT_NORMAL_BACKGROUND_THRESHOLD
 
@@ -618,6 +636,53 @@ def test_missing_weights_raise_the_annotators_message_unchanged(pack, tmp_path, 
     assert str(error.value) == missing_message(pack, file_name, tmp_path)
     assert f"'{file_name}' not found" in str(error.value)
     assert f"https://huggingface.co/lllyasviel/Annotators and put it in {tmp_path}" in str(error.value)
+
+
+@pytest.mark.parametrize("model", ["small", "base", "large"])
+def test_depth_anything_missing_weights_name_their_repository(pack, tmp_path, monkeypatch, model):
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    depth_anything = pack.module("annotators.depth_anything")
+    file_name = depth_anything.MODEL_FILES[model]
+    repo = depth_anything.WEIGHTS_REPOS[file_name]
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run("CNS_DepthAnythingV2", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, model=model)
+    weights = pack.module("annotators.weights")
+    with pytest.raises(weights.MissingWeightsError) as expected:
+        weights.find_weights(file_name, [str(tmp_path)], repo=repo)
+    assert str(error.value) == str(expected.value)
+    assert f"'{file_name}' not found" in str(error.value)
+    assert f"https://huggingface.co/{repo} and put it in {tmp_path}" in str(error.value)
+
+
+def test_depth_anything_reads_controlnet_aux_layout(pack, weights_folder, tmp_path, monkeypatch):
+    """comfyui_controlnet_aux's ckpts/<repo>/<file> below an annotators folder is found too."""
+    depth_anything = pack.module("annotators.depth_anything")
+    file_name = depth_anything.DEPTH_ANYTHING_V2_SMALL
+    repo_folder = tmp_path / "ckpts" / depth_anything.WEIGHTS_REPOS[file_name]
+    repo_folder.mkdir(parents=True)
+    (repo_folder / file_name).symlink_to(weights_folder / file_name)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    monkeypatch.setattr(depth_anything, "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
+    pack.host.comfy.model_management.unload_all_models()  # so the node loads from this folder
+    loads = []
+    original_loader = depth_anything.load_depth_anything
+    monkeypatch.setattr(depth_anything, "load_depth_anything",
+                        lambda folders, **options: loads.append(folders) or original_loader(folders, **options))
+    (result,) = pack.run("CNS_DepthAnythingV2", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, model="small")
+    assert loads == [[str(tmp_path)]]
+    network = depth_anything.load_depth_anything([str(weights_folder)], size="small")
+    assert_same_maps(result, expected_batch(
+        lambda f: depth_anything.depth_anything(f, network, LEARNED_RESOLUTION), SMALL_PHOTOS))
+
+
+def test_depth_anything_cached_network_does_not_hide_a_missing_file(pack, annotators_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(pack.module("annotators.depth_anything"), "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
+    pack.run("CNS_DepthAnythingV2", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, model="small")
+    assert any(key[0] == "depth_anything" for key in pack.models.cached_keys())
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run("CNS_DepthAnythingV2", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, model="small")
+    assert "https://huggingface.co/depth-anything/Depth-Anything-V2-Small and put it in" in str(error.value)
 
 
 def test_openpose_hands_need_their_own_file(pack, annotators_folder, tmp_path, monkeypatch):
