@@ -96,7 +96,7 @@ def parse_schedule(text: str, interpolation: str = LINEAR) -> StrengthSchedule:
     (for example '0=1, 0.5=0.5, 1=0'), refused with a message naming the entry that is wrong."""
     if interpolation not in EASING:
         raise ControlNetError(f"unknown interpolation '{interpolation}': use one of {', '.join(INTERPOLATIONS)}")
-    entries = [entry.strip() for entry in _ENTRY_SEPARATORS.split(text) if entry.strip()]
+    entries = _entries(text)
     if not entries:
         raise ControlNetError(
             f"the strength schedule has no keyframes: write percent=multiplier entries separated by commas, for example {EXAMPLE}"
@@ -113,19 +113,32 @@ def parse_schedule(text: str, interpolation: str = LINEAR) -> StrengthSchedule:
     return StrengthSchedule(tuple(keyframes), interpolation)
 
 
+def _entries(text: str) -> list[str]:
+    """The entries of a schedule's or latent strengths' text, without blanks."""
+    return [entry.strip() for entry in _ENTRY_SEPARATORS.split(text) if entry.strip()]
+
+
+def _sides(entry: str) -> tuple[str, float]:
+    """(where, multiplier) of a `where=multiplier` entry; ValueError when it is not one."""
+    where, multiplier = entry.split("=")  # ValueError unless exactly one "="
+    return where.strip(), float(multiplier)
+
+
+def _is_multiplier(value: float) -> bool:
+    return math.isfinite(value) and value >= 0.0
+
+
 def _keyframe(entry: str) -> Keyframe:
-    parts = entry.split("=")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        percent, multiplier = float(parts[0]), float(parts[1])
+        where, multiplier = _sides(entry)
+        percent = float(where)
     except ValueError:
         raise ControlNetError(
             f"strength schedule entry '{entry}' is not percent=multiplier (two numbers, for example 0.5=0.8)"
         ) from None
     if not 0.0 <= percent <= 1.0:
         raise ControlNetError(f"strength schedule entry '{entry}': the percent must lie in 0..1")
-    if not (math.isfinite(multiplier) and multiplier >= 0.0):
+    if not _is_multiplier(multiplier):
         raise ControlNetError(f"strength schedule entry '{entry}': the multiplier must be a number of at least 0")
     return Keyframe(percent, multiplier)
 
@@ -220,22 +233,19 @@ class LatentStrengths:
 def parse_latent_strengths(text: str, others: float = 1.0) -> LatentStrengths:
     """Latent strengths from `index=multiplier` / `start:stop=multiplier` entries separated by
     commas, semicolons or new lines, refused with a message naming the entry that is wrong."""
-    entries = [entry.strip() for entry in _ENTRY_SEPARATORS.split(text) if entry.strip()]
+    entries = _entries(text)
     if not entries:
         raise ControlNetError(
             f"the latent strengths have no entries: write index=multiplier entries separated by commas, for example {LATENT_EXAMPLE}"
         )
-    if not (math.isfinite(others) and others >= 0.0):
+    if not _is_multiplier(others):
         raise ControlNetError("the strength of the other latents must be a number of at least 0")
     return LatentStrengths(tuple(_latent_strength(entry) for entry in entries), others)
 
 
 def _latent_strength(entry: str) -> LatentStrength:
-    parts = entry.split("=")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        where, multiplier = parts[0].strip(), float(parts[1])
+        where, multiplier = _sides(entry)
         if ":" in where:
             bounds = where.split(":")
             if len(bounds) != 2:
@@ -249,6 +259,6 @@ def _latent_strength(entry: str) -> LatentStrength:
             f"latent strength entry '{entry}' is not index=multiplier or start:stop=multiplier (whole-number indices, "
             "for example 2=0.5 or 0:4=0.8)"
         ) from None
-    if not (math.isfinite(multiplier) and multiplier >= 0.0):
+    if not _is_multiplier(multiplier):
         raise ControlNetError(f"latent strength entry '{entry}': the multiplier must be a number of at least 0")
     return LatentStrength(start, stop, multiplier, entry, is_range)
