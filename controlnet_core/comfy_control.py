@@ -40,7 +40,7 @@ tests/host/test_performance_paths.py checks they give what the plain path gives.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,6 +53,7 @@ import comfy.supported_models_base
 import comfy.utils
 
 from . import control_modes, formats, schedule
+from .apply_options import ApplyOptions
 from .config import SD1, SD2, SDXL, STANDARD_CONTEXT_DIM
 from .errors import ControlNetError, FamilyMismatchError
 from .files import find_diffusers_weights, open_weights
@@ -193,33 +194,19 @@ class ModedControl(comfy.controlnet.ControlBase):
 
     # set up by the apply nodes
 
-    def configure(
-        self,
-        image: torch.Tensor,
-        strength: float,
-        start_percent: float,
-        end_percent: float,
-        control_mode: str = control_modes.BALANCED,
-        mask: torch.Tensor | None = None,
-        block_weights: str = "",
-        strength_schedule: schedule.StrengthSchedule | None = None,
-        latent_strengths: schedule.LatentStrengths | None = None,
-    ) -> ModedControl:
+    def configure(self, image: torch.Tensor, options: ApplyOptions) -> ModedControl:
         """Set the hint (ComfyUI IMAGE, B×H×W×C in 0..1) and how to apply it; returns self.
         Everything checkable without the latent is checked here, before sampling."""
         hint = image.movedim(-1, 1)
         self._check_hint(hint)
-        control_modes.check_mode(control_mode)
-        if not 0.0 <= start_percent <= end_percent <= 1.0:
-            raise ControlNetError(
-                f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}); both lie in 0..1"
-            )
-        self.set_cond_hint(hint, strength, (start_percent, end_percent))
-        self.control_mode = control_mode
-        self.block_weights = control_modes.parse_block_weights(block_weights, self._divisors(), self._ends_at_middle_block())
-        self.mask = None if mask is None else fit_mask(mask, hint.shape[-2:])
-        self.strength_schedule = strength_schedule
-        self.latent_strengths = latent_strengths
+        self.set_cond_hint(hint, options.strength, options.percent_range)
+        self.control_mode = options.control_mode
+        self.block_weights = control_modes.parse_block_weights(
+            options.block_weights, self._divisors(), self._ends_at_middle_block()
+        )
+        self.mask = None if options.mask is None else fit_mask(options.mask, hint.shape[-2:])
+        self.strength_schedule = options.strength_schedule
+        self.latent_strengths = options.latent_strengths
         return self
 
     def set_cond_hint(self, cond_hint: torch.Tensor, *args: Any, **kwargs: Any) -> ModedControl:
@@ -454,7 +441,7 @@ class LoadedModelControl(ModedControl):
     def get_models(self) -> list:
         return super().get_models() + [self.patcher]
 
-    def configure_union(self, *args: Any, **kwargs: Any) -> LoadedModelControl:
+    def configure_union(self, conditions: Sequence[UnionCondition], options: ApplyOptions) -> LoadedModelControl:
         """Union conditions: only SuiteControl running a ControlNet Union takes them."""
         raise self._union_conditions_refused()
 
@@ -486,22 +473,11 @@ class SuiteControl(LoadedModelControl):
 
     # set up by the apply nodes (configure: ModedControl's)
 
-    def configure(self, *args: Any, **kwargs: Any) -> SuiteControl:
+    def configure(self, image: torch.Tensor, options: ApplyOptions) -> SuiteControl:
         self._control_types()  # a type set on the loader's output is checked before sampling too
-        return super().configure(*args, **kwargs)
+        return super().configure(image, options)
 
-    def configure_union(
-        self,
-        conditions: Sequence[UnionCondition],
-        strength: float,
-        start_percent: float,
-        end_percent: float,
-        control_mode: str = control_modes.BALANCED,
-        mask: torch.Tensor | None = None,
-        block_weights: str = "",
-        strength_schedule: schedule.StrengthSchedule | None = None,
-        latent_strengths: schedule.LatentStrengths | None = None,
-    ) -> SuiteControl:
+    def configure_union(self, conditions: Sequence[UnionCondition], options: ApplyOptions) -> SuiteControl:
         """`configure` with several Union conditions fused in one pass in place of one hint: their
         images, packed side by side (`pack_condition_images`), are the hint; the mask is matched
         to the first condition's image; the strength is `union_strength`'s."""
@@ -522,10 +498,7 @@ class SuiteControl(LoadedModelControl):
             self._check_hint(condition.image.movedim(-1, 1))
         self.union_conditions = tuple(conditions)
         packed = pack_condition_images([condition.image for condition in conditions])
-        return self.configure(
-            packed, union_strength(conditions, strength), start_percent, end_percent, control_mode, mask, block_weights,
-            strength_schedule, latent_strengths,
-        )
+        return self.configure(packed, replace(options, strength=union_strength(conditions, options.strength)))
 
     def _control_types(self) -> list[int]:
         """The control types of the Union conditions, or the one ComfyUI's Set Union ControlNet
@@ -808,16 +781,7 @@ def union_strength(conditions: Sequence[UnionCondition], strength: float) -> flo
 
 
 def configured_union_control(
-    control_net: comfy.controlnet.ControlBase,
-    conditions: Sequence[UnionCondition],
-    strength: float,
-    start_percent: float,
-    end_percent: float,
-    control_mode: str = control_modes.BALANCED,
-    mask: torch.Tensor | None = None,
-    block_weights: str = "",
-    strength_schedule: schedule.StrengthSchedule | None = None,
-    latent_strengths: schedule.LatentStrengths | None = None,
+    control_net: comfy.controlnet.ControlBase, conditions: Sequence[UnionCondition], options: ApplyOptions
 ) -> SuiteControl:
     """A configured copy of a ControlNet Union loaded with ours, its conditions fused in one pass
     (our other files refuse them, saying what they are)."""
@@ -828,10 +792,7 @@ def configured_union_control(
         )
     if not conditions:
         raise ControlNetError("no Union conditions: add at least one with a Union Condition node")
-    return control_net.copy().configure_union(
-        conditions, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-        latent_strengths,
-    )
+    return control_net.copy().configure_union(conditions, options)
 
 
 # --- attaching controls to conditioning -------------------------------------------------------
@@ -844,30 +805,20 @@ class StackEntry:
 
 
 def configured_control(
-    control_net: comfy.controlnet.ControlBase,
-    image: torch.Tensor,
-    strength: float,
-    start_percent: float,
-    end_percent: float,
-    control_mode: str = control_modes.BALANCED,
-    mask: torch.Tensor | None = None,
-    block_weights: str = "",
-    strength_schedule: schedule.StrengthSchedule | None = None,
-    latent_strengths: schedule.LatentStrengths | None = None,
+    control_net: comfy.controlnet.ControlBase, image: torch.Tensor, options: ApplyOptions
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
     T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
-    applies them in balanced mode with no other option; SD ControlNets and T2I-Adapters among them
-    get the other options through foreign_control, the rest are refused them."""
-    options = (control_mode, mask, block_weights, strength_schedule, latent_strengths)
+    applies them when the options are plain (balanced mode with no other option); SD ControlNets
+    and T2I-Adapters among them get the other options through foreign_control, the rest are
+    refused them."""
     if isinstance(control_net, ModedControl):  # ours: SuiteControl, LLLiteControl
-        return control_net.copy().configure(image, strength, start_percent, end_percent, *options)
-    no_other_option = all(option is None for option in (mask, strength_schedule, latent_strengths))
-    if control_mode == control_modes.BALANCED and not block_weights.strip() and no_other_option:
-        return control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
+        return control_net.copy().configure(image, options)
+    if options.is_plain():
+        return control_net.copy().set_cond_hint(image.movedim(-1, 1), options.strength, options.percent_range)
     from . import foreign_control  # it builds on this module
 
-    return foreign_control.wrap(control_net).configure(image, strength, start_percent, end_percent, *options)
+    return foreign_control.wrap(control_net).configure(image, options)
 
 
 def attach_control(positive: list, negative: list, control: comfy.controlnet.ControlBase) -> tuple[list, list]:

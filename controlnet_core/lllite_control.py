@@ -35,6 +35,7 @@ import comfy.model_management as model_management
 import comfy.utils
 
 from . import control_modes, lllite
+from .apply_options import ApplyOptions
 from .comfy_control import (
     CENTER_CROP, HINT_UPSCALE_METHOD, LoadedModelControl, check_family, latent_size_guess, repeat_per_chunk,
 )
@@ -57,10 +58,10 @@ class LLLiteControl(LoadedModelControl):
 
     # set up by the apply nodes
 
-    def configure(self, *args: Any, **kwargs: Any) -> LLLiteControl:
+    def configure(self, image: torch.Tensor, options: ApplyOptions) -> LLLiteControl:
         if self.extra_args.get("control_type"):
             raise self._control_type_refused()
-        return super().configure(*args, **kwargs)
+        return super().configure(image, options)
 
     def _check_hint(self, hint: torch.Tensor) -> None:
         expected = self.model.config.hint_channels

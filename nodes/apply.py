@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..controlnet_core import control_modes, schedule
+from ..controlnet_core.apply_options import ApplyOptions
 
 CATEGORY = "ControlNet Suite/apply"
 STRENGTH_SCHEDULE = "CNS_STRENGTH_SCHEDULE"
@@ -88,8 +89,10 @@ class CNS_ApplyControlNet(_ApplyNode):
         from ..controlnet_core import comfy_control
 
         return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(
-            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-            latent_strengths,
+            control_net, image, ApplyOptions(
+                strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+                latent_strengths,
+            ),
         ))
 
 

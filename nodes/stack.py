@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..controlnet_core.apply_options import ApplyOptions
 from .apply import CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS
 from .union import OPTIONAL_UNION_CONTROL_INPUTS, UNION_CONTROL_INPUTS
 
@@ -47,8 +48,10 @@ class CNS_ControlStackEntry(_StackEntry):
         from ..controlnet_core import comfy_control
 
         return self.extended(control_stack, strength, lambda: comfy_control.configured_control(
-            control_net, image, strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-            latent_strengths,
+            control_net, image, ApplyOptions(
+                strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+                latent_strengths,
+            ),
         ))
 
 
@@ -69,8 +72,10 @@ class CNS_UnionStackEntry(_StackEntry):
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
         return self.extended(control_stack, strength_applied, lambda: comfy_control.configured_union_control(
-            control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights,
-            strength_schedule, latent_strengths,
+            control_net, union_conditions, ApplyOptions(
+                strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+                latent_strengths,
+            ),
         ))
 
 

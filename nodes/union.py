@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..controlnet_core.apply_options import ApplyOptions
 from ..controlnet_core.union import UNION_CONTROL_TYPES
 from .apply import CATEGORY, CONDITIONING_INPUTS, CONTROL_INPUTS, OPTIONAL_CONTROL_INPUTS, _ApplyNode
 
@@ -79,8 +80,10 @@ class CNS_ApplyControlNetUnion(_ApplyNode):
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
         return self.attached(positive, negative, strength_applied, lambda: comfy_control.configured_union_control(
-            control_net, union_conditions, strength, start_percent, end_percent, control_mode, mask, block_weights,
-            strength_schedule, latent_strengths,
+            control_net, union_conditions, ApplyOptions(
+                strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
+                latent_strengths,
+            ),
         ))
 
 
