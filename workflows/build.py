@@ -112,10 +112,13 @@ class Workflow:
     cfg: float = CFG
     base: Base = SD15
     strength_schedule: tuple[str, str] | None = None  # (keyframes, interpolation) of a Strength Schedule node
+    latent_strengths: tuple[str, float] | None = None  # (index_strengths, other_latents) of a Latent Strengths node
+    batch_size: int = 1
 
     @property
     def class_types(self) -> set[str]:
-        return {c.annotator for c in self.controls} | ({"CNS_StrengthSchedule"} if self.strength_schedule else set())
+        options = {"CNS_StrengthSchedule": self.strength_schedule, "CNS_LatentStrengths": self.latent_strengths}
+        return {c.annotator for c in self.controls} | {node for node, given in options.items() if given}
 
     @property
     def controlnet_files(self) -> list[str]:
@@ -166,6 +169,11 @@ WORKFLOWS: tuple[Workflow, ...] = (
              "Apply ControlNet).",
              (Control("CNS_Canny", "canny"),), "a cottage in a meadow, a person standing in front, oil painting" + QUALITY,
              strength_schedule=("0=1, 0.3=1, 0.8=0", "linear")),
+    Workflow("canny_strength_sweep", "Canny edges at four strengths in one batch (latent strengths)",
+             "One batch of four images, each with its own ControlNet strength (1, 0.6, 0.3 and 0, the last "
+             "uncontrolled), to compare strengths in one run (ControlNet Latent Strengths into Apply ControlNet).",
+             (Control("CNS_Canny", "canny"),), "a cottage in a meadow, a person standing in front, oil painting" + QUALITY,
+             latent_strengths=("0=1, 1=0.6, 2=0.3, 3=0", 1.0), batch_size=4),
     Workflow("sdxl_union_depth_canny", "SDXL ControlNet Union: depth + canny in one pass",
              "One ControlNet Union ProMax reads the photo's depth map and its Canny edges, fused in one ControlNet "
              "pass per step (Union Condition nodes into Apply ControlNet Union).",
@@ -238,14 +246,18 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
                             control_mode=workflow.control_mode)
     elif len(workflow.controls) == 1:
         (control,) = workflow.controls
-        scheduled = {}
+        options = {}
         if workflow.strength_schedule:
             keyframes, interpolation = workflow.strength_schedule
             schedule = g.add("CNS_StrengthSchedule", keyframes=keyframes, interpolation=interpolation)
-            scheduled = {"strength_schedule": schedule.out(0)}
+            options["strength_schedule"] = schedule.out(0)
+        if workflow.latent_strengths:
+            index_strengths, other_latents = workflow.latent_strengths
+            strengths = g.add("CNS_LatentStrengths", index_strengths=index_strengths, other_latents=other_latents)
+            options["latent_strengths"] = strengths.out(0)
         conditioned = g.add("CNS_ApplyControlNet", positive=positive.out(0), negative=negative.out(0),
                             control_net=loaders[control.file_name].out(0), image=maps[0], strength=control.strength,
-                            control_mode=workflow.control_mode, **scheduled)
+                            control_mode=workflow.control_mode, **options)
     else:
         stack = None
         for control, control_map in zip(workflow.controls, maps):
@@ -255,7 +267,8 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
             stack = entry
         conditioned = g.add("CNS_ApplyControlStack", positive=positive.out(0), negative=negative.out(0),
                             control_stack=stack.out(0))
-    latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side, batch_size=1)
+    latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side,
+                   batch_size=workflow.batch_size)
     sampler = g.add("KSampler", model=checkpoint.out("MODEL"), positive=conditioned.out(0), negative=conditioned.out(1),
                     latent_image=latent.out(0), seed=SEED, steps=STEPS, cfg=workflow.cfg, sampler_name=SAMPLER,
                     scheduler=SCHEDULER, denoise=1.0)

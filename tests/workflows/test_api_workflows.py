@@ -52,10 +52,16 @@ def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
 
 
-def saved_image(env, ui: dict, node_id: str) -> np.ndarray:
-    (entry,) = ui[node_id]["images"]
-    assert entry["type"] == "output"
-    return np.asarray(Image.open(env.output_dir / entry["subfolder"] / entry["filename"]))
+def saved_images(env, ui: dict, node_id: str) -> list[np.ndarray]:
+    entries = ui[node_id]["images"]
+    assert all(entry["type"] == "output" for entry in entries)
+    return [np.asarray(Image.open(env.output_dir / entry["subfolder"] / entry["filename"])) for entry in entries]
+
+
+def sampled(comfy, prompt: dict) -> torch.Tensor:
+    """The KSampler's latent batch when `prompt` runs."""
+    (sampler,) = nodes_of(prompt, "KSampler")
+    return comfy.comfy.run(prompt).outputs[sampler][0][0]["samples"]
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -135,18 +141,44 @@ def test_api_workflow_validates_and_runs_end_to_end(comfy, name):
     result = comfy.comfy.run(small)
     save_nodes = nodes_of(small, "SaveImage")
     (result_node,) = [n for n in save_nodes if small[n]["inputs"]["images"][0] in nodes_of(small, "VAEDecode")]
+    (latent,) = nodes_of(small, "EmptyLatentImage")
     for node_id in save_nodes:
-        image = saved_image(comfy, result.ui, node_id)
+        images = saved_images(comfy, result.ui, node_id)
         side = SHRUNK_SIDE if node_id == result_node else PHOTO_SIDE
-        assert image.shape == (side, side, 3), f"node {node_id} saved {image.shape}"
+        count = small[latent]["inputs"]["batch_size"] if node_id == result_node else 1
+        assert [image.shape for image in images] == [(side, side, 3)] * count, f"node {node_id} saved {images}"
     for node_id in save_nodes:
         annotator = small[small[node_id]["inputs"]["images"][0]]["class_type"]
         if node_id != result_node and annotator not in MAY_BE_EMPTY:
-            assert saved_image(comfy, result.ui, node_id).std() > 0, f"{annotator}'s map is flat: it found nothing"
+            (image,) = saved_images(comfy, result.ui, node_id)
+            assert image.std() > 0, f"{annotator}'s map is flat: it found nothing"
 
     # The control reaches the sampler: with every ControlNet at strength 0 the latent changes.
     (sampler,) = nodes_of(small, "KSampler")
     controlled = result.outputs[sampler][0][0]["samples"]
-    plain = comfy.comfy.run(without_control(small)).outputs[sampler][0][0]["samples"]
+    plain = sampled(comfy, without_control(small))
     assert torch.isfinite(controlled).all()
     assert (controlled - plain).abs().max() > 0
+
+
+def test_the_strength_sweep_gives_each_latent_of_the_batch_its_strength(comfy):
+    """canny_strength_sweep ("0=1, 1=0.6, 2=0.3, 3=0" on a batch of four): latent 0 samples
+    exactly as with no Latent Strengths node, latent 3 exactly as with no control, and latents 1
+    and 2 as neither."""
+    small = shrink(load_json(build.paths("canny_strength_sweep")[1]))
+    (apply,) = nodes_of(small, "CNS_ApplyControlNet")
+    (strengths,) = nodes_of(small, "CNS_LatentStrengths")
+    assert small[apply]["inputs"]["latent_strengths"] == [strengths, 0]
+    every_latent_full = copy.deepcopy(small)
+    del every_latent_full[apply]["inputs"]["latent_strengths"]
+    del every_latent_full[strengths]
+
+    swept = sampled(comfy, small)
+    full = sampled(comfy, every_latent_full)
+    plain = sampled(comfy, without_control(small))
+    assert swept.shape[0] == 4
+    assert torch.equal(swept[0], full[0])
+    assert torch.equal(swept[3], plain[3])
+    for index in (1, 2):
+        assert not torch.equal(swept[index], full[index]) and not torch.equal(swept[index], plain[index])
+    assert not torch.equal(full[3], plain[3])  # the control does reach latent 3 without the node
