@@ -40,19 +40,22 @@ SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 # xinsir publishes it as diffusion_pytorch_model_promax.safetensors; saved under this name.
 UNION_FILE = "controlnet-union-sdxl-1.0-promax.safetensors"
 
-# ControlNet 1.1 file names (lllyasviel/ControlNet-v1-1) by condition, as the workflows name them.
+# ControlNet 1.1 by condition, as the workflows name them: the fp16 safetensors copies ComfyUI's
+# own examples use (comfyanonymous/ControlNet-v1-1_fp16_safetensors, the same networks as
+# lllyasviel/ControlNet-v1-1's .pth files). The front end's missing-models dialog downloads only
+# .safetensors / .sft files, so .pth names could not be fetched from it.
 CONTROLNET_FILES = {
-    "canny": "control_v11p_sd15_canny.pth",
-    "mlsd": "control_v11p_sd15_mlsd.pth",
-    "scribble": "control_v11p_sd15_scribble.pth",
-    "softedge": "control_v11p_sd15_softedge.pth",
-    "openpose": "control_v11p_sd15_openpose.pth",
-    "depth": "control_v11f1p_sd15_depth.pth",
-    "normalbae": "control_v11p_sd15_normalbae.pth",
-    "seg": "control_v11p_sd15_seg.pth",
-    "lineart": "control_v11p_sd15_lineart.pth",
+    "canny": "control_v11p_sd15_canny_fp16.safetensors",
+    "mlsd": "control_v11p_sd15_mlsd_fp16.safetensors",
+    "scribble": "control_v11p_sd15_scribble_fp16.safetensors",
+    "softedge": "control_v11p_sd15_softedge_fp16.safetensors",
+    "openpose": "control_v11p_sd15_openpose_fp16.safetensors",
+    "depth": "control_v11f1p_sd15_depth_fp16.safetensors",
+    "normalbae": "control_v11p_sd15_normalbae_fp16.safetensors",
+    "seg": "control_v11p_sd15_seg_fp16.safetensors",
+    "lineart": "control_v11p_sd15_lineart_fp16.safetensors",
 }
-CONTROLNET_REPO = "https://huggingface.co/lllyasviel/ControlNet-v1-1"
+CONTROLNET_REPO = "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
 SD15_REPO = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
 ANNOTATORS_REPO = "https://huggingface.co/lllyasviel/Annotators"
 SDXL_REPO = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"
@@ -225,9 +228,8 @@ def controlnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_controlnet(path: str, seed: int = 0) -> str:
-    """A .pth as ControlNet 1.1 publishes them (read back with torch.load(weights_only=True))."""
-    _atomic(path, lambda tmp: torch.save(controlnet_state_dict(seed), tmp))
-    return path
+    """A ControlNet 1.1 file in safetensors, fp16, original layout (as the workflows name them)."""
+    return _save_random(path, controlnet_state_dict(seed))
 
 
 def union_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -97,6 +97,23 @@ def test_workflow_names_the_standard_files_and_says_what_to_download(name):
         assert f"[{file_name}]({build.MODEL_URLS[file_name]})" in note["widgets_values"][0]
 
 
+# The front end's missing-models dialog (comfyui_frontend_package, MissingModelsWarning) offers a
+# download only for these sources and name endings; anything else is listed with an error.
+FRONT_END_DOWNLOAD_SOURCES = ("https://civitai.com/", "https://huggingface.co/")
+FRONT_END_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_the_front_end_can_download_every_model_the_workflow_names(name):
+    workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    models = [model for node in load_json(build.paths(name)[0])["nodes"]
+              for model in node.get("properties", {}).get("models", [])]
+    assert sorted(model["name"] for model in models) == sorted([workflow.base.checkpoint, *workflow.controlnet_files])
+    for model in models:
+        assert model["url"].startswith(FRONT_END_DOWNLOAD_SOURCES), model
+        assert model["name"].endswith(FRONT_END_DOWNLOAD_SUFFIXES), model
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_the_graph_is_laid_out_without_overlaps_and_reads_left_to_right(name):
     """In the editor no node (the note included) covers another, and every wire runs from a node
