@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
-from skimage.measure import label
 from torch import nn
 
 from .body import BodyDetection
@@ -96,6 +95,19 @@ def hand_heatmaps(network: nn.Module, crop_bgr: np.ndarray) -> np.ndarray:
     return average
 
 
+def label_blobs(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected blobs of a boolean mask, numbered 1..count in raster order of their first
+    pixel (0 = background): what v1.1's skimage.measure.label(connectivity=2) returns, done by
+    OpenCV so that no scikit-image is needed at run time."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    # OpenCV's own numbering follows its scan algorithm, not the first pixels: renumber.
+    values, first_pixel = np.unique(labels, return_index=True)
+    blobs = values[values > 0][np.argsort(first_pixel[values > 0], kind="stable")]
+    renumbered = np.zeros(count, labels.dtype)
+    renumbered[blobs] = np.arange(1, len(blobs) + 1)
+    return renumbered[labels], len(blobs)
+
+
 def hand_points(heatmaps: np.ndarray, crop_height: int, crop_width: int) -> list[tuple[int, int] | None]:
     """Per keypoint: the maximum of the strongest connected blob of the smoothed heatmap above the
     threshold, scaled from 128x128 to the crop (truncated to whole pixels)."""
@@ -106,7 +118,7 @@ def hand_points(heatmaps: np.ndarray, crop_height: int, crop_width: int) -> list
         if not above.any():
             points.append(None)
             continue
-        blobs, count = label(above, return_num=True, connectivity=2)  # 8-connected
+        blobs, count = label_blobs(above)
         strongest = 1 + int(np.argmax([heatmap[blobs == i].sum() for i in range(1, count + 1)]))
         y, x = np.unravel_index(np.argmax(np.where(blobs == strongest, heatmap, 0)), heatmap.shape)
         points.append((int(float(x) * crop_width / HAND_HEATMAP_SIZE),

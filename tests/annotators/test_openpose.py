@@ -21,7 +21,7 @@ from skimage.color import hsv2rgb
 from annotators.openpose import (BodyPoseNetwork, OpenPoseNetworks, Pose, draw_poses, load_openpose,
                                  openpose, poses_to_json)
 from annotators.openpose.body import LIMB_PAF_CHANNELS, LIMBS, body_maps, decode_body
-from annotators.openpose.hand_face import face_box, face_points, hand_boxes, hand_points
+from annotators.openpose.hand_face import face_box, face_points, hand_boxes, hand_points, label_blobs
 from annotators.openpose.inference import network_input, pad_to_stride, scale_like_v11
 from annotators.openpose.networks import FACE_WEIGHTS, BODY_WEIGHTS, HAND_WEIGHTS
 from annotators.weights import BadWeightsError, MissingWeightsError
@@ -261,6 +261,18 @@ def test_hand_and_face_boxes_equal_oracle(shift):
         side = 1.5 * max(forearm, 0.9 * upper)
         assert hand_boxes(detection, height, width)[0] == (
             (int(82 + 0.33 * 2 - side / 2), int(100 + 0.33 * 20 - side / 2), int(side)), True)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.45, 0.6])
+def test_blobs_are_numbered_as_scikit_image_numbers_them(density):
+    """v1.1 picks the strongest blob by label number on ties, so the numbering must match too."""
+    from skimage.measure import label
+
+    mask = np.random.default_rng(int(density * 100)).random((61, 67)) < density
+    labels, count = label_blobs(mask)
+    expected, expected_count = label(mask, return_num=True, connectivity=2)
+    assert count == expected_count and count > 1
+    assert np.array_equal(labels, expected)
 
 
 def test_hand_points_equal_oracle_and_known(monkeypatch):
