@@ -18,9 +18,8 @@ from torch import nn
 
 from .body import BodyDetection
 from .inference import maps_at_scale, network_input, resize_like_v11, run_network
+from .pose import FACE_POINTS, HAND_POINTS
 
-HAND_POINTS = 21
-FACE_POINTS = 70
 HAND_BOX_SIZE = 368                     # v1.1 hand.py boxsize
 HAND_SCALE_SEARCH = (0.5, 1.0, 1.5, 2.0)  # v1.1 hand.py: crop resized to 184, 368, 552, 736
 HAND_HEATMAP_SIZE = 128                 # v1.1 hand.py wsize: heatmaps averaged at 128x128

@@ -8,15 +8,32 @@ Layout (CMU OpenPose `doc/02_output.md`, plus the canvas size the ComfyUI editor
    "canvas_width": W, "canvas_height": H}
 x, y are pixels of the canvas. The detector keeps no calibrated confidence, so c is 1.0 for a
 found point (as comfyui_controlnet_aux writes it) and a missing point is 0, 0, 0 (OpenPose's way).
+
+Read back (`poses_from_json`), a point with confidence 0 or less is missing; faces may have 70
+points (OpenPose) or 68 (DWPose, no pupils); CMU OpenPose's own files have no canvas size, so
+one must be given.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Mapping
 
-from .pose import Point, Pose
+import numpy as np
+
+from .drawing import draw_poses
+from .pose import BODY_POINTS, FACE_POINTS, HAND_POINTS, Point, Pose
 
 FOUND_CONFIDENCE = 1.0
+VALUES_PER_POINT = 3  # x, y, confidence
+DWPOSE_FACE_POINTS = 68
+# JSON key -> (Pose field, the point counts it may hold).
+PARTS = {
+    "pose_keypoints_2d": ("body", (BODY_POINTS,)),
+    "hand_left_keypoints_2d": ("left_hand", (HAND_POINTS,)),
+    "hand_right_keypoints_2d": ("right_hand", (HAND_POINTS,)),
+    "face_keypoints_2d": ("face", (FACE_POINTS, DWPOSE_FACE_POINTS)),
+}
 
 
 def flatten(points: list[Point | None] | None, width: int, height: int) -> list[float]:
@@ -44,3 +61,78 @@ def poses_to_json(poses: list[Pose], width: int, height: int) -> dict[str, Any]:
         "canvas_width": width,
         "canvas_height": height,
     }
+
+
+def _points(values: Any, width: float, height: float, where: str, counts: tuple[int, ...]) -> list[Point | None] | None:
+    """A part's flat [x, y, c, ...] in canvas pixels -> fractions of the canvas; None when empty."""
+    allowed = " or ".join(f"{VALUES_PER_POINT * count} ({count} points)" for count in counts)
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where} must be a list of numbers (x, y, confidence per point)")
+    if not values:
+        return None
+    if len(values) not in [VALUES_PER_POINT * count for count in counts]:
+        raise ValueError(f"{where} has {len(values)} numbers; expected {allowed} as x, y, confidence, or none")
+    triples = zip(values[0::3], values[1::3], values[2::3])
+    return [(x / width, y / height) if confidence > 0 else None for x, y, confidence in triples]
+
+
+def canvas_size(frame: Mapping[str, Any], where: str = "the pose JSON") -> tuple[int, int] | None:
+    """(width, height) the frame's coordinates are pixels of, or None when it does not say."""
+    width, height = frame.get("canvas_width"), frame.get("canvas_height")
+    if width is None and height is None:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise ValueError(f"{where}: canvas_width and canvas_height must both be positive numbers, got {width!r} and {height!r}")
+    return int(width), int(height)
+
+
+def poses_from_json(frame: Mapping[str, Any], canvas: tuple[int, int], where: str = "the pose JSON") -> list[Pose]:
+    """The poses of one OpenPose-format frame whose pixel coordinates are on a `canvas`
+    (width, height) canvas; the inverse of `poses_to_json`. `where` names the frame in errors."""
+    if not isinstance(frame, Mapping) or not isinstance(frame.get("people"), list):
+        raise ValueError(f"{where} is not an OpenPose frame: expected an object with a 'people' list")
+    width, height = canvas
+    poses = []
+    for index, person in enumerate(frame["people"]):
+        if not isinstance(person, Mapping):
+            raise ValueError(f"{where}, person {index}: expected an object with pose_keypoints_2d and so on")
+        parts = {field: _points(person.get(key, []), width, height, f"{where}, person {index}: {key}", counts)
+                 for key, (field, counts) in PARTS.items()}
+        parts["body"] = parts["body"] or [None] * BODY_POINTS
+        poses.append(Pose(**parts))
+    return poses
+
+
+def frames_from_text(text: str) -> list[Mapping[str, Any]]:
+    """OpenPose-format JSON text: one frame (an object) or a list of frames."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the keypoints JSON is not valid JSON: {error}") from None
+    return data if isinstance(data, list) else [data]
+
+
+def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height: int = 0, draw_body_parts: bool = True,
+                         draw_hands: bool = True, draw_faces: bool = True) -> list[np.ndarray]:
+    """One pose map (uint8 HxWx3 RGB) per OpenPose-format frame, all of one size (an image
+    batch). width and height (both or neither; 0 = neither) set that size, and are the canvas of
+    frames that name none; otherwise it is the frames' canvas size."""
+    if (width > 0) != (height > 0):
+        raise ValueError(f"set both width and height, or neither (0 = the canvas size in the keypoints); got {width}×{height}")
+    if not frames:
+        raise ValueError("the keypoints hold no frames")
+    maps = []
+    for index, frame in enumerate(frames):
+        where = f"keypoints frame {index}"
+        canvas = canvas_size(frame, where) if isinstance(frame, Mapping) else None
+        if canvas is None and width == 0:
+            raise ValueError(f"{where} has no canvas_width and canvas_height (CMU OpenPose's files have none): set the "
+                             "width and height its pixel coordinates refer to")
+        poses = poses_from_json(frame, canvas or (width, height), where)
+        size = (width, height) if width > 0 else canvas
+        maps.append(draw_poses(poses, size[1], size[0], draw_body_parts, draw_hands, draw_faces))
+    sizes = list(dict.fromkeys(f"{m.shape[1]}×{m.shape[0]}" for m in maps))
+    if len(sizes) > 1:
+        raise ValueError(f"the keypoint frames' canvases differ ({', '.join(sizes)}): set width and height to draw them "
+                         "all at one size")
+    return maps

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 # scales to any output size by multiplying by that size.
 Point = tuple[float, float]
 
+BODY_POINTS = 18   # COCO keypoints, as ControlNet's OpenPose models read them
+HAND_POINTS = 21
+FACE_POINTS = 70   # OpenPose's face model; DWPose gives 68 (no pupils)
+
 
 @dataclass
 class Pose:

@@ -1,0 +1,115 @@
+"""Reading OpenPose-format keypoints back and drawing them (Draw Pose Keypoints): the inverse of
+`poses_to_json`, checked by round trips through it and against `draw_poses` on the same poses."""
+
+import json
+
+import numpy as np
+import pytest
+
+from annotators.openpose import Pose, draw_poses, poses_to_json
+from annotators.openpose.keypoints_json import draw_keypoint_frames, frames_from_text, poses_from_json
+
+WIDTH, HEIGHT = 96, 64
+
+
+def grid_poses(seed: int) -> list[Pose]:
+    """Two people whose points sit on a 1/32 grid (exact in binary, so pixels → fractions → pixels
+    is exact), about a fifth of them missing; one has hands and a face."""
+    rng = np.random.default_rng(seed)
+
+    def points(count: int) -> list:
+        return [None if rng.random() < 0.2 else (rng.integers(1, 32) / 32, rng.integers(1, 32) / 32)
+                for _ in range(count)]
+
+    return [Pose(points(18), left_hand=points(21), right_hand=points(21), face=points(70)), Pose(points(18))]
+
+
+def test_reading_is_the_inverse_of_writing():
+    poses = grid_poses(0)
+    assert poses_from_json(poses_to_json(poses, WIDTH, HEIGHT), (WIDTH, HEIGHT)) == poses
+
+
+def test_a_frame_draws_as_its_poses_do():
+    poses = grid_poses(1)
+    (drawn,) = draw_keypoint_frames([poses_to_json(poses, WIDTH, HEIGHT)])
+    assert np.array_equal(drawn, draw_poses(poses, HEIGHT, WIDTH))
+    assert drawn.any()
+
+
+def test_width_and_height_rescale_the_canvas():
+    poses = grid_poses(2)
+    (drawn,) = draw_keypoint_frames([poses_to_json(poses, WIDTH, HEIGHT)], 2 * WIDTH, 2 * HEIGHT)
+    assert np.array_equal(drawn, draw_poses(poses, 2 * HEIGHT, 2 * WIDTH))
+
+
+def test_parts_can_be_left_out_of_the_drawing():
+    poses = grid_poses(3)
+    (drawn,) = draw_keypoint_frames([poses_to_json(poses, WIDTH, HEIGHT)], draw_body_parts=False, draw_faces=False)
+    assert np.array_equal(drawn, draw_poses(poses, HEIGHT, WIDTH, draw_body_parts=False, draw_faces=False))
+
+
+def test_cmu_openpose_files_without_a_canvas_take_the_given_size():
+    poses = grid_poses(4)
+    frame = poses_to_json(poses, WIDTH, HEIGHT)
+    del frame["canvas_width"], frame["canvas_height"]
+    (drawn,) = draw_keypoint_frames([frame], WIDTH, HEIGHT)
+    assert np.array_equal(drawn, draw_poses(poses, HEIGHT, WIDTH))
+
+
+def test_confidence_zero_or_below_is_missing_and_any_positive_one_is_found():
+    frame = {"people": [{"pose_keypoints_2d": [48, 32, 0.3, 10, 10, 0, 20, 20, -1] + [0] * 45}],
+             "canvas_width": WIDTH, "canvas_height": HEIGHT}
+    (pose,) = poses_from_json(frame, (WIDTH, HEIGHT))
+    assert pose.body == [(0.5, 0.5)] + [None] * 17
+    assert pose.left_hand is None and pose.right_hand is None and pose.face is None
+
+
+def test_dwpose_faces_of_68_points_are_read():
+    face = [(i / 128 + 0.25, 0.5) for i in range(68)]
+    frame = poses_to_json([Pose([None] * 18, face=face)], WIDTH, HEIGHT)
+    assert len(frame["people"][0]["face_keypoints_2d"]) == 3 * 68
+    (pose,) = poses_from_json(frame, (WIDTH, HEIGHT))
+    assert pose.face == face
+
+
+def test_text_holds_one_frame_or_a_list_of_them():
+    frame = poses_to_json(grid_poses(5), WIDTH, HEIGHT)
+    assert frames_from_text(json.dumps(frame)) == [frame]
+    assert frames_from_text(json.dumps([frame, frame])) == [frame, frame]
+
+
+@pytest.mark.parametrize("frames, size, message", [
+    ([], (0, 0), "the keypoints hold no frames"),
+    ([{"people": []}], (0, 0),
+     "keypoints frame 0 has no canvas_width and canvas_height (CMU OpenPose's files have none): set the width and "
+     "height its pixel coordinates refer to"),
+    ([{"people": []}], (64, 0), "set both width and height, or neither (0 = the canvas size in the keypoints); got 64×0"),
+    ([{"people": [], "canvas_width": 64}], (0, 0),
+     "keypoints frame 0: canvas_width and canvas_height must both be positive numbers, got 64 and None"),
+    ([{"canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
+    ([{"people": ["nobody"], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, person 0: expected an object with pose_keypoints_2d and so on"),
+    ([{"people": [{"pose_keypoints_2d": [1, 2, 1] * 17}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, person 0: pose_keypoints_2d has 51 numbers; expected 54 (18 points) as x, y, confidence, "
+     "or none"),
+    ([{"people": [{"face_keypoints_2d": [1, 2, 1] * 69}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, person 0: face_keypoints_2d has 207 numbers; expected 210 (70 points) or 204 (68 points) as "
+     "x, y, confidence, or none"),
+    ([{"people": [{"hand_left_keypoints_2d": "left"}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, person 0: hand_left_keypoints_2d must be a list of numbers (x, y, confidence per point)"),
+    ([{"people": [], "canvas_width": 64, "canvas_height": 64}, {"people": [], "canvas_width": 32, "canvas_height": 64}],
+     (0, 0), "the keypoint frames' canvases differ (64×64, 32×64): set width and height to draw them all at one size"),
+])
+def test_bad_keypoints_are_refused_with_what_to_fix(frames, size, message):
+    with pytest.raises(ValueError) as error:
+        draw_keypoint_frames(frames, *size)
+    assert str(error.value) == message
+
+
+def test_text_that_is_not_json_is_refused():
+    with pytest.raises(ValueError) as error:
+        frames_from_text("{people: []}")
+    assert str(error.value) == (
+        "the keypoints JSON is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    )
