@@ -2,11 +2,12 @@
 
 numpy / OpenCV / torch; no ComfyUI import, no network. Every annotator is one module with one
 entry point taking an image array (see `image` for the accepted dtypes and layouts) and
-returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` alone returns float32.
+returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` and `anyline` return float32.
 Learned annotators take their network, made by their `load_*` function from the weight file
 lllyasviel/Annotators publishes (Depth Anything V2: the files of the depth-anything
-repositories), found in local folders only (see `weights`). OpenPose lives in
-the `openpose` subpackage (it also needs scipy and scikit-image).
+repositories; TEED and AnyLine: 7_model.pth and MTEED.pth from the repositories
+comfyui_controlnet_aux reads), found in local folders only (see `weights`). OpenPose lives in
+the `openpose` subpackage (it also needs scipy, which ComfyUI installs).
 """
 
 from .binary import binary
@@ -15,11 +16,13 @@ from .color_grid import color_grid
 from .hough import hough_lines, hough_segments
 from .image import detection_size, resize_for_detection, to_rgb_uint8
 from .inpaint import inpaint_hint
+from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
 from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resolution,
                          resize_geometry, resize_to_target)
 from .depth_anything import (DEPTH_ANYTHING_V2_BASE, DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL,
                              DepthAnythingV2Network, depth_anything, load_depth_anything)
+from .anyline import AnyLineNetworks, anyline, load_anyline
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
 from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
@@ -32,11 +35,14 @@ from .pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet
 from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
 from .shuffle import content_shuffle, shuffle_flow
+from .teed import MTEED_WEIGHTS, TEED_WEIGHTS, TEEDNetwork, load_teed, teed
 from .tile import tile
 from .uniformer import UNIFORMER_WEIGHTS, UniFormerSegmentationNetwork, load_uniformer, uniformer_segmentation
 from .xdog import xdog_scribble
 
 __all__ = [
+    "AnyLineNetworks", "anyline", "load_anyline", "MTEED_WEIGHTS", "TEED_WEIGHTS", "TEEDNetwork", "load_teed",
+    "teed", "lineart_standard",
     "DEPTH_ANYTHING_V2_BASE", "DEPTH_ANYTHING_V2_LARGE", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network",
     "depth_anything", "load_depth_anything",
     "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",

@@ -10,7 +10,9 @@ its keypoints as `<output>/<name>.json`); other files are skipped with a message
 taken in name order. Images are read with their alpha channel and bit depth
 (cv2.IMREAD_UNCHANGED), so the shared input rules apply (alpha on white, 16-bit scaled to 8-bit).
 A learned annotator's network is loaded once, before the first image, from the weight files
-lllyasviel/Annotators publishes; an unknown --annotator lists every name with its files.
+lllyasviel/Annotators publishes (and a few published elsewhere: Depth Anything V2, TEED, AnyLine's
+MTEED); an unknown --annotator lists every name with its files. AnyLine's float maps are written
+as 16-bit PNGs.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from .canny import canny
 from .color_grid import color_grid
 from .hough import hough_lines
 from .image import DETECT_MULTIPLE
+from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
 from .scribble import scribble
 from .shuffle import content_shuffle
 from .tile import tile
-from .weights import PUBLISHED_AT
+from .weights import PUBLISHED_AT, PUBLISHED_REPO, published_url
 from .xdog import xdog_scribble
 
 # Annotators whose only input is one image file (inpaint needs a mask, segmentation a label map).
@@ -48,6 +51,7 @@ ANNOTATORS: dict[str, Callable[..., np.ndarray]] = {
     "canny": canny,
     "color_grid": color_grid,
     "hough": hough_lines,
+    "lineart_standard": lineart_standard,
     "normal_from_depth": normal_from_depth,
     "scribble": scribble,
     "shuffle": content_shuffle,
@@ -121,6 +125,18 @@ LEARNED: dict[str, LearnedAnnotator] = {
     "depth_anything_v2_small": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
                                                 ("depth_anything.DEPTH_ANYTHING_V2_SMALL",),
                                                 loader_options={"size": "small"}),
+    # published in folders of other repositories (teed.WEIGHTS_REPOS)
+    "teed": LearnedAnnotator("teed", "teed", "load_teed", ("teed.TEED_WEIGHTS",)),
+    "anyline": LearnedAnnotator("anyline", "anyline", "load_anyline", ("anyline.MTEED_WEIGHTS",)),
+    "anyline_lineart_realistic": LearnedAnnotator("anyline", "anyline", "load_anyline",
+                                                  ("anyline.MTEED_WEIGHTS", "anyline.LINEART_WEIGHTS"),
+                                                  loader_options={"merge_with_lineart": "lineart_realistic"}),
+    "anyline_lineart_anime": LearnedAnnotator("anyline", "anyline", "load_anyline",
+                                              ("anyline.MTEED_WEIGHTS", "anyline.LINEART_ANIME_WEIGHTS"),
+                                              loader_options={"merge_with_lineart": "lineart_anime"}),
+    "anyline_manga_line": LearnedAnnotator("anyline", "anyline", "load_anyline",
+                                           ("anyline.MTEED_WEIGHTS", "anyline.MANGA_LINE_WEIGHTS"),
+                                           loader_options={"merge_with_lineart": "manga_line"}),
 }
 
 # What OpenCV can read; anything else is reported and skipped without trying.
@@ -130,6 +146,7 @@ _LEARNED_POSITIONAL = 2
 # ComfyUI's annotator weights folder, relative to its checkout (registered by the pack's nodes).
 COMFYUI_ANNOTATORS_DIR = Path("models") / "annotators"
 COMFYUI_PATH_VARIABLE = "COMFYUI_PATH"
+UINT16_MAX = 65535  # float maps in 0..1 (AnyLine) are written as 16-bit PNGs: v -> round(v x 65535)
 
 
 class UnavailableAnnotatorError(ImportError):
@@ -146,14 +163,22 @@ def _import_annotator_module(name: str) -> ModuleType:
         raise UnavailableAnnotatorError(f"{qualified} cannot be imported ({error})") from error
 
 
-def weight_files(spec: LearnedAnnotator) -> list[str]:
-    """The file names `spec` loads, read from the modules' own constants."""
-    files: list[str] = []
+def weight_sources(spec: LearnedAnnotator) -> list[tuple[str, str]]:
+    """(file name, repository it is published in) of each file `spec` loads, read from the
+    modules' own constants and WEIGHTS_REPOS (lllyasviel/Annotators where a module names none)."""
+    sources: list[tuple[str, str]] = []
     for dotted in spec.weights:
         module_name, constant = dotted.rsplit(".", 1)
-        value = getattr(_import_annotator_module(module_name), constant)
-        files.extend([value] if isinstance(value, str) else list(value))
-    return files
+        module = _import_annotator_module(module_name)
+        value = getattr(module, constant)
+        repos = getattr(module, "WEIGHTS_REPOS", {})
+        sources.extend((file, repos.get(file, PUBLISHED_REPO)) for file in ([value] if isinstance(value, str) else value))
+    return sources
+
+
+def weight_files(spec: LearnedAnnotator) -> list[str]:
+    """The file names `spec` loads, read from the modules' own constants."""
+    return [file for file, _ in weight_sources(spec)]
 
 
 def learned_entry_points(spec: LearnedAnnotator) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -168,7 +193,8 @@ def annotator_listing() -> str:
     lines = [f"  {name:<{width}}  (no weights)" for name in sorted(ANNOTATORS)]
     for name in sorted(LEARNED):
         try:
-            needs = ", ".join(weight_files(LEARNED[name]))
+            needs = ", ".join(file if repo == PUBLISHED_REPO else f"{file} ({published_url(repo)})"
+                              for file, repo in weight_sources(LEARNED[name]))
         except (UnavailableAnnotatorError, AttributeError) as error:
             needs = f"(not available: {error})"
         lines.append(f"  {name:<{width}}  {needs}")
@@ -180,7 +206,7 @@ def unknown_annotator_message(name: str) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return (f"unknown annotator {name!r}{hint}. Annotators and the weight files they need "
-            f"(from {PUBLISHED_AT}, Depth Anything V2's from https://huggingface.co/depth-anything; put them in "
+            f"(from {PUBLISHED_AT} where no other address is given; put them in "
             f"--weights-dir):\n{annotator_listing()}")
 
 
@@ -312,7 +338,10 @@ def read_image_rgb(path: Path) -> np.ndarray | None:
 
 
 def write_map(path: Path, condition_map: np.ndarray) -> None:
-    """RGB maps are written as colour PNGs; single-channel maps (any depth PNG holds) as gray."""
+    """RGB maps are written as colour PNGs; single-channel maps (any depth PNG holds) as gray;
+    float maps in 0..1 (AnyLine's) as 16-bit PNGs, which keep their in-between levels."""
+    if np.issubdtype(condition_map.dtype, np.floating):
+        condition_map = np.round(np.clip(condition_map, 0.0, 1.0) * UINT16_MAX).astype(np.uint16)
     if condition_map.ndim == 3 and condition_map.shape[2] == 3:
         condition_map = cv2.cvtColor(condition_map, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), condition_map):
@@ -401,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=parse_resolution, default=argparse.SUPPRESS,
                         metavar="PIXELS",
                         help="detect resolution (short side, >= 64; 'none': each image's own "
-                             "size); default: the annotator's (512)")
+                             "size); default: the annotator's (512; AnyLine 1280)")
     parser.add_argument("--device", default="auto",
                         help="torch device for learned annotators: auto (default: cuda, else "
                              "mps, else cpu), cpu, cuda, cuda:1, mps")

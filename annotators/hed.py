@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, max_pool_2x2, pad_to_multiple,
-                              probability_to_uint8, soft_edges_to_scribble, to_numpy)
+from .networks_common import (SAFE_STEPS, load_network, max_pool_2x2, probability_to_uint8,
+                              side_output_probability, soft_edges_to_scribble)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/ControlNetHED.pth (v1.1 annotator/hed)
 HED_WEIGHTS = "ControlNetHED.pth"
@@ -77,18 +77,10 @@ def load_hed(
 
 
 def hed_probability(rgb: np.ndarray, network: HEDNetwork) -> np.ndarray:
-    """HxW float64 edge probability of a uint8 RGB image, at its own size (no resizing)."""
-    height, width = rgb.shape[:2]
-    padded = pad_to_multiple(rgb, 1, min_side=MIN_SIDE)  # a no-op unless a side is below it
-    with torch.no_grad():
-        side_logits = network(image_batch(padded.astype(np.float32), network))
-    padded_height, padded_width = padded.shape[:2]
-    # v1.1 brings each side output to full size with OpenCV's bilinear resize, then averages.
-    full_size = [cv2.resize(to_numpy(logit)[0, 0], (padded_width, padded_height),
-                            interpolation=cv2.INTER_LINEAR)[:height, :width]
-                 for logit in side_logits]
-    fused = np.mean(np.stack(full_size, axis=2), axis=2).astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-fused))
+    """HxW float64 edge probability of a uint8 RGB image, at its own size (no resizing): the
+    sigmoid of the mean of the five side logits, each brought to full size bilinearly (v1.1).
+    Sides below MIN_SIDE are padded for the network and cropped back."""
+    return side_output_probability(rgb, network, min_side=MIN_SIDE)
 
 
 def hed(
@@ -106,7 +98,7 @@ def hed(
     """
 
     def detect(rgb: np.ndarray) -> np.ndarray:
-        edges = probability_to_uint8(hed_probability(rgb, network), safe)
+        edges = probability_to_uint8(hed_probability(rgb, network), SAFE_STEPS if safe else 0)
         return soft_edges_to_scribble(edges) if scribble else edges
 
     # Nearest keeps scribbles binary; soft edges are resampled linearly as v1.1 does.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import find_weights, load_state_dict, strip_prefix
+from .weights import PUBLISHED_REPO, find_weights, load_state_dict, strip_prefix
 
 NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
@@ -22,6 +22,7 @@ DATA_PARALLEL_PREFIX = "module."
 
 # v1.1 annotator/util.py safe_step(x, step=2): quantise a probability to {0, 0.5, 1} (x3, floor,
 # /2; 1.5 clips to 1 later) so the model does not see the soft-edge detector's fine gradations.
+# comfyui_controlnet_aux's TEED takes the step count as an input (safe_steps, 0 = off).
 SAFE_STEPS = 2
 
 # v1.1 gradio_scribble2image (Scribble_HED / Scribble_PIDI); controlnet-aux `scribble=True`:
@@ -46,10 +47,12 @@ def load_network(
     folders: Sequence[str],
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    repo: str = PUBLISHED_REPO,
 ) -> NetworkT:
-    """Fill `network` with the weights in `file_name` (found in `folders`), strictly: every key
-    must match, so a wrong or truncated file fails here instead of drawing garbage later."""
-    path = find_weights(file_name, folders)
+    """Fill `network` with the weights in `file_name` (found in `folders`, or as ckpts/<repo>/<file>
+    below one), strictly: every key must match, so a wrong or truncated file fails here instead of
+    drawing garbage later. `repo` is where the file is published (weights.find_weights)."""
+    path = find_weights(file_name, folders, repo)
     state_dict = strip_prefix(load_state_dict(path), DATA_PARALLEL_PREFIX)
     network.load_state_dict(state_dict, strict=True)
     return network.to(device=device, dtype=dtype).eval()
@@ -135,12 +138,32 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-def probability_to_uint8(probability: np.ndarray, safe: bool) -> np.ndarray:
-    """A 0..1 edge probability -> uint8 map, as v1.1: optionally `safe`-quantised, then x255,
-    clipped and truncated (astype, not rounded: the maps the models were trained on)."""
-    if safe:
+def side_output_probability(rgb: np.ndarray, network: nn.Module, multiple: int = 1, min_side: int = 1) -> np.ndarray:
+    """HxW float64 edge probability of a uint8 RGB image, at its own size, from a HED-style
+    network (HED, TEED) that takes RGB in 0..255 and returns side logits (1x1xhxw each, at the
+    input's size or a fraction of it). The image is padded by `pad_to_multiple(multiple,
+    min_side)` for the network; v1.1 brings each logit to the padded size with OpenCV's bilinear
+    resize (a copy where it is already there), averages them in float32 and squashes the mean
+    with a float64 sigmoid; the padding is cropped off."""
+    height, width = rgb.shape[:2]
+    padded = pad_to_multiple(rgb, multiple, min_side=min_side)
+    with torch.no_grad():
+        side_logits = network(image_batch(padded.astype(np.float32), network))
+    padded_height, padded_width = padded.shape[:2]
+    full_size = [cv2.resize(to_numpy(logit)[0, 0], (padded_width, padded_height),
+                            interpolation=cv2.INTER_LINEAR)[:height, :width]
+                 for logit in side_logits]
+    fused = np.mean(np.stack(full_size, axis=2), axis=2).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-fused))
+
+
+def probability_to_uint8(probability: np.ndarray, safe_steps: int = 0) -> np.ndarray:
+    """A 0..1 edge probability -> uint8 map, as v1.1: optionally quantised to `safe_steps` + 1
+    levels (v1.1's `safe` variants: SAFE_STEPS; 0: not quantised), then x255, clipped and
+    truncated (astype, not rounded: the maps the models were trained on)."""
+    if safe_steps:
         # floor == v1.1's int32 cast here: the values are never negative.
-        probability = np.floor(probability.astype(np.float32) * (SAFE_STEPS + 1)) / SAFE_STEPS
+        probability = np.floor(probability.astype(np.float32) * (safe_steps + 1)) / safe_steps
     return (probability * 255.0).clip(0, 255).astype(np.uint8)
 
 

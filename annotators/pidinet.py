@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import (image_batch, load_network, max_pool_2x2, pad_to_multiple,
+from .networks_common import (SAFE_STEPS, image_batch, load_network, max_pool_2x2, pad_to_multiple,
                               probability_to_uint8, soft_edges_to_scribble, to_numpy)
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/table5_pidinet.pth (v1.1
@@ -218,7 +218,7 @@ def pidinet(
     """
 
     def detect(rgb: np.ndarray) -> np.ndarray:
-        edges = probability_to_uint8(pidinet_probability(rgb, network), safe)
+        edges = probability_to_uint8(pidinet_probability(rgb, network), SAFE_STEPS if safe else 0)
         return soft_edges_to_scribble(edges) if scribble else edges
 
     restore = cv2.INTER_NEAREST if scribble else cv2.INTER_LINEAR

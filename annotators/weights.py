@@ -3,6 +3,11 @@
 Files keep the names lllyasviel/Annotators publishes (`ControlNetHED.pth`, `body_pose_model.pth`,
 ...). A file is looked up directly in each models folder, then in controlnet_aux's cache layout
 `ckpts/<repo>/<file>` below it, so users can point us at what they already have.
+
+Where a file is published is a Hugging Face repository "owner/name", or "owner/name/folder" for a
+file kept in a folder of the repository (TEED's `7_model.pth` in bdsqlsz/qinglong_controlnet-lllite's
+`Annotators`): comfyui_controlnet_aux keeps those as `ckpts/owner/name/folder/<file>`, which the
+same join finds, and the missing-file message links to the folder.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from typing import Sequence
 
 import torch
 
+HUB_URL = "https://huggingface.co"
 PUBLISHED_REPO = "lllyasviel/Annotators"
-PUBLISHED_AT = f"https://huggingface.co/{PUBLISHED_REPO}"
+PUBLISHED_AT = f"{HUB_URL}/{PUBLISHED_REPO}"
 CONTROLNET_AUX_CACHE = "ckpts"  # controlnet_aux's from_pretrained(cache_dir) layout: ckpts/<repo>/<file>
+REPO_ID_PARTS = 2  # a Hugging Face repository id is "owner/name"; anything after is a folder in it
 
 
 CHECKPOINT_WEIGHT_KEYS = ("state_dict", "model")
@@ -29,9 +36,17 @@ class BadWeightsError(ValueError):
     """An annotator's weight file exists but cannot be used."""
 
 
+def published_url(repo: str) -> str:
+    """The address of `repo` ("owner/name") on the hub, or of the folder in it ("owner/name/folder")."""
+    parts = repo.split("/")
+    repo_id, folder = "/".join(parts[:REPO_ID_PARTS]), "/".join(parts[REPO_ID_PARTS:])
+    return f"{HUB_URL}/{repo_id}" + (f"/tree/main/{folder}" if folder else "")
+
+
 def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_REPO) -> str:
-    """Path of `file_name` in the first folder that has it; a clear error naming the file, the
-    folders looked in and where the file is published when none does."""
+    """Path of `file_name` in the first folder that has it, directly or as ckpts/<repo>/<file>; a
+    clear error naming the file, the folders looked in and where the file is published when none
+    does. `repo` is "owner/name" or, for a file in a folder of the repository, "owner/name/folder"."""
     if os.path.basename(file_name) != file_name:
         raise ValueError(f"annotator weight names are plain file names, got '{file_name}'")
     for folder in folders:
@@ -40,7 +55,7 @@ def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_R
                 return candidate
     looked_in = ", ".join(folders) if folders else "(no annotators folder is registered)"
     raise MissingWeightsError(
-        f"annotator weights '{file_name}' not found. Download {file_name} from https://huggingface.co/{repo} and put "
+        f"annotator weights '{file_name}' not found. Download {file_name} from {published_url(repo)} and put "
         f"it in {folders[0] if folders else 'ComfyUI/models/annotators'} (looked in: {looked_in}). Nothing is "
         "downloaded automatically."
     )

@@ -1,13 +1,18 @@
 """Annotator nodes with learned networks. Each node is a few declarations: its LearnedModel
 (module, weight-file constants, loader: see preprocessors_models), the annotator function to run
-and its inputs. Annotator modules are imported only when a node runs."""
+and its inputs. Annotator modules are imported only when a node runs, except for the input
+defaults read from M-LSD's, TEED's and AnyLine's (which annotators/__init__.py imports anyway)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from ..annotators.anyline import (DEFAULT_CONNECTIVITY, DEFAULT_LOWER_BOUND, DEFAULT_MIN_SIZE, DEFAULT_UPPER_BOUND,
+                                  NEIGHBOURHOODS, STANDARD)
+from ..annotators.anyline import DEFAULT_DETECT_RESOLUTION as ANYLINE_DETECT_RESOLUTION
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
 from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
                                    resolution_input)
 from .preprocessors_models import LearnedModel, learned_network
@@ -66,6 +71,22 @@ class CNS_PiDiNet(LearnedAnnotatorNode):
     MODEL = LearnedModel("pidinet", ("PIDINET_WEIGHTS",), "load_pidinet")
     RUN = "pidinet"
     OPTIONS = {"resolution": resolution_input(), "safe": _safe_input(), "scribble": _scribble_input()}
+
+
+class CNS_TEED(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "TEED soft edges (Soria et al. 2023, a 58.9k-parameter edge detector; as comfyui_controlnet_aux's 'TEED "
+        "Preprocessor'), for softedge ControlNets. Needs 7_model.pth from "
+        "huggingface.co/bdsqlsz/qinglong_controlnet-lllite (folder Annotators) in models/annotators (never "
+        "downloaded). " + NETWORK_NOTE)
+    MODEL = LearnedModel("teed", ("TEED_WEIGHTS",), "load_teed")
+    RUN = "teed"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "safe_steps": ("INT", {"default": DEFAULT_SAFE_STEPS, "min": 0, "max": MAX_SAFE_STEPS, "step": 1, "tooltip": (
+            "Quantise the edge strength to this many steps above black (v1.1's 'safe' rule; 2: black, gray, "
+            "white): fewer faint textures leak into the control. 0 keeps every level.")}),
+    }
 
 
 class CNS_MLSD(LearnedAnnotatorNode):
@@ -182,6 +203,54 @@ class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
     RUN = "uniformer_segmentation"
 
 
+# AnyLine's line-art choices -> the weight-file constants (annotators/anyline.py re-exports them) of
+# the network each loads besides MTEED; Standard line art needs none.
+ANYLINE_LINE_ART_WEIGHTS = {
+    "lineart_standard": (), "lineart_realistic": ("LINEART_WEIGHTS",), "lineart_anime": ("LINEART_ANIME_WEIGHTS",),
+    "manga_line": ("MANGA_LINE_WEIGHTS",),
+}
+MAX_OBJECT_MIN_SIZE = 16384  # comfyui_controlnet_aux's INPUT.INT maximum (ComfyUI's MAX_RESOLUTION)
+
+
+def anyline_model(merge_with_lineart: str) -> LearnedModel:
+    """MTEED and, unless the line art is weight-free, the line-art network: one cached pair per choice."""
+    return LearnedModel("anyline", ("MTEED_WEIGHTS",) + ANYLINE_LINE_ART_WEIGHTS[merge_with_lineart], "load_anyline",
+                        (("merge_with_lineart", merge_with_lineart),))
+
+
+class CNS_AnyLine(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "AnyLine line art for MistoLine (as comfyui_controlnet_aux's 'AnyLine Lineart'): MTEED soft edges with a "
+        "line-art map screened over them, faint and tiny line-art pieces dropped. Returns float maps (the blend "
+        "makes levels between the 8-bit ones). Needs MTEED.pth from huggingface.co/TheMistoAI/MistoLine (folder "
+        "Anyline), and for the learned line art sk_model.pth (lineart_realistic), netG.pth (lineart_anime) or "
+        "erika.pth (manga_line) from huggingface.co/lllyasviel/Annotators, in models/annotators (never "
+        "downloaded). " + NETWORK_NOTE)
+    MODELS = {choice: anyline_model(choice) for choice in ANYLINE_LINE_ART_WEIGHTS}
+    RUN = "anyline"
+    OPTIONS = {
+        "resolution": resolution_input(ANYLINE_DETECT_RESOLUTION),
+        "merge_with_lineart": (list(MODELS), {"default": STANDARD, "tooltip": (
+            "The line art screened over the edges: lineart_standard (weight-free, blur sigma 2, threshold 3), "
+            "lineart_realistic (sk_model.pth), lineart_anime (netG.pth) or manga_line (erika.pth).")}),
+        "lineart_lower_bound": ("FLOAT", {"default": DEFAULT_LOWER_BOUND, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Line-art values (0..1) below this are dropped before blending: raise it to keep only the stronger lines.")}),
+        "lineart_upper_bound": ("FLOAT", {"default": DEFAULT_UPPER_BOUND, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Line-art values (0..1) above this are dropped before blending.")}),
+        "object_min_size": ("INT", {"default": DEFAULT_MIN_SIZE, "min": 1, "max": MAX_OBJECT_MIN_SIZE, "step": 1, "tooltip": (
+            "Connected line-art pieces smaller than this are dropped, counted as comfyui_controlnet_aux counts them: "
+            "a piece of n pixels (at the detect resolution) counts 3n, so 36 drops pieces under 12 pixels.")}),
+        "object_connectivity": ("INT", {"default": DEFAULT_CONNECTIVITY, "min": 1, "max": len(NEIGHBOURHOODS), "step": 1, "tooltip": (
+            "Which pixels join one piece: 1 = the 4 edge neighbours, 2 = the 8 neighbours (diagonals too).")}),
+    }
+
+    def model_for(self, options):
+        return self.MODELS[options["merge_with_lineart"]]
+
+    def run_options(self, options):
+        return {name: value for name, value in options.items() if name != "merge_with_lineart"}
+
+
 def openpose_model(include_hand: bool, include_face: bool) -> LearnedModel:
     """Body network always (hand and face boxes come from bodies), hand and face when asked."""
     weights = ("BODY_WEIGHTS",) + (("HAND_WEIGHTS",) if include_hand else ()) + (("FACE_WEIGHTS",) if include_face else ())
@@ -210,7 +279,7 @@ class CNS_OpenPose(AnnotatorNode):
 
     def annotate(self, image, resolution, include_body, include_hand, include_face):
         model = openpose_model(include_hand, include_face)
-        model.import_module()  # the subpackage (scipy, scikit-image) is imported only here
+        model.import_module()  # the subpackage (scipy) is imported only here
         from ..annotators.openpose import openpose
 
         frames = image_frames(image)
@@ -224,11 +293,13 @@ class CNS_OpenPose(AnnotatorNode):
 NODES = {
     "CNS_HED": (CNS_HED, "HED Soft Edges"),
     "CNS_PiDiNet": (CNS_PiDiNet, "PiDiNet Soft Edges"),
+    "CNS_TEED": (CNS_TEED, "TEED Soft Edges"),
     "CNS_MLSD": (CNS_MLSD, "M-LSD Lines"),
     "CNS_OpenPose": (CNS_OpenPose, "OpenPose"),
     "CNS_Lineart": (CNS_Lineart, "Line Art"),
     "CNS_LineartAnime": (CNS_LineartAnime, "Anime Line Art"),
     "CNS_MangaLine": (CNS_MangaLine, "Manga Line Art"),
+    "CNS_AnyLine": (CNS_AnyLine, "AnyLine Line Art"),
     "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
     "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
     "CNS_DepthAnythingV2": (CNS_DepthAnythingV2, "Depth Anything V2 Depth"),

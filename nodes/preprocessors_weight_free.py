@@ -13,6 +13,7 @@ from ..annotators.color_grid import color_grid
 from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_PX, DEFAULT_MIN_LINE_LENGTH_PX,
                                 DEFAULT_RHO_PX, DEFAULT_THETA_DEGREES, DEFAULT_VOTES, hough_lines)
 from ..annotators.inpaint import MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
+from ..annotators.lineart_standard import DEFAULT_GAUSSIAN_SIGMA, DEFAULT_INTENSITY_THRESHOLD, lineart_standard
 from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
 from ..annotators.scribble import DEFAULT_STROKE_GROWTH_PX, DEFAULT_STROKE_THRESHOLD, scribble
 from ..annotators.segmentation import PALETTES, colorize_labels
@@ -33,6 +34,11 @@ MAX_HOUGH_VOTES = 10000
 MAX_TILE_FACTOR = 64.0
 MAX_BLUR_SIGMA = 64.0
 MAX_Z_COMPONENT = 100.0
+# Standard Lineart: comfyui_controlnet_aux's ranges (sigma up to 100, threshold up to 16). OpenCV
+# derives the blur's kernel from sigma, which must then be positive.
+MIN_LINEART_SIGMA = 0.01
+MAX_LINEART_SIGMA = 100.0
+MAX_LINEART_INTENSITY_THRESHOLD = 16
 
 SCRIBBLE_AUTO = "auto"
 SCRIBBLE_DARK_ON_LIGHT = "dark strokes on light"
@@ -151,6 +157,26 @@ class CNS_ScribbleXDoG(AnnotatorNode):
     def annotate(self, image, threshold, resolution):
         return (annotate_batch(image, lambda frame: xdog_scribble(
             frame, threshold, detect_resolution(resolution))),)
+
+
+class CNS_LineartStandard(AnnotatorNode):
+    DESCRIPTION = (
+        "Standard line art (A1111 lineart_standard, comfyui_controlnet_aux's 'Standard Lineart'): white where a pixel "
+        "is darker than its blurred surroundings, for lineart ControlNets. Suits drawings (dark lines on a light page) "
+        "best; no weights.")
+    OPTIONS = {
+        "gaussian_sigma": _float(DEFAULT_GAUSSIAN_SIGMA, MIN_LINEART_SIGMA, MAX_LINEART_SIGMA, 0.01, (
+            "Width of the blur the image is compared with, in detect-resolution pixels: wider finds thicker lines "
+            "and broader shading.")),
+        "intensity_threshold": _int(DEFAULT_INTENSITY_THRESHOLD, 0, MAX_LINEART_INTENSITY_THRESHOLD, (
+            "Darkenings (0..255) above this set the map's scale: their median is drawn mid-gray (at least 16 is "
+            "assumed, so faint pages stay faint).")),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, gaussian_sigma, intensity_threshold, resolution):
+        return (annotate_batch(image, lambda frame: lineart_standard(
+            frame, gaussian_sigma, intensity_threshold, detect_resolution(resolution))),)
 
 
 class CNS_Binary(AnnotatorNode):
@@ -282,11 +308,52 @@ class CNS_ColorizeSegmentation(AnnotatorNode):
         return (annotate_batch(image, lambda frame: colorize_labels(label_map(frame, reduce_zero_label), palette)),)
 
 
+class CNS_DrawPoseKeypoints:
+    DESCRIPTION = (
+        "Draws OpenPose-format keypoints as the pose map ControlNet's OpenPose models read (the OpenPose node's "
+        "drawing): from the OpenPose node's pose_keypoint output, another pack's POSE_KEYPOINT (DWPose, pose "
+        "editors) or pasted JSON. Reuse or edit a pose without detecting it again; no weights. Drawn at the map size "
+        "directly (OpenPose draws at its detect resolution, then resizes)."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("One pose map per keypoint frame.",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "width": _int(0, 0, MAX_SIZE, (
+                    "Width of the maps; 0 = the canvas_width in the keypoints. Set with height to draw at another "
+                    "size, or for CMU OpenPose files, which name no canvas (their pixels are then of this size)."), 8),
+                "height": _int(0, 0, MAX_SIZE, "Height of the maps; 0 = the canvas_height in the keypoints.", 8),
+                "include_body": _bool(True, "Draw the body skeletons."),
+                "include_hand": _bool(True, "Draw the hands the keypoints have."),
+                "include_face": _bool(True, "Draw the face landmarks the keypoints have."),
+            },
+            "optional": {
+                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "Keypoints, one frame per image (the OpenPose node's output)."}),
+                "keypoints_json": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                    "Or OpenPose-format JSON: one frame {people: [...], canvas_width, canvas_height} or a list of them. "
+                    "Leave empty when pose_keypoint is connected.")}),
+            },
+        }
+
+    def draw(self, width, height, include_body, include_hand, include_face, pose_keypoint=None, keypoints_json=""):
+        from ..annotators.openpose.keypoints_json import draw_keypoint_frames, keypoint_frames
+
+        frames = keypoint_frames(pose_keypoint, keypoints_json)
+        return (maps_to_image(draw_keypoint_frames(frames, width, height, include_body, include_hand, include_face)),)
+
+
 NODES = {
     "CNS_Canny": (CNS_Canny, "Canny Edges"),
     "CNS_HoughLines": (CNS_HoughLines, "Hough Lines"),
     "CNS_Scribble": (CNS_Scribble, "Scribble from Drawing"),
     "CNS_ScribbleXDoG": (CNS_ScribbleXDoG, "Scribble XDoG"),
+    "CNS_LineartStandard": (CNS_LineartStandard, "Standard Line Art"),
     "CNS_Binary": (CNS_Binary, "Binary"),
     "CNS_ColorGrid": (CNS_ColorGrid, "Colour Grid"),
     "CNS_ContentShuffle": (CNS_ContentShuffle, "Content Shuffle"),
@@ -294,4 +361,5 @@ NODES = {
     "CNS_InpaintHint": (CNS_InpaintHint, "Inpaint Hint"),
     "CNS_NormalFromDepth": (CNS_NormalFromDepth, "Normal Map from Depth"),
     "CNS_ColorizeSegmentation": (CNS_ColorizeSegmentation, "Colourize Segmentation"),
+    "CNS_DrawPoseKeypoints": (CNS_DrawPoseKeypoints, "Draw Pose Keypoints"),
 }

@@ -112,6 +112,18 @@ def frames_from_text(text: str) -> list[Mapping[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+def keypoint_frames(pose_keypoint: list[Mapping[str, Any]] | None, keypoints_json: str) -> list[Mapping[str, Any]]:
+    """The frames from exactly one of: a POSE_KEYPOINT list (one frame per image), or JSON text."""
+    if pose_keypoint is not None and keypoints_json.strip():
+        raise ValueError("give the keypoints either as pose_keypoint or as keypoints_json text, not both")
+    if pose_keypoint is not None:
+        return list(pose_keypoint)
+    if keypoints_json.strip():
+        return frames_from_text(keypoints_json)
+    raise ValueError("no keypoints: connect a pose_keypoint output (OpenPose's) or paste OpenPose-format JSON into "
+                     "keypoints_json")
+
+
 def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height: int = 0, draw_body_parts: bool = True,
                          draw_hands: bool = True, draw_faces: bool = True) -> list[np.ndarray]:
     """One pose map (uint8 HxWx3 RGB) per OpenPose-format frame, all of one size (an image

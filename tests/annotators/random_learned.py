@@ -3,7 +3,8 @@ network (folders, input handling) rather than its numbers, which the parity test
 
 Weights are He-scaled (fan-in) so activations neither vanish nor blow up through the depth, and
 HED / PiDiNet get the same two adjustments as test_learned_edges.py (a plausible mean colour for
-HED's 0..255 input; smaller PiDiNet read-outs), so the maps are not all one value.
+HED's 0..255 input; smaller PiDiNet read-outs), and TEED those of test_teed.py (its first conv
+brought to the 0..255 input, larger side read-outs), so the maps are not all one value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import torch
 HED_MEAN_COLOUR = (123.0, 117.0, 104.0)  # a typical photo mean (the ImageNet one, x255)
 HED_INPUT_SCALE = 64.0                   # 0..255 minus the mean is about +-64 on a photo
 PIDINET_READOUT_SCALE = 0.01             # as test_learned_edges.py: keeps the fused sigmoid off 0/1
+TEED_INPUT_SCALE = 64.0                  # as test_teed.py: TEED takes 0..255, unnormalised
+TEED_READOUT_SCALE = 30.0                # as test_teed.py: spreads the mean logit over all safe levels
+TEED_READOUTS = ("up_block_1.features.2.weight", "up_block_2.features.2.weight", "up_block_3.features.5.weight")
 NOISE = 0.1                              # biases, norm shifts; norm scales are 1 +- this
 
 
@@ -49,6 +53,10 @@ def adjust(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     if name == "pidinet":
         for key in [k for k in state if k.startswith("conv_reduces.") and k.endswith("weight")]:
             state[key] = state[key] * PIDINET_READOUT_SCALE
+    if name == "teed":
+        state["block_1.conv1.weight"] = state["block_1.conv1.weight"] / TEED_INPUT_SCALE
+        for key in TEED_READOUTS:
+            state[key] = state[key] * TEED_READOUT_SCALE
     return state
 
 

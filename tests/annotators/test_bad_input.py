@@ -71,6 +71,7 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "hed": ("hed", "load_hed", entry("hed", "hed")),
     "hed_scribble": ("hed", "load_hed", entry("hed", "hed", scribble=True)),
     "pidinet_safe": ("pidinet", "load_pidinet", entry("pidinet", "pidinet", safe=True)),
+    "teed": ("teed", "load_teed", entry("teed", "teed")),
     "mlsd": ("mlsd", "load_mlsd", entry("mlsd", "mlsd")),
     "lineart": ("lineart", "load_lineart", entry("lineart", "lineart")),
     "lineart_anime": ("lineart_anime", "load_lineart_anime",
@@ -84,7 +85,7 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
 }
 # Cheap enough (< 0.2 s a map here) to try every input kind one by one, which says which one
 # broke; the others get the inputs that combine several kinds at once.
-CHEAP = ("hed", "hed_scribble", "pidinet_safe", "mlsd", "lineart")
+CHEAP = ("hed", "hed_scribble", "pidinet_safe", "teed", "mlsd", "lineart")
 
 
 def names(only: tuple[str, ...] | None = None) -> list:

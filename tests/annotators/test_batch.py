@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from annotators import canny, tile
+from annotators import canny, lineart_standard, tile
+from annotators.anyline import anyline, load_anyline
 from annotators.batch import LEARNED, main, parse_value
 from annotators.hed import HED_WEIGHTS, hed, load_hed
 from annotators.lineart import LINEART_COARSE_WEIGHTS, lineart, load_lineart
@@ -24,6 +25,7 @@ from annotators.mlsd import MLSD_WEIGHTS, load_mlsd, mlsd
 from annotators.openpose import load_openpose, openpose
 from annotators.openpose.networks import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
 from annotators.pidinet import PIDINET_WEIGHTS, load_pidinet, pidinet
+from annotators.teed import MTEED_WEIGHTS, TEED_WEIGHTS, load_teed, teed
 from tests.annotators.random_learned import random_network, random_openpose, save_published
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +101,15 @@ def test_batch_counts_without_tqdm(folder, tmp_path, capsys, monkeypatch):
     assert "skipping notes.txt: not an image" in captured.out
 
 
+def test_lineart_standard_over_a_folder(folder, tmp_path):
+    out = tmp_path / "lines"
+    assert main(["--annotator", "lineart_standard", "--input", str(folder), "--output", str(out),
+                 "--param", "gaussian_sigma=3", "--resolution", "128"]) == 0
+    expected = lineart_standard(data.astronaut()[::4, ::4], 3.0, resolution=128)
+    np.testing.assert_array_equal(read_rgb(out / "astronaut.png"), expected)
+    assert len(np.unique(expected)) > 16
+
+
 def test_parse_value():
     values = [parse_value(v) for v in ("none", "True", "3", "2.5", "rgb")]
     assert values == [None, True, 3, 2.5, "rgb"]
@@ -150,6 +161,8 @@ LEARNED_CASES = {
                                                           DETECT)),
     "mlsd": ("mlsd", "load_mlsd", MLSD_WEIGHTS,
              lambda image, folder: mlsd(image, load_mlsd([folder]), DETECT)),
+    "teed": ("teed", "load_teed", TEED_WEIGHTS,
+             lambda image, folder: teed(image, load_teed([folder]), DETECT)),
 }
 
 
@@ -170,6 +183,23 @@ def test_learned_annotator_over_a_folder_equals_the_function(name, two_sizes, tm
         np.testing.assert_array_equal(got, expected)
         levels |= set(np.unique(expected).tolist())
     assert len(levels) > 1  # random weights that drew one flat colour would prove nothing
+
+
+def test_anyline_over_a_folder_writes_16_bit_maps(two_sizes, tmp_path):
+    """AnyLine's float maps in 0..1 are written as 16-bit PNGs, round(v x 65535)."""
+    weights = tmp_path / "weights"
+    save_published(random_network("teed", "load_teed", seed=3), weights, MTEED_WEIGHTS)
+    out = tmp_path / "anyline"
+    assert main(["--annotator", "anyline", "--input", str(two_sizes), "--output", str(out),
+                 "--weights-dir", str(weights), "--resolution", str(DETECT), "--param", "object_min_size=9",
+                 "--device", "cpu"]) == 0
+    networks = load_anyline([str(weights)])
+    for stem, image in photos(two_sizes).items():
+        expected = anyline(image, networks, DETECT, object_min_size=9)
+        written = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert written.dtype == np.uint16 and written.shape == image.shape
+        np.testing.assert_array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), np.round(expected * 65535))
+        assert len(np.unique(written)) > 16
 
 
 def test_openpose_over_a_folder_writes_maps_and_keypoints(two_sizes, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from annotators.openpose import Pose, draw_poses, poses_to_json
-from annotators.openpose.keypoints_json import draw_keypoint_frames, frames_from_text, poses_from_json
+from annotators.openpose.keypoints_json import draw_keypoint_frames, frames_from_text, keypoint_frames, poses_from_json
 
 WIDTH, HEIGHT = 96, 64
 
@@ -76,6 +76,21 @@ def test_text_holds_one_frame_or_a_list_of_them():
     frame = poses_to_json(grid_poses(5), WIDTH, HEIGHT)
     assert frames_from_text(json.dumps(frame)) == [frame]
     assert frames_from_text(json.dumps([frame, frame])) == [frame, frame]
+
+
+def test_keypoints_come_from_the_socket_or_the_text():
+    frame = poses_to_json(grid_poses(6), WIDTH, HEIGHT)
+    assert keypoint_frames([frame, frame], "") == [frame, frame]
+    assert keypoint_frames(None, json.dumps(frame)) == [frame]
+    assert keypoint_frames([frame], "  \n") == [frame]
+    with pytest.raises(ValueError) as both:
+        keypoint_frames([frame], json.dumps(frame))
+    assert str(both.value) == "give the keypoints either as pose_keypoint or as keypoints_json text, not both"
+    with pytest.raises(ValueError) as neither:
+        keypoint_frames(None, " ")
+    assert str(neither.value) == (
+        "no keypoints: connect a pose_keypoint output (OpenPose's) or paste OpenPose-format JSON into keypoints_json"
+    )
 
 
 @pytest.mark.parametrize("frames, size, message", [

@@ -22,15 +22,18 @@ import pytest
 import torch
 from skimage import data
 
-from tests.annotators.random_learned import random_state_dict  # the annotator tests' recipe
+from tests.annotators.random_learned import adjust, random_state_dict  # the annotator tests' recipe
 
 CATEGORY = "ControlNet Suite/preprocessors"
-WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
-               "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"]
-LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime", "CNS_DepthAnythingV2"]
+WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
+               "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
+               "CNS_ColorizeSegmentation"]
+LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
+           "CNS_AnyLine", "CNS_DepthAnythingV2"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
-NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION
+KEYPOINTS = ["CNS_DrawPoseKeypoints"]  # keypoints in, a map out: no image input
+NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS
 
 HEIGHT, WIDTH = 64, 96  # a small batch, not square, so height and width cannot be swapped unnoticed
 # Learned nodes: smaller images, detected at twice their size (so an ignored resolution shows).
@@ -143,6 +146,10 @@ def test_annotator_nodes_take_an_image_batch_and_return_an_image_first(pack):
     assert pack.node_class("CNS_PixelPerfectResolution").RETURN_TYPES == ("INT",)
 
 
+# AnyLine detects at 1280 by default, as comfyui_controlnet_aux's AnyLine node.
+RESOLUTION_DEFAULTS = {"CNS_AnyLine": 1280}
+
+
 def test_resolution_inputs_default_to_512_in_steps_of_64(pack):
     with_resolution = [n for n in WEIGHT_FREE + LEARNED + LEARNED_PENDING
                        if "resolution" in pack.node_class(n).INPUT_TYPES()["required"]]
@@ -152,7 +159,8 @@ def test_resolution_inputs_default_to_512_in_steps_of_64(pack):
         "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"}
     for node_id in with_resolution:
         kind, options = pack.node_class(node_id).INPUT_TYPES()["required"]["resolution"]
-        assert (kind, options["default"], options["step"], options["min"]) == ("INT", 512, 64, 0)
+        assert (kind, options["default"], options["step"], options["min"]) == (
+            "INT", RESOLUTION_DEFAULTS.get(node_id, 512), 64, 0)
 
 
 # Imports the pack outside ComfyUI with some annotator modules, scipy and scikit-image made
@@ -173,13 +181,13 @@ LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose", 
 
 def test_nodes_import_without_the_learned_annotator_modules():
     """Learned annotator modules the annotators package does not import itself (always OpenPose,
-    whose scipy and scikit-image are slow to import) are imported only when a node runs, so
-    every node registers even when one of them is missing."""
+    whose scipy is slow to import) are imported only when a node runs, so every node registers
+    even when one of them is missing."""
     from .conftest import REPO_ROOT
 
     package_imports = (REPO_ROOT / "annotators" / "__init__.py").read_text()
     lazy = [m for m in LEARNED_MODULES if not re.search(rf"^from \.{m}\b", package_imports, re.M)]
-    assert "openpose" in lazy, "annotators/__init__.py imports OpenPose (scipy, scikit-image) eagerly"
+    assert "openpose" in lazy, "annotators/__init__.py imports OpenPose (scipy) eagerly"
     blocked = [f"pack.annotators.{m}" for m in lazy] + ["scipy", "skimage"]
     result = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_MODULES, str(REPO_ROOT), *blocked],
                             capture_output=True, text=True, timeout=120)
@@ -239,6 +247,8 @@ def weight_free_cases(annotators):
         ("CNS_Scribble", dict(threshold=128, stroke_growth_px=0, drawing="light strokes on dark", resolution=0),
          lambda f: a.scribble(f, 128, 0, False, None), drawing_batch()),
         ("CNS_ScribbleXDoG", dict(threshold=20, resolution=128), lambda f: a.xdog_scribble(f, 20, 128), PHOTOS),
+        ("CNS_LineartStandard", dict(gaussian_sigma=3.5, intensity_threshold=5, resolution=128),
+         lambda f: a.lineart_standard(f, 3.5, 5, 128), PHOTOS),
         ("CNS_Binary", dict(threshold=100, resolution=128), lambda f: a.binary(f, 100, 128), PHOTOS),
         ("CNS_ColorGrid", dict(resolution=128), lambda f: a.color_grid(f, 128), PHOTOS),
         ("CNS_ContentShuffle", dict(seed=5, cell_px=64, resolution=128), lambda f: a.content_shuffle(f, 5, 64, 128), PHOTOS),
@@ -252,7 +262,7 @@ def weight_free_cases(annotators):
     ]
 
 
-CASE_COUNT = 13
+CASE_COUNT = 14
 
 
 @pytest.mark.parametrize("case", range(CASE_COUNT))
@@ -268,6 +278,7 @@ def test_weight_free_node_equals_its_annotator_image_by_image(pack, case):
 DEFAULT_CALLS = {
     "CNS_Canny": ("canny", PHOTOS), "CNS_HoughLines": ("hough_lines", PHOTOS),
     "CNS_Scribble": ("scribble", drawing_batch()), "CNS_ScribbleXDoG": ("xdog_scribble", PHOTOS),
+    "CNS_LineartStandard": ("lineart_standard", PHOTOS),
     "CNS_Binary": ("binary", PHOTOS), "CNS_ColorGrid": ("color_grid", PHOTOS),
     "CNS_ContentShuffle": ("content_shuffle", PHOTOS), "CNS_Tile": ("tile", PHOTOS),
     "CNS_NormalFromDepth": ("normal_from_depth", depth_batch()),
@@ -406,17 +417,20 @@ def test_pixel_perfect_resolution(pack, mode):
 
 # --- learned nodes -------------------------------------------------------------------------------
 
-def random_weights(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """random_state_dict's He-scaled random weights (activations neither vanish nor explode),
-    stored as float16 to keep the files small."""
+def random_weights(template: dict[str, torch.Tensor], seed: int, module_name: str = "") -> dict[str, torch.Tensor]:
+    """random_state_dict's He-scaled random weights (activations neither vanish nor explode), with
+    the annotator tests' per-network adjustments (TEED's input scale and read-outs), stored as
+    float16 to keep the files small."""
     return {key: value.half() if value.is_floating_point() else value
-            for key, value in random_state_dict(template, seed).items()}
+            for key, value in adjust(module_name, random_state_dict(template, seed)).items()}
 
 
 # (annotators module, weight-file constant, network class[, its arguments]) of every learned network.
 NETWORKS = [
     ("hed", "HED_WEIGHTS", "HEDNetwork"),
     ("pidinet", "PIDINET_WEIGHTS", "PiDiNetNetwork"),
+    ("teed", "TEED_WEIGHTS", "TEEDNetwork"),
+    ("teed", "MTEED_WEIGHTS", "TEEDNetwork"),
     ("mlsd", "MLSD_WEIGHTS", "MLSDNetwork"),
     ("lineart", "LINEART_WEIGHTS", "LineartNetwork"),
     ("lineart", "LINEART_COARSE_WEIGHTS", "LineartNetwork"),
@@ -440,7 +454,7 @@ def weights_folder(pack, tmp_path_factory):
         module = pack.module(f"annotators.{module_name}")
         with torch.device("meta"):  # shapes only: no time spent on a random initialisation
             template = getattr(module, class_name)(*arguments).state_dict()
-        torch.save(random_weights(template, seed), folder / getattr(module, constant))
+        torch.save(random_weights(template, seed, module_name), folder / getattr(module, constant))
     return folder
 
 
@@ -460,16 +474,23 @@ def direct_network(pack, module_name: str, loader: str, folder, **options):
     return getattr(pack.module(f"annotators.{module_name}"), loader)([str(folder)], **options)
 
 
+# Not AnyLine's defaults, so a swapped or ignored input shows.
+ANYLINE_OPTIONS = dict(lineart_lower_bound=0.05, lineart_upper_bound=0.95, object_min_size=7, object_connectivity=2)
 # (node id, node inputs, annotators module, loader, loader options, annotator function, its options)
 LEARNED_CASES = [
     ("CNS_HED", dict(safe=False, scribble=False), "hed", "load_hed", {}, "hed", dict(safe=False, scribble=False)),
     ("CNS_HED", dict(safe=True, scribble=True), "hed", "load_hed", {}, "hed", dict(safe=True, scribble=True)),
     ("CNS_PiDiNet", dict(safe=True, scribble=False), "pidinet", "load_pidinet", {}, "pidinet", dict(safe=True, scribble=False)),
+    ("CNS_TEED", dict(safe_steps=1), "teed", "load_teed", {}, "teed", dict(safe_steps=1)),
+    ("CNS_TEED", dict(safe_steps=0), "teed", "load_teed", {}, "teed", dict(safe_steps=0)),
     ("CNS_MLSD", dict(score_threshold=0.05, distance_threshold=0.5), "mlsd", "load_mlsd", {}, "mlsd", dict(thr_v=0.05, thr_d=0.5)),
     ("CNS_Lineart", dict(style="realistic"), "lineart", "load_lineart", {}, "lineart", {}),
     ("CNS_Lineart", dict(style="coarse"), "lineart", "load_lineart", dict(coarse=True), "lineart", {}),
     ("CNS_LineartAnime", {}, "lineart_anime", "load_lineart_anime", {}, "lineart_anime", {}),
     ("CNS_MangaLine", {}, "manga_line", "load_manga_line", {}, "manga_line", {}),
+    *[("CNS_AnyLine", dict(merge_with_lineart=merge, **ANYLINE_OPTIONS), "anyline", "load_anyline",
+       dict(merge_with_lineart=merge), "anyline", ANYLINE_OPTIONS)
+      for merge in ("lineart_standard", "lineart_realistic", "lineart_anime", "manga_line")],
     ("CNS_MiDaSDepth", {}, "midas", "load_midas", {}, "midas_depth", {}),
     ("CNS_MiDaSNormal", dict(background_threshold=0.2, z_component=3.0), "midas", "load_midas", {}, "midas_normal",
      dict(background_threshold=0.2, z_component=3.0)),
@@ -516,6 +537,36 @@ def test_openpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_
     assert sum(len(k["people"]) for k in keypoints) > 0
 
 
+def test_drawing_the_openpose_nodes_keypoints_gives_back_its_map(pack, annotators_folder):
+    """OpenPose's pose_keypoint into Draw Pose Keypoints redraws OpenPose's own maps (detected at
+    the image's own size, resolution 0, so neither is resized): the JSON keeps every point it
+    drew. From the JSON text too, and at twice the size."""
+    photos = SMALL_PHOTOS[:, :, :LEARNED_HEIGHT]
+    image, keypoints, keypoints_json = pack.run("CNS_OpenPose", image=photos, resolution=0,
+                                                include_body=True, include_hand=False, include_face=False)
+    defaults = pack.defaults("CNS_DrawPoseKeypoints")
+    (drawn,) = pack.run("CNS_DrawPoseKeypoints", pose_keypoint=keypoints, **defaults)
+    assert torch.equal(drawn, image)
+    assert sum(len(k["people"]) for k in keypoints) > 0 and len(torch.unique(drawn)) > 1  # not blank maps
+    (from_text,) = pack.run("CNS_DrawPoseKeypoints", keypoints_json=keypoints_json, **defaults)
+    assert torch.equal(from_text, image)
+
+    draw_poses = pack.module("annotators.openpose").draw_poses
+    poses_from_json = pack.module("annotators.openpose.keypoints_json").poses_from_json
+    side = 2 * LEARNED_HEIGHT
+    (doubled,) = pack.run("CNS_DrawPoseKeypoints", pose_keypoint=keypoints, **{**defaults, "width": side, "height": side})
+    expected = [draw_poses(poses_from_json(frame, (frame["canvas_width"], frame["canvas_height"])), side, side)
+                for frame in keypoints]
+    assert torch.equal(doubled, torch.stack([torch.from_numpy(m).float() / 255.0 for m in expected]))
+
+
+def test_draw_pose_keypoints_refuses_keypoints_given_twice(pack):
+    frame = {"people": [], "canvas_width": 64, "canvas_height": 64}
+    with pytest.raises(ValueError, match="give the keypoints either as pose_keypoint or as keypoints_json text, not both"):
+        pack.run("CNS_DrawPoseKeypoints", pose_keypoint=[frame], keypoints_json=json.dumps(frame),
+                 **pack.defaults("CNS_DrawPoseKeypoints"))
+
+
 def test_learned_node_declarations_match_their_annotator_modules(pack):
     """Each learned node's loader and function exist, and its description names the files its
     module loads (descriptions are written out so the node module imports without them)."""
@@ -547,6 +598,23 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
     assert pack.defaults("CNS_DepthAnythingV2")["model"] == depth_anything.DEFAULT_MODEL == "large"
     if pack.has("annotators.midas"):
         assert learned.MIDAS_NORMAL_BACKGROUND_THRESHOLD == pack.module("annotators.midas").DEFAULT_NORMAL_BACKGROUND_THRESHOLD
+    # TEED's and MTEED's files are in folders of other repositories (teed.WEIGHTS_REPOS: owner/name/folder).
+    teed = pack.module("annotators.teed")
+    for node, file_name in ((learned.CNS_TEED, teed.TEED_WEIGHTS), (learned.CNS_AnyLine, teed.MTEED_WEIGHTS)):
+        owner, name, folder = teed.WEIGHTS_REPOS[file_name].split("/")
+        assert f"{file_name} from huggingface.co/{owner}/{name} (folder {folder})" in node.DESCRIPTION
+    assert "lllyasviel" not in learned.CNS_TEED.DESCRIPTION
+    # AnyLine: each choice loads MTEED plus exactly the line-art file its annotator module names.
+    anyline = pack.module("annotators.anyline")
+    assert list(learned.CNS_AnyLine.MODELS) == list(anyline.MERGE_CHOICES)
+    for merge, model in learned.CNS_AnyLine.MODELS.items():
+        source = anyline.LEARNED_LINE_ART.get(merge)
+        assert [getattr(anyline, c) for c in model.weight_constants] == [teed.MTEED_WEIGHTS] + ([source.weights] if source else [])
+        assert dict(model.options) == {"merge_with_lineart": merge}
+    assert pack.defaults("CNS_AnyLine") == {"resolution": 1280, "merge_with_lineart": "lineart_standard",
+                                            "lineart_lower_bound": 0.0, "lineart_upper_bound": 1.0,
+                                            "object_min_size": 36, "object_connectivity": 1}
+    assert pack.defaults("CNS_TEED") == {"resolution": 512, "safe_steps": 2}
 
 
 # --- the cache and ComfyUI's model management ---------------------------------------------------
@@ -683,6 +751,49 @@ def test_depth_anything_cached_network_does_not_hide_a_missing_file(pack, annota
     with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
         pack.run("CNS_DepthAnythingV2", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, model="small")
     assert "https://huggingface.co/depth-anything/Depth-Anything-V2-Small and put it in" in str(error.value)
+
+
+@pytest.mark.parametrize("node_id, inputs, file_name, url", [
+    ("CNS_TEED", dict(safe_steps=2), "7_model.pth",
+     "https://huggingface.co/bdsqlsz/qinglong_controlnet-lllite/tree/main/Annotators"),
+    ("CNS_AnyLine", dict(merge_with_lineart="lineart_standard", **ANYLINE_OPTIONS), "MTEED.pth",
+     "https://huggingface.co/TheMistoAI/MistoLine/tree/main/Anyline"),
+])
+def test_teed_and_anyline_missing_weights_name_their_repository_folder(pack, tmp_path, monkeypatch, node_id, inputs,
+                                                                        file_name, url):
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
+    assert str(error.value) == (
+        f"annotator weights '{file_name}' not found. Download {file_name} from {url} and put it in {tmp_path} "
+        f"(looked in: {tmp_path}). Nothing is downloaded automatically.")
+
+
+def test_anyline_needs_the_line_art_file_only_when_merging_it(pack, annotators_folder, tmp_path, monkeypatch):
+    teed = pack.module("annotators.teed")
+    (tmp_path / teed.MTEED_WEIGHTS).symlink_to(annotators_folder / teed.MTEED_WEIGHTS)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    (result,) = pack.run("CNS_AnyLine", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION,
+                         merge_with_lineart="lineart_standard", **ANYLINE_OPTIONS)
+    assert result.shape == SMALL_PHOTOS[:1].shape
+    with pytest.raises(pack.module("annotators.weights").MissingWeightsError) as error:
+        pack.run("CNS_AnyLine", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION,
+                 merge_with_lineart="lineart_anime", **ANYLINE_OPTIONS)
+    assert str(error.value) == missing_message(pack, pack.module("annotators.lineart_anime").LINEART_ANIME_WEIGHTS, tmp_path)
+
+
+def test_teed_reads_comfyui_controlnet_aux_layout(pack, weights_folder, tmp_path, monkeypatch):
+    """comfyui_controlnet_aux keeps 7_model.pth as ckpts/bdsqlsz/qinglong_controlnet-lllite/Annotators/."""
+    teed = pack.module("annotators.teed")
+    repo_folder = tmp_path.joinpath("ckpts", *teed.WEIGHTS_REPOS[teed.TEED_WEIGHTS].split("/"))
+    repo_folder.mkdir(parents=True)
+    (repo_folder / teed.TEED_WEIGHTS).symlink_to(weights_folder / teed.TEED_WEIGHTS)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    (result,) = pack.run("CNS_TEED", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, safe_steps=2)
+    (key,) = [key for key in pack.models.cached_keys() if key[0] == "teed" and key[3][0][0].startswith(str(tmp_path))]
+    assert key[3][0][0] == str(repo_folder / teed.TEED_WEIGHTS)
+    network = teed.load_teed([str(weights_folder)])
+    assert_same_maps(result, expected_batch(lambda f: teed.teed(f, network, LEARNED_RESOLUTION), SMALL_PHOTOS))
 
 
 def test_openpose_hands_need_their_own_file(pack, annotators_folder, tmp_path, monkeypatch):

@@ -18,10 +18,11 @@ from .conftest import COMFYUI, REPO_ROOT
 NODES_BY_CATEGORY = {
     "ControlNet Suite/loaders": ("CNS_ControlNetLoader", "CNS_ControlNetLoaderWithModel"),
     "ControlNet Suite/preprocessors": (
-        "CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_Binary", "CNS_ColorGrid",
-        "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation",
-        "CNS_HED", "CNS_PiDiNet", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime", "CNS_MangaLine",
-        "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnythingV2", "CNS_NormalBAE", "CNS_UniFormerSegmentation",
+        "CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
+        "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
+        "CNS_ColorizeSegmentation", "CNS_DrawPoseKeypoints", "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart",
+        "CNS_LineartAnime", "CNS_MangaLine", "CNS_AnyLine", "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnythingV2",
+        "CNS_NormalBAE", "CNS_UniFormerSegmentation",
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
     ),
     "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion", "CNS_StrengthSchedule", "CNS_LatentStrengths"),
