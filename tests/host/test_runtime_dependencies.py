@@ -5,6 +5,7 @@ imported by a node's code would work in our tests and fail for users.
 
 Imports inside `try: ... except ImportError` (optional features that say what to install) are
 exempt. Read statically from the source, so code paths the tests never reach are covered too.
+Without a ComfyUI checkout (CI), ComfyUI 0.3.64's requirements and modules stand in for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ IMPORT_NAMES = {
     "pydantic-settings": "pydantic_settings",
 }
 OPTIONAL_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+# ComfyUI 0.3.64 (the version the host tests run against): requirements.txt as module names, and
+# the top-level modules and packages of its checkout that a custom node may import.
+COMFYUI_0_3_64_REQUIREMENTS = {
+    "comfyui_frontend_package", "comfyui_workflow_templates", "comfyui_embedded_docs", "torch", "torchsde",
+    "torchvision", "torchaudio", "numpy", "einops", "transformers", "tokenizers", "sentencepiece", "safetensors",
+    "aiohttp", "yarl", "yaml", "PIL", "scipy", "tqdm", "psutil", "alembic", "sqlalchemy", "av", "kornia",
+    "spandrel", "pydantic", "pydantic_settings",
+}
+COMFYUI_0_3_64_MODULES = {
+    "comfy", "comfy_extras", "comfy_api", "comfy_api_nodes", "comfy_config", "comfy_execution", "folder_paths",
+    "node_helpers", "nodes", "server", "execution", "latent_preview", "main", "cuda_malloc", "new_updater",
+    "protocol", "hook_breaker_ac10a0", "comfyui_version", "app", "api_server", "middleware", "utils",
+}
 
 
 def required_modules(requirements: Path) -> set[str]:
@@ -41,9 +55,10 @@ def required_modules(requirements: Path) -> set[str]:
 
 
 def comfyui_modules(root: Path) -> set[str]:
-    """ComfyUI's own top-level modules and packages (comfy, folder_paths, comfy_extras...)."""
-    return {path.stem for path in root.glob("*.py")} | {path.name for path in root.iterdir() if (path / "__init__.py").is_file()
-                                                       or path.name in ("comfy", "comfy_extras", "comfy_api")}
+    """ComfyUI's own top-level modules and packages (comfy, folder_paths, comfy_extras...;
+    some are namespace packages, without __init__.py)."""
+    return {path.stem for path in root.glob("*.py")} | {path.name for path in root.iterdir()
+                                                       if path.is_dir() and any(path.glob("*.py"))}
 
 
 def _is_optional(handlers: list[ast.ExceptHandler]) -> bool:
@@ -97,15 +112,19 @@ def test_the_import_reader_sees_plain_and_nested_imports_but_not_guarded_ones():
     assert sorted(name for name, _ in imported_modules(tree)) == ["mmcv", "os", "scipy", "skimage"]
 
 
-def test_every_runtime_import_is_installed_with_comfyui_or_the_pack():
+def test_the_stand_in_for_comfyui_is_its_checkout():
     if COMFYUI is None:
         pytest.skip(WHY_NOT)
-    available = (
-        set(sys.stdlib_module_names)
-        | required_modules(REPO_ROOT / "requirements.txt")
-        | required_modules(COMFYUI / "requirements.txt")
-        | comfyui_modules(COMFYUI)
+    assert required_modules(COMFYUI / "requirements.txt") == COMFYUI_0_3_64_REQUIREMENTS
+    assert COMFYUI_0_3_64_MODULES <= comfyui_modules(COMFYUI)
+
+
+def test_every_runtime_import_is_installed_with_comfyui_or_the_pack():
+    comfyui = (
+        required_modules(COMFYUI / "requirements.txt") | comfyui_modules(COMFYUI) if COMFYUI is not None
+        else COMFYUI_0_3_64_REQUIREMENTS | COMFYUI_0_3_64_MODULES
     )
+    available = set(sys.stdlib_module_names) | required_modules(REPO_ROOT / "requirements.txt") | comfyui
     missing = [
         f"{path.relative_to(REPO_ROOT)}:{line} imports {module}"
         for path in runtime_files()
