@@ -55,9 +55,11 @@ def write_demo_photo(path: Path, side: int) -> None:
 
 
 def weight_free_annotators(comfy: headless.Comfy) -> list[str]:
-    """The pack's annotator node ids that need no weight file, in the pack's own order."""
+    """The pack's annotator node ids that need no weight file and read an image, in the pack's own
+    order (Draw Pose Keypoints reads keypoints instead)."""
     pack = sys.modules[str(headless.REPO_ROOT).replace(".", "_x_")]
-    return list(pack.nodes.preprocessors_weight_free.NODES)
+    nodes = pack.nodes.preprocessors_weight_free.NODES
+    return [node_id for node_id, (cls, _) in nodes.items() if "image" in cls.INPUT_TYPES()["required"]]
 
 
 def annotators_prompt(specs, node_ids: list[str]) -> tuple[dict, dict[str, str]]:
