@@ -76,6 +76,11 @@ def _points(values: Any, width: float, height: float, where: str, counts: tuple[
     return [(x / width, y / height) if confidence > 0 else None for x, y, confidence in triples]
 
 
+def _check_frame(frame: Any, where: str) -> None:
+    if not isinstance(frame, Mapping) or not isinstance(frame.get("people"), list):
+        raise ValueError(f"{where} is not an OpenPose frame: expected an object with a 'people' list")
+
+
 def canvas_size(frame: Mapping[str, Any], where: str = "the pose JSON") -> tuple[int, int] | None:
     """(width, height) the frame's coordinates are pixels of, or None when it does not say."""
     width, height = frame.get("canvas_width"), frame.get("canvas_height")
@@ -89,8 +94,7 @@ def canvas_size(frame: Mapping[str, Any], where: str = "the pose JSON") -> tuple
 def poses_from_json(frame: Mapping[str, Any], canvas: tuple[int, int], where: str = "the pose JSON") -> list[Pose]:
     """The poses of one OpenPose-format frame whose pixel coordinates are on a `canvas`
     (width, height) canvas; the inverse of `poses_to_json`. `where` names the frame in errors."""
-    if not isinstance(frame, Mapping) or not isinstance(frame.get("people"), list):
-        raise ValueError(f"{where} is not an OpenPose frame: expected an object with a 'people' list")
+    _check_frame(frame, where)
     width, height = canvas
     poses = []
     for index, person in enumerate(frame["people"]):
@@ -136,7 +140,8 @@ def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height
     maps = []
     for index, frame in enumerate(frames):
         where = f"keypoints frame {index}"
-        canvas = canvas_size(frame, where) if isinstance(frame, Mapping) else None
+        _check_frame(frame, where)
+        canvas = canvas_size(frame, where)
         if canvas is None and width == 0:
             raise ValueError(f"{where} has no canvas_width and canvas_height (CMU OpenPose's files have none): set the "
                              "width and height its pixel coordinates refer to")

@@ -103,6 +103,7 @@ def test_keypoints_come_from_the_socket_or_the_text():
      "keypoints frame 0: canvas_width and canvas_height must both be positive numbers, got 64 and None"),
     ([{"canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
+    ([[1, 2, 3]], (0, 0), "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
     ([{"people": ["nobody"], "canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0, person 0: expected an object with pose_keypoints_2d and so on"),
     ([{"people": [{"pose_keypoints_2d": [1, 2, 1] * 17}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
