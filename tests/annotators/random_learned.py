@@ -5,6 +5,7 @@ Weights are He-scaled (fan-in) so activations neither vanish nor blow up through
 HED / PiDiNet get the same two adjustments as test_learned_edges.py (a plausible mean colour for
 HED's 0..255 input; smaller PiDiNet read-outs), and TEED those of test_teed.py (its first conv
 brought to the 0..255 input, larger side read-outs), so the maps are not all one value.
+`assert_loaded` is the loader tests' check that a file's weights arrived whole.
 """
 
 from __future__ import annotations
@@ -104,3 +105,12 @@ def save_published(network: torch.nn.Module, folder: Path, file_name: str) -> Pa
     torch.save({key: value.half() if value.is_floating_point() else value
                 for key, value in network.state_dict().items()}, path)
     return path
+
+
+def assert_loaded(network: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """A loader's result holds exactly `weights` (the same keys, equal values) and is in eval mode."""
+    loaded = network.state_dict()
+    assert set(loaded) == set(weights)
+    for key, value in weights.items():
+        assert torch.equal(loaded[key], value), key
+    assert not network.training

@@ -37,6 +37,7 @@ from annotators.pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pi
 from annotators.weights import MissingWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
+from .random_learned import assert_loaded  # noqa: E402
 
 # Raw network outputs: equal within this, relative to the output's largest magnitude.
 RAW_TOLERANCE = 1e-4
@@ -273,13 +274,6 @@ def published_layout(name: str, weights: dict[str, torch.Tensor]) -> object:
     return weights
 
 
-def assert_same_weights(network: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    loaded = network.state_dict()
-    assert set(loaded) == set(weights)
-    for key, value in weights.items():
-        assert torch.equal(loaded[key], value), key
-
-
 @pytest.mark.parametrize("layout", ["models_folder", "controlnet_aux_cache"])
 @pytest.mark.parametrize("name", list(LOADERS))
 def test_loader_reads_the_published_file(tmp_path, name, layout):
@@ -291,8 +285,7 @@ def test_loader_reads_the_published_file(tmp_path, name, layout):
     target.mkdir(parents=True)
     torch.save(published_layout(name, weights), target / file_name)
     network = loader([str(tmp_path / "elsewhere"), str(folder)])
-    assert_same_weights(network, weights)
-    assert not network.training
+    assert_loaded(network, weights)
 
 
 def test_lineart_coarse_loads_sk_model2_and_dtype_is_applied(tmp_path):
@@ -300,10 +293,10 @@ def test_lineart_coarse_loads_sk_model2_and_dtype_is_applied(tmp_path):
     fine, coarse = random_weights(template, 20), random_weights(template, 21)
     torch.save(fine, tmp_path / LINEART_WEIGHTS)
     torch.save(coarse, tmp_path / LINEART_COARSE_WEIGHTS)
-    assert_same_weights(load_lineart([str(tmp_path)]), fine)
+    assert_loaded(load_lineart([str(tmp_path)]), fine)
     network = load_lineart([str(tmp_path)], coarse=True, dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in network.parameters())
-    assert_same_weights(network.float(), coarse)
+    assert_loaded(network.float(), coarse)
 
 
 def test_loader_is_strict(tmp_path):

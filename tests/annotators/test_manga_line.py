@@ -23,6 +23,8 @@ from annotators.manga_line import (MANGA_LINE_WEIGHTS, MangaLineNetwork, Residua
                                    load_manga_line, manga_line, manga_line_gray)
 from annotators.weights import MissingWeightsError
 
+from .random_learned import assert_loaded
+
 PHOTO = data.astronaut()  # 512x512 RGB, shipped with scikit-image
 PHOTO_128 = cv2.resize(PHOTO, (128, 128), interpolation=cv2.INTER_AREA)
 GRAY_128 = cv2.cvtColor(PHOTO_128, cv2.COLOR_RGB2GRAY)
@@ -299,12 +301,8 @@ def test_loader_reads_the_published_file(tmp_path, prefix):
     weights = random_state(1)
     torch.save({prefix + k: v for k, v in weights.items()}, tmp_path / MANGA_LINE_WEIGHTS)
     network = load_manga_line([str(tmp_path / "elsewhere"), str(tmp_path)], dtype=torch.float64)
-    assert not network.training
     assert all(p.dtype == torch.float64 for p in network.parameters())
-    loaded = network.float().state_dict()
-    assert set(loaded) == set(weights)
-    for key, value in weights.items():
-        assert torch.equal(loaded[key], value), key
+    assert_loaded(network.float(), weights)
 
 
 def test_loader_accepts_a_file_without_batch_counters(tmp_path):

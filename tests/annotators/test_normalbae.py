@@ -36,6 +36,7 @@ from annotators.normalbae import (NORMALBAE_WEIGHTS, NormalBaeNetwork,  # noqa: 
 from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
+from .random_learned import assert_loaded  # noqa: E402
 
 # Raw network outputs: equal within this, relative to the output's largest magnitude.
 RAW_TOLERANCE = 1e-4
@@ -210,10 +211,7 @@ def test_loader_reads_the_published_checkpoint(tmp_path, networks):
     torch.save({"model": {f"module.{key}": value for key, value in weights.items()},
                 "iter": 12345}, folder / NORMALBAE_WEIGHTS)
     network = load_normalbae([str(tmp_path / "elsewhere"), str(folder)])
-    loaded = network.state_dict()
-    assert set(loaded) == set(weights)
-    assert all(torch.equal(loaded[key], value) for key, value in weights.items())
-    assert not network.training
+    assert_loaded(network, weights)
 
 
 def test_loader_takes_a_plain_state_dict_and_is_strict(tmp_path):

@@ -25,7 +25,7 @@ aux_teed = pytest.importorskip("controlnet_aux.teed")
 from annotators.teed import (MTEED_WEIGHTS, TEED_WEIGHTS, TEEDNetwork, load_teed, teed,  # noqa: E402
                              teed_probability)
 from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
-from tests.annotators.random_learned import adjust, random_state_dict  # noqa: E402
+from tests.annotators.random_learned import adjust, assert_loaded, random_state_dict  # noqa: E402
 
 SEED = 1
 TEED_PARAMETERS = 58910  # the paper's "58K"; ted.py's header comment: "TED > 58K"
@@ -142,14 +142,6 @@ def test_negative_safe_steps_are_refused(ours):
 
 # --- loading the published files ------------------------------------------------------------------
 
-def assert_holds(network: TEEDNetwork, weights: dict[str, torch.Tensor]) -> None:
-    loaded = network.state_dict()
-    assert set(loaded) == set(weights)
-    for key, value in weights.items():
-        assert torch.equal(loaded[key], value), key
-    assert not network.training
-
-
 @pytest.mark.parametrize("file_name", [TEED_WEIGHTS, MTEED_WEIGHTS])
 @pytest.mark.parametrize("layout", ["models_folder", "comfyui_controlnet_aux"])
 def test_loader_reads_the_published_file(tmp_path, file_name, layout):
@@ -160,17 +152,17 @@ def test_loader_reads_the_published_file(tmp_path, file_name, layout):
     target.mkdir(parents=True)
     torch.save(weights, target / file_name)
     network = load_teed([str(tmp_path / "elsewhere"), str(folder)], mteed=file_name == MTEED_WEIGHTS)
-    assert_holds(network, weights)
+    assert_loaded(network, weights)
 
 
 def test_teed_and_mteed_are_different_files(tmp_path):
     teed_weights, mteed_weights = oracle_weights(seed=13), oracle_weights(seed=14)
     torch.save(teed_weights, tmp_path / TEED_WEIGHTS)
     torch.save(mteed_weights, tmp_path / MTEED_WEIGHTS)
-    assert_holds(load_teed([str(tmp_path)]), teed_weights)
+    assert_loaded(load_teed([str(tmp_path)]), teed_weights)
     network = load_teed([str(tmp_path)], mteed=True, dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in network.parameters())
-    assert_holds(network.float(), mteed_weights)
+    assert_loaded(network.float(), mteed_weights)
 
 
 def test_loader_is_strict(tmp_path, weights):

@@ -33,6 +33,8 @@ from annotators.uniformer_backbone import (AttentionBlock, ConvBlock, PatchEmbed
                                            UniFormerBackbone)
 from annotators.weights import MissingWeightsError
 
+from .random_learned import assert_loaded
+
 PHOTO = data.astronaut()  # 512x512 RGB, shipped with scikit-image
 # 100x70: the pipeline rescales it by min(2048/100, 512/70) to 731x512, not a whole factor.
 SMALL_PHOTO = cv2.resize(PHOTO, (70, 100), interpolation=cv2.INTER_AREA)
@@ -524,12 +526,8 @@ def test_loader_drops_only_the_auxiliary_head(tmp_path):
     auxiliary = {k: torch.zeros(shape) for k, shape in prefixed("auxiliary_head.", auxiliary_head_keys()).items()}
     torch.save({"state_dict": {**weights, **auxiliary}}, tmp_path / UNIFORMER_WEIGHTS)
     network = load_uniformer([str(tmp_path / "elsewhere"), str(tmp_path)], dtype=torch.float64)
-    assert not network.training
     assert all(p.dtype == torch.float64 for p in network.parameters())
-    loaded = network.float().state_dict()
-    assert set(loaded) == set(weights)
-    for key, value in weights.items():
-        assert torch.equal(loaded[key], value), key
+    assert_loaded(network.float(), weights)
 
 
 def test_loader_is_strict(tmp_path):
