@@ -18,6 +18,7 @@ from .image import detection_size, resize_for_detection, to_rgb_uint8
 from .inpaint import inpaint_hint
 from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
+from .recolor import recolor_intensity, recolor_luminance, recolor_map, restore_brightness
 from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resolution,
                          resize_geometry, resize_to_target)
 from .depth_anything import (DEPTH_ANYTHING_V2_BASE, DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL,
@@ -55,5 +56,6 @@ __all__ = [
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",
     "resize_for_detection", "resize_geometry", "resize_to_target", "scribble", "shuffle_flow",
-    "tile", "to_rgb_uint8", "xdog_scribble",
+    "tile", "to_rgb_uint8", "xdog_scribble", "recolor_intensity", "recolor_luminance", "recolor_map",
+    "restore_brightness",
 ]

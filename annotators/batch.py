@@ -39,6 +39,7 @@ from .hough import hough_lines
 from .image import DETECT_MULTIPLE
 from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
+from .recolor import recolor_intensity, recolor_luminance
 from .scribble import scribble
 from .shuffle import content_shuffle
 from .tile import tile
@@ -53,6 +54,8 @@ ANNOTATORS: dict[str, Callable[..., np.ndarray]] = {
     "hough": hough_lines,
     "lineart_standard": lineart_standard,
     "normal_from_depth": normal_from_depth,
+    "recolor_intensity": recolor_intensity,
+    "recolor_luminance": recolor_luminance,
     "scribble": scribble,
     "shuffle": content_shuffle,
     "tile": tile,

@@ -70,6 +70,17 @@ def per_image(frames: Sequence[np.ndarray], annotate: Callable[[np.ndarray], Any
     return results
 
 
+def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Frames (B x H x W x C) at width x height, fitted as the ControlNets fit a hint to the latent:
+    centre crop to that shape, then resize (bilinear: brightness and colour, not labels)."""
+    import comfy.utils
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    fitted = comfy.utils.common_upscale(torch.from_numpy(frames).movedim(-1, 1), width, height, "bilinear", "center")
+    return fitted.movedim(1, -1).clamp(0.0, 1.0).numpy()
+
+
 def maps_to_image(maps: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 H x W x 3 maps (or float hints) -> IMAGE batch on ComfyUI's intermediate device."""
     import comfy.model_management

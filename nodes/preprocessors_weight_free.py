@@ -15,13 +15,15 @@ from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_
 from ..annotators.inpaint import MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
 from ..annotators.lineart_standard import DEFAULT_GAUSSIAN_SIGMA, DEFAULT_INTENSITY_THRESHOLD, lineart_standard
 from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
+from ..annotators.recolor import (DEFAULT_GAMMA, INTENSITY, LAB_ORDER_A1111, LAB_ORDER_RGB, LAB_ORDERS, LUMINANCE,
+                                  MAX_GAMMA, MIN_GAMMA, recolor_intensity, recolor_luminance, restore_brightness)
 from ..annotators.scribble import DEFAULT_STROKE_GROWTH_PX, DEFAULT_STROKE_THRESHOLD, scribble
 from ..annotators.segmentation import PALETTES, colorize_labels
 from ..annotators.shuffle import DEFAULT_CELL_PX, DEFAULT_SEED, content_shuffle
 from ..annotators.tile import NO_BLUR, NO_DOWNSAMPLING, tile
 from ..annotators.xdog import DEFAULT_THRESHOLD as XDOG_DEFAULT_THRESHOLD
 from ..annotators.xdog import xdog_scribble
-from .preprocessors_common import (CATEGORY, IMAGE_INPUT, MAX_SIZE, annotate_batch, detect_resolution,
+from .preprocessors_common import (CATEGORY, IMAGE_INPUT, MAX_SIZE, annotate_batch, detect_resolution, fit_frames,
                                    image_frames, maps_to_image, per_image, resolution_input)
 
 UINT8_LEVELS = 255            # a label map stored in an 8-bit image: class index = value * 255
@@ -191,6 +193,75 @@ class CNS_Binary(AnnotatorNode):
         return (annotate_batch(image, lambda frame: binary(frame, threshold, detect_resolution(resolution))),)
 
 
+def gamma_input() -> tuple[str, dict[str, Any]]:
+    return _float(DEFAULT_GAMMA, MIN_GAMMA, MAX_GAMMA, 0.01, (
+        "The brightness (0..1) is raised to this power: above 1 darkens the mid-tones, below 1 lightens them "
+        "(A1111's and comfyui_controlnet_aux's gamma correction)."))
+
+
+RECOLOR_NOTE = (" For recolor ControlNets (Stability's sai_xl_recolor Control-LoRAs), which colour a gray image; "
+                "'Restore Brightness' after VAE Decode puts this brightness back into the result, as A1111 does.")
+
+
+class CNS_ImageLuminance(AnnotatorNode):
+    DESCRIPTION = "Luminance (A1111 recolor_luminance): the image's CIELAB lightness L* as a gray map." + RECOLOR_NOTE
+    OPTIONS = {
+        "gamma_correction": gamma_input(),
+        "lab_order": (list(LAB_ORDERS), {"default": LAB_ORDER_A1111, "tooltip": (
+            f"{LAB_ORDER_A1111}: as A1111 and comfyui_controlnet_aux, which read the RGB image as BGR, so red weighs as "
+            f"blue does in L* and blue as red (identical maps to theirs; the same for gray photos). {LAB_ORDER_RGB}: "
+            "the true L*.")}),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, gamma_correction, lab_order, resolution):
+        return (annotate_batch(image, lambda frame: recolor_luminance(
+            frame, gamma_correction, detect_resolution(resolution), lab_order)),)
+
+
+class CNS_ImageIntensity(AnnotatorNode):
+    DESCRIPTION = "Intensity (A1111 recolor_intensity): the image's HSV value, max(R, G, B), as a gray map." + RECOLOR_NOTE
+    OPTIONS = {"gamma_correction": gamma_input(), "resolution": resolution_input()}
+
+    def annotate(self, image, gamma_correction, resolution):
+        return (annotate_batch(image, lambda frame: recolor_intensity(
+            frame, gamma_correction, detect_resolution(resolution))),)
+
+
+class CNS_RestoreBrightness:
+    DESCRIPTION = (
+        "After sampling with a recolor ControlNet: replaces the generated image's brightness (CIELAB L* or HSV value) "
+        "by the recolor map's, keeping the generated colours, so the result keeps the original photo's detail "
+        "(A1111 does this for its recolor preprocessors).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The images with the map's brightness.",)
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The generated image(s), after VAE Decode."}),
+            "brightness_map": ("IMAGE", {"tooltip": (
+                "The map from Image Luminance or Image Intensity: one, or one per image. A map of another size is fitted "
+                "as the ControlNet fits its hint to the latent (centre crop to the image's shape, then resize).")}),
+            "brightness": ([LUMINANCE, INTENSITY], {"default": LUMINANCE, "tooltip": (
+                f"{LUMINANCE}: for maps from Image Luminance (CIELAB L*); {INTENSITY}: for maps from Image Intensity "
+                "(HSV value).")}),
+        }}
+
+    def restore(self, image, brightness_map, brightness):
+        frames = image_frames(image)
+        maps = image_frames(brightness_map, "brightness_map")
+        if len(maps) not in (1, len(frames)):
+            raise ValueError(f"brightness_map has {len(maps)} images for {len(frames)} generated images; "
+                             "give one map, or one per image")
+        maps = fit_frames(maps, frames.shape[2], frames.shape[1])
+        return (maps_to_image(per_image(range(len(frames)), lambda i: restore_brightness(
+            frames[i], maps[i if len(maps) > 1 else 0], brightness))),)
+
+
 class CNS_ColorGrid(AnnotatorNode):
     DESCRIPTION = "Colour grid (A1111 color, for T2I-Adapter color): the image as flat 64x64-pixel cells at the detect resolution."
     OPTIONS = {"resolution": resolution_input()}
@@ -355,6 +426,9 @@ NODES = {
     "CNS_ScribbleXDoG": (CNS_ScribbleXDoG, "Scribble XDoG"),
     "CNS_LineartStandard": (CNS_LineartStandard, "Standard Line Art"),
     "CNS_Binary": (CNS_Binary, "Binary"),
+    "CNS_ImageLuminance": (CNS_ImageLuminance, "Image Luminance"),
+    "CNS_ImageIntensity": (CNS_ImageIntensity, "Image Intensity"),
+    "CNS_RestoreBrightness": (CNS_RestoreBrightness, "Restore Brightness"),
     "CNS_ColorGrid": (CNS_ColorGrid, "Colour Grid"),
     "CNS_ContentShuffle": (CNS_ContentShuffle, "Content Shuffle"),
     "CNS_Tile": (CNS_Tile, "Tile"),

@@ -55,11 +55,12 @@ def write_demo_photo(path: Path, side: int) -> None:
 
 
 def weight_free_annotators(comfy: headless.Comfy) -> list[str]:
-    """The pack's annotator node ids that need no weight file and read an image, in the pack's own
-    order (Draw Pose Keypoints reads keypoints instead)."""
+    """The pack's annotator node ids that need no weight file, in the pack's own order: the
+    AnnotatorNodes, which make a map of an image (not Draw Pose Keypoints, which reads keypoints,
+    nor Restore Brightness, which reads a generated image and a map)."""
     pack = sys.modules[str(headless.REPO_ROOT).replace(".", "_x_")]
-    nodes = pack.nodes.preprocessors_weight_free.NODES
-    return [node_id for node_id, (cls, _) in nodes.items() if "image" in cls.INPUT_TYPES()["required"]]
+    weight_free = pack.nodes.preprocessors_weight_free
+    return [node_id for node_id, (cls, _) in weight_free.NODES.items() if issubclass(cls, weight_free.AnnotatorNode)]
 
 
 def annotators_prompt(specs, node_ids: list[str]) -> tuple[dict, dict[str, str]]:

@@ -27,13 +27,14 @@ from tests.annotators.random_learned import adjust, random_state_dict  # the ann
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
-               "CNS_ColorizeSegmentation"]
+               "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
            "CNS_AnyLine", "CNS_DepthAnythingV2"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints"]  # keypoints in, a map out: no image input
-NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS
+AFTER_SAMPLING = ["CNS_RestoreBrightness"]  # a generated image and a recolor map in (tests/host/test_recolor_nodes.py)
+NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS + AFTER_SAMPLING
 
 HEIGHT, WIDTH = 64, 96  # a small batch, not square, so height and width cannot be swapped unnoticed
 # Learned nodes: smaller images, detected at twice their size (so an ignored resolution shows).
@@ -259,10 +260,14 @@ def weight_free_cases(annotators):
          lambda f: a.colorize_labels(np.round(f[..., 0] * 255).astype(np.int64), "coco_stuff"), label_batch()),
         ("CNS_ColorizeSegmentation", dict(palette="ade20k", reduce_zero_label=True),
          lambda f: a.colorize_labels(np.round(f[..., 0] * 255).astype(np.int64) - 1, "ade20k"), label_batch()),
+        ("CNS_ImageLuminance", dict(gamma_correction=1.4, lab_order="rgb", resolution=128),
+         lambda f: a.recolor_luminance(f, 1.4, 128, "rgb"), PHOTOS),
+        ("CNS_ImageIntensity", dict(gamma_correction=0.6, resolution=0),
+         lambda f: a.recolor_intensity(f, 0.6, None), PHOTOS),
     ]
 
 
-CASE_COUNT = 14
+CASE_COUNT = 16
 
 
 @pytest.mark.parametrize("case", range(CASE_COUNT))
@@ -282,6 +287,7 @@ DEFAULT_CALLS = {
     "CNS_Binary": ("binary", PHOTOS), "CNS_ColorGrid": ("color_grid", PHOTOS),
     "CNS_ContentShuffle": ("content_shuffle", PHOTOS), "CNS_Tile": ("tile", PHOTOS),
     "CNS_NormalFromDepth": ("normal_from_depth", depth_batch()),
+    "CNS_ImageLuminance": ("recolor_luminance", PHOTOS), "CNS_ImageIntensity": ("recolor_intensity", PHOTOS),
 }
 
 
