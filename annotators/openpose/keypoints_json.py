@@ -9,7 +9,8 @@ Layout (CMU OpenPose `doc/02_output.md`, plus the canvas size the ComfyUI editor
 x, y are pixels of the canvas. The detector keeps no calibrated confidence, so c is 1.0 for a
 found point (as comfyui_controlnet_aux writes it) and a missing point is 0, 0, 0 (OpenPose's way).
 
-Read back (`poses_from_json`), a point with confidence 0 or less is missing; faces may have 70
+Read back (`poses_from_json`), a point with confidence 0 or less is missing (NaN is refused, as
+are NaN or infinite coordinates of a point that is there); faces may have 70
 points (OpenPose) or 68 (DWPose, no pupils); CMU OpenPose's own files have no canvas size, so
 one must be given.
 """
@@ -17,6 +18,7 @@ one must be given.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -72,7 +74,11 @@ def _points(values: Any, width: float, height: float, where: str, counts: tuple[
         return None
     if len(values) not in [VALUES_PER_POINT * count for count in counts]:
         raise ValueError(f"{where} has {len(values)} numbers; expected {allowed} as x, y, confidence, or none")
-    triples = zip(values[0::3], values[1::3], values[2::3])
+    triples = list(zip(values[0::3], values[1::3], values[2::3]))
+    for index, (x, y, confidence) in enumerate(triples):
+        if math.isnan(confidence) or (confidence > 0 and not (math.isfinite(x) and math.isfinite(y))):
+            raise ValueError(f"{where}, point {index}: ({x}, {y}, confidence {confidence}) is not a number; a point is "
+                             "x, y, confidence (0 for a missing point)")
     return [(x / width, y / height) if confidence > 0 else None for x, y, confidence in triples]
 
 
@@ -86,7 +92,7 @@ def canvas_size(frame: Mapping[str, Any], where: str = "the pose JSON") -> tuple
     width, height = frame.get("canvas_width"), frame.get("canvas_height")
     if width is None and height is None:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in (width, height)):
         raise ValueError(f"{where}: canvas_width and canvas_height must both be positive numbers, got {width!r} and {height!r}")
     return int(width), int(height)
 

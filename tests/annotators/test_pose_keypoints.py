@@ -114,6 +114,14 @@ def test_keypoints_come_from_the_socket_or_the_text():
      "x, y, confidence, or none"),
     ([{"people": [{"hand_left_keypoints_2d": "left"}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0, person 0: hand_left_keypoints_2d must be a list of numbers (x, y, confidence per point)"),
+    ([{"people": [{"pose_keypoints_2d": [1, 2, 1] * 17 + [float("nan"), 2, 1]}], "canvas_width": 64, "canvas_height": 64}],
+     (0, 0), "keypoints frame 0, person 0: pose_keypoints_2d, point 17: (nan, 2, confidence 1) is not a number; a point "
+     "is x, y, confidence (0 for a missing point)"),
+    ([{"people": [{"hand_right_keypoints_2d": [1, 2, float("nan")] * 21}], "canvas_width": 64, "canvas_height": 64}],
+     (0, 0), "keypoints frame 0, person 0: hand_right_keypoints_2d, point 0: (1, 2, confidence nan) is not a number; a "
+     "point is x, y, confidence (0 for a missing point)"),
+    ([{"people": [], "canvas_width": float("inf"), "canvas_height": 64}], (0, 0),
+     "keypoints frame 0: canvas_width and canvas_height must both be positive numbers, got inf and 64"),
     ([{"people": [], "canvas_width": 64, "canvas_height": 64}, {"people": [], "canvas_width": 32, "canvas_height": 64}],
      (0, 0), "the keypoint frames' canvases differ (64×64, 32×64): set width and height to draw them all at one size"),
 ])
