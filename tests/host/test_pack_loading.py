@@ -20,7 +20,8 @@ NODES_BY_CATEGORY = {
     "ControlNet Suite/preprocessors": (
         "CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
         "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
-        "CNS_ColorizeSegmentation", "CNS_DrawPoseKeypoints", "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart",
+        "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_RestoreBrightness",
+        "CNS_DrawPoseKeypoints", "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart",
         "CNS_LineartAnime", "CNS_MangaLine", "CNS_AnyLine", "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnythingV2",
         "CNS_NormalBAE", "CNS_UniFormerSegmentation",
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
