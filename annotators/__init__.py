@@ -27,6 +27,7 @@ from .anyline import AnyLineNetworks, anyline, load_anyline
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
 from .lineart_anime import LINEART_ANIME_WEIGHTS, AnimeLineartNetwork, lineart_anime, load_lineart_anime
+from .leres import LERES_WEIGHTS, LeReSNetwork, leres, load_leres
 from .manga_line import MANGA_LINE_WEIGHTS, MangaLineNetwork, load_manga_line, manga_line
 from .midas import (MIDAS_WEIGHTS, MiDaSNetwork, load_midas, midas_depth, midas_depth_and_normal,
                     midas_normal)
@@ -44,6 +45,7 @@ from .xdog import xdog_scribble
 __all__ = [
     "AnyLineNetworks", "anyline", "load_anyline", "MTEED_WEIGHTS", "TEED_WEIGHTS", "TEEDNetwork", "load_teed",
     "teed", "lineart_standard",
+    "LERES_WEIGHTS", "LeReSNetwork", "leres", "load_leres",
     "DEPTH_ANYTHING_V2_BASE", "DEPTH_ANYTHING_V2_LARGE", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network",
     "depth_anything", "load_depth_anything",
     "HED_WEIGHTS", "HEDNetwork", "hed", "load_hed", "LINEART_COARSE_WEIGHTS", "LINEART_WEIGHTS",

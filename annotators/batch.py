@@ -112,6 +112,7 @@ LEARNED: dict[str, LearnedAnnotator] = {
     "midas_depth": LearnedAnnotator("midas", "midas_depth", "load_midas", ("midas.MIDAS_WEIGHTS",)),
     "midas_normal": LearnedAnnotator("midas", "midas_normal", "load_midas",
                                      ("midas.MIDAS_WEIGHTS",)),
+    "leres": LearnedAnnotator("leres", "leres", "load_leres", ("leres.LERES_WEIGHTS",)),
     "normalbae": LearnedAnnotator("normalbae", "normalbae", "load_normalbae",
                                   ("normalbae.NORMALBAE_WEIGHTS",)),
     "manga_line": LearnedAnnotator("manga_line", "manga_line", "load_manga_line",

@@ -25,7 +25,9 @@ CONTROLNET_AUX_CACHE = "ckpts"  # controlnet_aux's from_pretrained(cache_dir) la
 REPO_ID_PARTS = 2  # a Hugging Face repository id is "owner/name"; anything after is a folder in it
 
 
-CHECKPOINT_WEIGHT_KEYS = ("state_dict", "model")
+# Entries that hold a checkpoint's weights, tried in this order. "depth_model" is last, so it only
+# matters for a file with neither of the others (LeReS's res101.pth).
+CHECKPOINT_WEIGHT_KEYS = ("state_dict", "model", "depth_model")
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -81,7 +83,7 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise BadWeightsError(f"'{name}' cannot be read ({type(exc).__name__}: {exc}); it is probably truncated: download it again") from exc
     # Training checkpoints nest the weights: mmseg/lightning under "state_dict", NormalBAE and Zoe
-    # under "model" (beside "iter" / optimizer state).
+    # under "model" (beside "iter" / optimizer state), LeReS under "depth_model".
     while isinstance(data, dict) and any(isinstance(data.get(key), dict) for key in CHECKPOINT_WEIGHT_KEYS):
         data = next(data[key] for key in CHECKPOINT_WEIGHT_KEYS if isinstance(data.get(key), dict))
     if not isinstance(data, dict) or not any(isinstance(v, torch.Tensor) for v in data.values()):

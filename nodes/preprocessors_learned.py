@@ -1,7 +1,7 @@
 """Annotator nodes with learned networks. Each node is a few declarations: its LearnedModel
 (module, weight-file constants, loader: see preprocessors_models), the annotator function to run
 and its inputs. Annotator modules are imported only when a node runs, except for the input
-defaults read from M-LSD's, TEED's and AnyLine's (which annotators/__init__.py imports anyway)."""
+defaults read from M-LSD's, TEED's, AnyLine's and LeReS's (which annotators/__init__.py imports anyway)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from ..annotators.anyline import (DEFAULT_CONNECTIVITY, DEFAULT_LOWER_BOUND, DEFAULT_MIN_SIZE, DEFAULT_UPPER_BOUND,
                                   NEIGHBOURHOODS, STANDARD)
 from ..annotators.anyline import DEFAULT_DETECT_RESOLUTION as ANYLINE_DETECT_RESOLUTION
+from ..annotators.leres import MAX_PERCENT as LERES_MAX_PERCENT
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
 from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
@@ -191,6 +192,30 @@ class CNS_DepthAnythingV2(LearnedAnnotatorNode):
         return {}
 
 
+def _leres_threshold_input(tooltip: str) -> tuple[str, dict[str, Any]]:
+    """comfyui_controlnet_aux's rm_nearest / rm_background: FLOAT, default 0 (off), steps of 0.01."""
+    return ("FLOAT", {"default": 0.0, "min": 0.0, "max": LERES_MAX_PERCENT, "step": 0.01, "tooltip": tooltip})
+
+
+class CNS_LeReSDepth(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "LeReS depth (A1111 depth_leres; as comfyui_controlnet_aux's 'LeReS Depth Map' with boost off): near is bright, "
+        "for depth ControlNets; optionally flattens the nearest parts to white or drops the background to black. "
+        + WEIGHTS_NOTE.format(files="res101.pth"))
+    MODEL = LearnedModel("leres", ("LERES_WEIGHTS",), "load_leres")
+    RUN = "leres"
+    RUN_NAMES = {"rm_nearest": "remove_nearest", "rm_background": "remove_background"}
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "rm_nearest": _leres_threshold_input(
+            "Remove nearest: the nearest depth levels, up to this percentage of the range, turn white (one flat "
+            "foreground). 0 keeps them."),
+        "rm_background": _leres_threshold_input(
+            "Remove background: the farthest depth levels, up to this percentage of the range, turn black. 0 keeps "
+            "them."),
+    }
+
+
 class CNS_NormalBAE(LearnedAnnotatorNode):
     DESCRIPTION = "Surface normals by NormalBAE (v1.1 normal_bae), for control_v11p_sd15_normalbae. " + WEIGHTS_NOTE.format(files="scannet.pt")
     MODEL = LearnedModel("normalbae", ("NORMALBAE_WEIGHTS",), "load_normalbae")
@@ -303,6 +328,7 @@ NODES = {
     "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
     "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
     "CNS_DepthAnythingV2": (CNS_DepthAnythingV2, "Depth Anything V2 Depth"),
+    "CNS_LeReSDepth": (CNS_LeReSDepth, "LeReS Depth"),
     "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
 }

@@ -79,6 +79,7 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "openpose": ("openpose", "load_openpose", openpose_map),
     "midas_depth": ("midas", "load_midas", entry("midas", "midas_depth")),
     "midas_normal": ("midas", "load_midas", entry("midas", "midas_normal")),
+    "leres": ("leres", "load_leres", entry("leres", "leres")),
     "normalbae": ("normalbae", "load_normalbae", entry("normalbae", "normalbae")),
     "manga_line": ("manga_line", "load_manga_line", entry("manga_line", "manga_line")),
     "uniformer": ("uniformer", "load_uniformer", uniformer_map),

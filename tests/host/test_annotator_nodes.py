@@ -29,7 +29,7 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG"
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
-           "CNS_AnyLine", "CNS_DepthAnythingV2"]
+           "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints"]  # keypoints in, a map out: no image input
@@ -447,6 +447,7 @@ NETWORKS = [
     ("normalbae", "NORMALBAE_WEIGHTS", "NormalBaeNetwork"),
     ("uniformer", "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork"),
     ("depth_anything", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network", "vits"),
+    ("leres", "LERES_WEIGHTS", "LeReSNetwork"),
 ]
 
 
@@ -504,6 +505,9 @@ LEARNED_CASES = [
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
     ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
      "depth_anything", {}),
+    ("CNS_LeReSDepth", dict(rm_nearest=0.0, rm_background=0.0), "leres", "load_leres", {}, "leres", {}),
+    ("CNS_LeReSDepth", dict(rm_nearest=20.0, rm_background=30.5), "leres", "load_leres", {}, "leres",
+     dict(remove_nearest=20.0, remove_background=30.5)),
 ]
 # Depth Anything V2 runs every image at a 518-pixel short side whatever the detect resolution
 # (seconds per image on a CPU runner); the node only forwards, so the tests shrink it.
@@ -621,6 +625,11 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
                                             "lineart_lower_bound": 0.0, "lineart_upper_bound": 1.0,
                                             "object_min_size": 36, "object_connectivity": 1}
     assert pack.defaults("CNS_TEED") == {"resolution": 512, "safe_steps": 2}
+    # LeReS: comfyui_controlnet_aux's input names and defaults (0 = off), percentages up to the annotator's maximum.
+    assert pack.defaults("CNS_LeReSDepth") == {"resolution": 512, "rm_nearest": 0.0, "rm_background": 0.0}
+    leres_inputs = learned.CNS_LeReSDepth.INPUT_TYPES()["required"]
+    assert leres_inputs["rm_nearest"][1]["max"] == leres_inputs["rm_background"][1]["max"] == pack.module(
+        "annotators.leres").MAX_PERCENT == 100.0
 
 
 # --- the cache and ComfyUI's model management ---------------------------------------------------
