@@ -41,6 +41,7 @@ from .teed import MTEED_WEIGHTS, TEED_WEIGHTS, TEEDNetwork, load_teed, teed
 from .tile import tile
 from .uniformer import UNIFORMER_WEIGHTS, UniFormerSegmentationNetwork, load_uniformer, uniformer_segmentation
 from .xdog import xdog_scribble
+from .zoe import ZOE_WEIGHTS, ZoeDepthNetwork, load_zoe, zoe_depth
 
 __all__ = [
     "AnyLineNetworks", "anyline", "load_anyline", "MTEED_WEIGHTS", "TEED_WEIGHTS", "TEEDNetwork", "load_teed",
@@ -59,5 +60,5 @@ __all__ = [
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",
     "resize_for_detection", "resize_geometry", "resize_to_target", "scribble", "shuffle_flow",
     "tile", "to_rgb_uint8", "xdog_scribble", "recolor_intensity", "recolor_luminance", "recolor_map",
-    "restore_brightness",
+    "restore_brightness", "ZOE_WEIGHTS", "ZoeDepthNetwork", "load_zoe", "zoe_depth",
 ]

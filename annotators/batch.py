@@ -113,6 +113,7 @@ LEARNED: dict[str, LearnedAnnotator] = {
     "midas_normal": LearnedAnnotator("midas", "midas_normal", "load_midas",
                                      ("midas.MIDAS_WEIGHTS",)),
     "leres": LearnedAnnotator("leres", "leres", "load_leres", ("leres.LERES_WEIGHTS",)),
+    "zoe_depth": LearnedAnnotator("zoe", "zoe_depth", "load_zoe", ("zoe.ZOE_WEIGHTS",)),
     "normalbae": LearnedAnnotator("normalbae", "normalbae", "load_normalbae",
                                   ("normalbae.NORMALBAE_WEIGHTS",)),
     "manga_line": LearnedAnnotator("manga_line", "manga_line", "load_manga_line",

@@ -93,11 +93,11 @@ def encoder_for_width(embed_dim: int) -> EncoderSize | None:
 # --- DINOv2 --------------------------------------------------------------------------------------
 
 class PatchEmbedding(nn.Module):
-    """14x14 patches -> tokens (B, grid_h * grid_w, D), row-major."""
+    """Non-overlapping square patches (14x14 here) -> tokens (B, grid_h * grid_w, D), row-major."""
 
-    def __init__(self, embed_dim: int):
+    def __init__(self, embed_dim: int, patch_size: int = PATCH_SIZE):
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE)
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)

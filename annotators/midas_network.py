@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dpt_blocks import FusionBlock
+from .dpt_blocks import CLASS_TOKENS, DPTDecoder, Reassemble
 
 # --- BiT ResNetV2 trunk (timm vision_transformer_hybrid._resnetv2(layers=(3, 4, 9))) ----------
 STEM_CHANNELS = 64
@@ -54,14 +54,11 @@ LAYER_NORM_EPS = 1e-6           # timm ViT partial(nn.LayerNorm, eps=1e-6)
 PATCH_STRIDE = 16               # token grid = input / 16 (the trunk's total stride)
 PRETRAINED_GRID = 24            # pos_embed was trained at 384 / 16 = 24 x 24 tokens (+ 1 class)
 IMAGENET_CLASSES = 1000         # the unused classifier head the published file still holds
-CLASS_TOKENS = 1                # DPT `start_index = 1`
 
 # --- DPT (MiDaS dpt_depth.py / blocks.py / vit.py, backbone "vitb_rn50_384") ----------------
 HOOKS = (8, 11)                 # transformer blocks read out for 1/16 and 1/32 (hooks[2:])
 STAGE_CHANNELS = (256, 512, EMBED_DIM, EMBED_DIM)  # _make_scratch in_shape
 FEATURES = 256                  # DPT `features`
-HEAD_MIDDLE = FEATURES // 2
-HEAD_LAST = 32
 # The trunk (1/16) and the stride-2 conv of the deepest reassemble (1/32) need sides that halve
 # five times, so that each fusion block's x2 upsampling meets the next finer map exactly.
 SIZE_MULTIPLE = 32
@@ -278,40 +275,6 @@ class HybridViT(nn.Module):
         return outputs
 
 
-class ReadoutProjection(nn.Module):
-    """Each patch token concatenated with the class token -> Linear -> GELU (DPT "project")."""
-
-    def __init__(self):
-        super().__init__()
-        self.project = nn.Sequential(nn.Linear(2 * EMBED_DIM, EMBED_DIM), nn.GELU())
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, CLASS_TOKENS:]
-        readout = tokens[:, :1].expand_as(patches)
-        return self.project(torch.cat([patches, readout], dim=-1))
-
-
-class Reassemble(nn.Module):
-    """Tokens -> feature map: readout projection, tokens to an (h/16, w/16) grid, 1x1 conv and,
-    for the deepest level, a 3x3 stride-2 conv to 1/32. Children keep the published indices
-    0, 3, 4 (slots 1 and 2 were the parameter-free transpose and unflatten)."""
-
-    def __init__(self, downsample: bool):
-        super().__init__()
-        self.add_module("0", ReadoutProjection())
-        self.add_module("3", nn.Conv2d(EMBED_DIM, EMBED_DIM, 1))
-        if downsample:
-            self.add_module("4", nn.Conv2d(EMBED_DIM, EMBED_DIM, 3, stride=2, padding=1))
-
-    def forward(self, tokens: torch.Tensor, grid_height: int, grid_width: int) -> torch.Tensor:
-        x = self._modules["0"](tokens).transpose(1, 2)
-        x = x.unflatten(2, (grid_height, grid_width))
-        x = self._modules["3"](x)
-        if "4" in self._modules:
-            x = self._modules["4"](x)
-        return x
-
-
 class Encoder(nn.Module):
     """`pretrained`: the hybrid ViT and its two reassemble stages (the 1/4 and 1/8 maps come
     from the ResNet directly; DPT's act_postprocess1/2 are identities without parameters)."""
@@ -319,41 +282,14 @@ class Encoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.model = HybridViT()
-        self.act_postprocess3 = Reassemble(downsample=False)
-        self.act_postprocess4 = Reassemble(downsample=True)
+        self.act_postprocess3 = Reassemble(EMBED_DIM, EMBED_DIM)
+        self.act_postprocess4 = Reassemble(EMBED_DIM, EMBED_DIM, nn.Conv2d(EMBED_DIM, EMBED_DIM, 3, stride=2, padding=1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         grid = (x.shape[2] // PATCH_STRIDE, x.shape[3] // PATCH_STRIDE)
         quarter, eighth, tokens_mid, tokens_last = self.model(x)
         return [quarter, eighth, self.act_postprocess3(tokens_mid, *grid),
                 self.act_postprocess4(tokens_last, *grid)]
-
-
-class Decoder(nn.Module):
-    """`scratch`: per-level 3x3 convs to 256 channels, fusion coarse to fine, depth head."""
-
-    def __init__(self):
-        super().__init__()
-        for level, channels in enumerate(STAGE_CHANNELS, start=1):
-            setattr(self, f"layer{level}_rn", nn.Conv2d(channels, FEATURES, 3, padding=1, bias=False))
-        for level in range(1, len(STAGE_CHANNELS) + 1):
-            setattr(self, f"refinenet{level}", FusionBlock(FEATURES))
-        self.output_conv = nn.Sequential(
-            nn.Conv2d(FEATURES, HEAD_MIDDLE, 3, padding=1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-            nn.Conv2d(HEAD_MIDDLE, HEAD_LAST, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(HEAD_LAST, 1, 1),
-            nn.ReLU(),  # non_negative=True: inverse depth is never below zero
-        )
-
-    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        maps = [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
-        path = self.refinenet4(maps[3])
-        path = self.refinenet3(path, maps[2])
-        path = self.refinenet2(path, maps[1])
-        path = self.refinenet1(path, maps[0])
-        return self.output_conv(path)
 
 
 class MiDaSNetwork(nn.Module):
@@ -363,7 +299,7 @@ class MiDaSNetwork(nn.Module):
     def __init__(self):
         super().__init__()
         self.pretrained = Encoder()
-        self.scratch = Decoder()
+        self.scratch = DPTDecoder(STAGE_CHANNELS, FEATURES)
         # Convolution kernels channels-last, as annotators.midas feeds the image: oneDNN then
         # skips re-laying out every kernel at every call (14% less convolution time at
         # 512x768 on the CPU). Loading weights into the network keeps this layout.
@@ -375,4 +311,4 @@ class MiDaSNetwork(nn.Module):
             raise ValueError(
                 f"MiDaS needs sides that are multiples of {SIZE_MULTIPLE}, got {height}x{width}; "
                 "pad the image (annotators.midas does this for you)")
-        return self.scratch(self.pretrained(rgb)).squeeze(1)
+        return self.scratch(self.pretrained(rgb))

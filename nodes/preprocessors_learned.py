@@ -192,6 +192,17 @@ class CNS_DepthAnythingV2(LearnedAnnotatorNode):
         return {}
 
 
+class CNS_ZoeDepth(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "ZoeDepth depth (v1.1 and A1111's depth_zoe; comfyui_controlnet_aux's 'Zoe Depth Map' until it moved to "
+        "transformers' Intel/zoedepth-nyu-kitti in 2025): metric depth from ZoeDepth's BEiT-L network, mapped so "
+        "that near is bright and the farthest 15% of the image is black, for depth ControlNets. The network sees "
+        "the image at about 384 x 512 pixels whatever the detect resolution. "
+        + WEIGHTS_NOTE.format(files="ZoeD_M12_N.pt"))
+    MODEL = LearnedModel("zoe", ("ZOE_WEIGHTS",), "load_zoe")
+    RUN = "zoe_depth"
+
+
 def _leres_threshold_input(tooltip: str) -> tuple[str, dict[str, Any]]:
     """comfyui_controlnet_aux's rm_nearest / rm_background: FLOAT, default 0 (off), steps of 0.01."""
     return ("FLOAT", {"default": 0.0, "min": 0.0, "max": LERES_MAX_PERCENT, "step": 0.01, "tooltip": tooltip})
@@ -328,6 +339,7 @@ NODES = {
     "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
     "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
     "CNS_DepthAnythingV2": (CNS_DepthAnythingV2, "Depth Anything V2 Depth"),
+    "CNS_ZoeDepth": (CNS_ZoeDepth, "Zoe Depth"),
     "CNS_LeReSDepth": (CNS_LeReSDepth, "LeReS Depth"),
     "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),

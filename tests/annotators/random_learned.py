@@ -4,7 +4,8 @@ network (folders, input handling) rather than its numbers, which the parity test
 Weights are He-scaled (fan-in) so activations neither vanish nor blow up through the depth, and
 HED / PiDiNet get the same two adjustments as test_learned_edges.py (a plausible mean colour for
 HED's 0..255 input; smaller PiDiNet read-outs), and TEED those of test_teed.py (its first conv
-brought to the 0..255 input, larger side read-outs), so the maps are not all one value.
+brought to the 0..255 input, larger side read-outs), so the maps are not all one value; ZoeDepth's
+binomial buffers get the constants they hold in the published file.
 `assert_loaded` is the loader tests' check that a file's weights arrived whole.
 """
 
@@ -23,6 +24,12 @@ TEED_INPUT_SCALE = 64.0                  # as test_teed.py: TEED takes 0..255, u
 TEED_READOUT_SCALE = 30.0                # as test_teed.py: spreads the mean logit over all safe levels
 TEED_READOUTS = ("up_block_1.features.2.weight", "up_block_2.features.2.weight", "up_block_3.features.5.weight")
 NOISE = 0.1                              # biases, norm shifts; norm scales are 1 +- this
+ZOE_BIN_INDEX = "conditional_log_binomial.log_binomial_transform.k_idx"
+ZOE_LAST_BIN = "conditional_log_binomial.log_binomial_transform.K_minus_1"
+# Narrow ZoeDepth widths (annotators.zoe_network.ZoeSize fields) for tests: BEiT 32 wide with 2
+# heads on the published 24 x 24 trained grid and all 24 blocks, reassembled maps and decoder
+# narrow too; the metric head is the published one (its widths are fixed).
+ZOE_TEST_WIDTHS = dict(embed_dim=32, heads=2, window=24, reassemble_channels=(8, 16, 24, 32), features=16)
 
 
 def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -58,6 +65,12 @@ def adjust(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         state["block_1.conv1.weight"] = state["block_1.conv1.weight"] / TEED_INPUT_SCALE
         for key in TEED_READOUTS:
             state[key] = state[key] * TEED_READOUT_SCALE
+    if name == "zoe":
+        # The binomial's buffers hold constants in the published file (0..K-1 and K-1), which the
+        # network reads; random values would make no distribution at all.
+        classes = state[ZOE_BIN_INDEX].numel()
+        state[ZOE_BIN_INDEX] = torch.arange(classes).view(state[ZOE_BIN_INDEX].shape)
+        state[ZOE_LAST_BIN] = torch.full(state[ZOE_LAST_BIN].shape, classes - 1.0)
     return state
 
 

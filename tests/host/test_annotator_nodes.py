@@ -22,14 +22,14 @@ import pytest
 import torch
 from skimage import data
 
-from tests.annotators.random_learned import adjust, random_state_dict  # the annotator tests' recipe
+from tests.annotators.random_learned import ZOE_TEST_WIDTHS, adjust, random_state_dict  # the annotator tests' recipe
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
-           "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth"]
+           "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints"]  # keypoints in, a map out: no image input
@@ -177,7 +177,7 @@ spec.loader.exec_module(pack)
 import pack.nodes.preprocessors as preprocessors
 print(json.dumps(sorted(preprocessors.NODE_CLASS_MAPPINGS)))
 """
-LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose", "depth_anything")
+LEARNED_MODULES = ("midas", "normalbae", "manga_line", "uniformer", "openpose", "depth_anything", "zoe")
 
 
 def test_nodes_import_without_the_learned_annotator_modules():
@@ -431,7 +431,8 @@ def random_weights(template: dict[str, torch.Tensor], seed: int, module_name: st
             for key, value in adjust(module_name, random_state_dict(template, seed)).items()}
 
 
-# (annotators module, weight-file constant, network class[, its arguments]) of every learned network.
+# (annotators module, weight-file constant, network class[, its arguments, or functions of the module
+# that give them]) of every learned network.
 NETWORKS = [
     ("hed", "HED_WEIGHTS", "HEDNetwork"),
     ("pidinet", "PIDINET_WEIGHTS", "PiDiNetNetwork"),
@@ -448,6 +449,8 @@ NETWORKS = [
     ("uniformer", "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork"),
     ("depth_anything", "DEPTH_ANYTHING_V2_SMALL", "DepthAnythingV2Network", "vits"),
     ("leres", "LERES_WEIGHTS", "LeReSNetwork"),
+    # ZoeDepth's BEiT-L (345 M parameters) narrowed: the loader reads the widths from the file
+    ("zoe", "ZOE_WEIGHTS", "ZoeDepthNetwork", lambda zoe: zoe.ZoeSize(**ZOE_TEST_WIDTHS)),
 ]
 
 
@@ -460,7 +463,7 @@ def weights_folder(pack, tmp_path_factory):
             continue
         module = pack.module(f"annotators.{module_name}")
         with torch.device("meta"):  # shapes only: no time spent on a random initialisation
-            template = getattr(module, class_name)(*arguments).state_dict()
+            template = getattr(module, class_name)(*[a(module) if callable(a) else a for a in arguments]).state_dict()
         torch.save(random_weights(template, seed, module_name), folder / getattr(module, constant))
     return folder
 
@@ -508,10 +511,13 @@ LEARNED_CASES = [
     ("CNS_LeReSDepth", dict(rm_nearest=0.0, rm_background=0.0), "leres", "load_leres", {}, "leres", {}),
     ("CNS_LeReSDepth", dict(rm_nearest=20.0, rm_background=30.5), "leres", "load_leres", {}, "leres",
      dict(remove_nearest=20.0, remove_background=30.5)),
+    ("CNS_ZoeDepth", {}, "zoe", "load_zoe", {}, "zoe_depth", {}),
 ]
 # Depth Anything V2 runs every image at a 518-pixel short side whatever the detect resolution
 # (seconds per image on a CPU runner); the node only forwards, so the tests shrink it.
 DEPTH_ANYTHING_TEST_INPUT_SIZE = 70
+# ZoeDepth likewise runs every image at about 384 x 512 (its NETWORK_INPUT_SIZE), twice (flipped).
+ZOE_TEST_INPUT_SIZE = (64, 96)
 
 
 @pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
@@ -524,6 +530,8 @@ def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folde
         monkeypatch.setattr(pack.module("annotators.uniformer"), "RESCALE_LIMITS", (4 * LEARNED_RESOLUTION, LEARNED_RESOLUTION))
     if module_name == "depth_anything":
         monkeypatch.setattr(pack.module("annotators.depth_anything"), "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
+    if module_name == "zoe":
+        monkeypatch.setattr(pack.module("annotators.zoe"), "NETWORK_INPUT_SIZE", ZOE_TEST_INPUT_SIZE)
     (result,) = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
     network = direct_network(pack, module_name, loader, annotators_folder, **loader_options)
     annotate = getattr(pack.module(f"annotators.{module_name}"), function)
@@ -625,6 +633,8 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
                                             "lineart_lower_bound": 0.0, "lineart_upper_bound": 1.0,
                                             "object_min_size": 36, "object_connectivity": 1}
     assert pack.defaults("CNS_TEED") == {"resolution": 512, "safe_steps": 2}
+    # ZoeDepth: as comfyui_controlnet_aux's Zoe node, the detect resolution is the only input.
+    assert pack.defaults("CNS_ZoeDepth") == {"resolution": 512}
     # LeReS: comfyui_controlnet_aux's input names and defaults (0 = off), percentages up to the annotator's maximum.
     assert pack.defaults("CNS_LeReSDepth") == {"resolution": 512, "rm_nearest": 0.0, "rm_background": 0.0}
     leres_inputs = learned.CNS_LeReSDepth.INPUT_TYPES()["required"]
