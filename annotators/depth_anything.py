@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from .depth_anything_network import ENCODERS, PATCH_SIZE, DepthAnythingV2Network, encoder_for_width
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import DATA_PARALLEL_PREFIX, to_numpy
-from .weights import BadWeightsError, find_weights, load_state_dict, strip_prefix
+from .networks_common import load_network_from_weights, to_numpy
+from .weights import BadWeightsError
 
 # Published by the authors (huggingface.co/depth-anything/Depth-Anything-V2-<Size>/blob/main/<file>),
 # not by lllyasviel/Annotators; comfyui_controlnet_aux keeps them as ckpts/<repo>/<file>.
@@ -76,16 +76,6 @@ def encoder_from_weights(state_dict: dict[str, torch.Tensor], name: str) -> str:
     return size.name
 
 
-def weights_path(size: str, folders: Sequence[str]) -> str:
-    """Path of the file of `size` ("small", "base", "large") in the first folder that has it,
-    directly or as ckpts/<repo>/<file>; MissingWeightsError naming the file, the folders and its
-    repository when none does."""
-    if size not in MODEL_FILES:
-        raise ValueError(f"Depth Anything V2 model must be one of {', '.join(MODEL_FILES)}, got '{size}'")
-    file_name = MODEL_FILES[size]
-    return find_weights(file_name, folders, repo=WEIGHTS_REPOS[file_name])
-
-
 def load_depth_anything(
     folders: Sequence[str],
     device: torch.device | str = "cpu",
@@ -95,16 +85,12 @@ def load_depth_anything(
     """DepthAnythingV2Network with the published weights of `size` ("small", "base", "large") from
     the annotators models folders (directly or as ckpts/<repo>/<file>). The encoder is the one the
     weights' shapes say; the load is strict: every key of the file must match."""
-    path = weights_path(size, folders)
+    if size not in MODEL_FILES:
+        raise ValueError(f"Depth Anything V2 model must be one of {', '.join(MODEL_FILES)}, got '{size}'")
     file_name = MODEL_FILES[size]
-    state_dict = strip_prefix(load_state_dict(path), DATA_PARALLEL_PREFIX)
-    # Built without initialising its parameters (the large one has 335 M); the strict load fills
-    # every one of them or fails.
-    with torch.device("meta"):
-        network = DepthAnythingV2Network(encoder_from_weights(state_dict, file_name))
-    network = network.to_empty(device="cpu")
-    network.load_state_dict(state_dict, strict=True)
-    return network.to(device=device, dtype=dtype).eval()
+    return load_network_from_weights(  # the large one has 335 M parameters
+        lambda state_dict: DepthAnythingV2Network(encoder_from_weights(state_dict, file_name)),
+        file_name, folders, device, dtype, repo=WEIGHTS_REPOS[file_name])
 
 
 def network_input_size(height: int, width: int, input_size: int) -> tuple[int, int]:

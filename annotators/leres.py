@@ -31,7 +31,7 @@ import torch
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
 from .leres_network import SIZE_MULTIPLE, LeReSNetwork
-from .networks_common import image_batch, load_network, pad_to_multiple, to_numpy
+from .networks_common import image_batch, load_network_from_weights, pad_to_multiple, to_numpy
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/res101.pth (controlnet-aux LeresDetector's file).
 LERES_WEIGHTS = "res101.pth"
@@ -53,11 +53,7 @@ def load_leres(
 ) -> LeReSNetwork:
     """LeReSNetwork with the published `res101.pth` from the annotators models folders (the
     checkpoint's 'depth_model' entry, "module." stripped; strict: every key must match)."""
-    # Built without initialising its 115.4 M parameters (seconds of random draws the file
-    # overwrites anyway); the strict load fills every one of them or fails.
-    with torch.device("meta"):
-        network = LeReSNetwork()
-    return load_network(network.to_empty(device="cpu"), LERES_WEIGHTS, folders, device, dtype)
+    return load_network_from_weights(lambda _: LeReSNetwork(), LERES_WEIGHTS, folders, device, dtype)  # 115.4 M parameters
 
 
 def network_input(rgb: np.ndarray) -> np.ndarray:

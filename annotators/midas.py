@@ -26,7 +26,7 @@ import torch
 
 from .image import DEFAULT_DETECT_RESOLUTION, hwc3, resize_for_detection, to_rgb_uint8
 from .midas_network import SIZE_MULTIPLE, MiDaSNetwork
-from .networks_common import image_batch, load_network, pad_to_multiple, to_numpy
+from .networks_common import image_batch, load_network_from_weights, pad_to_multiple, to_numpy
 from .normal_from_depth import DEFAULT_Z_COMPONENT, NORMAL_TO_PIXEL_SCALE, SOBEL_KERNEL_SIZE
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/dpt_hybrid-midas-501f0c75.pt
@@ -45,11 +45,7 @@ def load_midas(
 ) -> MiDaSNetwork:
     """MiDaSNetwork with the published `dpt_hybrid-midas-501f0c75.pt` from the annotators
     models folders (strict: every key of the file must match)."""
-    # Built without initialising its 123 M parameters (seconds of random draws the file
-    # overwrites anyway); the strict load fills every one of them or fails.
-    with torch.device("meta"):
-        network = MiDaSNetwork()
-    return load_network(network.to_empty(device="cpu"), MIDAS_WEIGHTS, folders, device, dtype)
+    return load_network_from_weights(lambda _: MiDaSNetwork(), MIDAS_WEIGHTS, folders, device, dtype)  # 123 M parameters
 
 
 def midas_inverse_depth(rgb: np.ndarray, network: MiDaSNetwork) -> np.ndarray:

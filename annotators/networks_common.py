@@ -5,7 +5,7 @@ post-processing (`safe` quantisation and the scribble conversion).
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -52,8 +52,34 @@ def load_network(
     """Fill `network` with the weights in `file_name` (found in `folders`, or as ckpts/<repo>/<file>
     below one), strictly: every key must match, so a wrong or truncated file fails here instead of
     drawing garbage later. `repo` is where the file is published (weights.find_weights)."""
-    path = find_weights(file_name, folders, repo)
-    state_dict = strip_prefix(load_state_dict(path), DATA_PARALLEL_PREFIX)
+    return _filled(network, read_weights(file_name, folders, repo), device, dtype)
+
+
+def load_network_from_weights(
+    build: Callable[[dict[str, torch.Tensor]], NetworkT],
+    file_name: str,
+    folders: Sequence[str],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repo: str = PUBLISHED_REPO,
+) -> NetworkT:
+    """`build(state_dict)` filled with the weights in `file_name`, strictly, for networks whose
+    widths are read from the weights' shapes (or are fixed and large): built on the meta device and
+    given empty storage, so no time goes into a random initialisation (seconds for 100 M+
+    parameters) that the file overwrites; the strict load fills every parameter or fails."""
+    state_dict = read_weights(file_name, folders, repo)
+    with torch.device("meta"):
+        network = build(state_dict)
+    return _filled(network.to_empty(device="cpu"), state_dict, device, dtype)
+
+
+def read_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_REPO) -> dict[str, torch.Tensor]:
+    """The weights in `file_name` (found as load_network finds it), DataParallel's prefix removed."""
+    return strip_prefix(load_state_dict(find_weights(file_name, folders, repo)), DATA_PARALLEL_PREFIX)
+
+
+def _filled(network: NetworkT, state_dict: dict[str, torch.Tensor], device: torch.device | str,
+            dtype: torch.dtype) -> NetworkT:
     network.load_state_dict(state_dict, strict=True)
     return network.to(device=device, dtype=dtype).eval()
 

@@ -45,10 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import DATA_PARALLEL_PREFIX, image_batch
+from .networks_common import image_batch, read_weights
 from .segmentation import colorize_labels
 from .uniformer_backbone import EMBED_DIMS, UniFormerBackbone
-from .weights import find_weights, load_state_dict, strip_prefix
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/upernet_global_small.pth
 UNIFORMER_WEIGHTS = "upernet_global_small.pth"
@@ -129,8 +128,7 @@ class UniFormerSegmentationNetwork(nn.Module):
 def uniformer_state_dict(folders: Sequence[str]) -> dict[str, torch.Tensor]:
     """The published checkpoint's network weights (under 'state_dict'), the training-only
     auxiliary head left out."""
-    state_dict = strip_prefix(load_state_dict(find_weights(UNIFORMER_WEIGHTS, folders)),
-                              DATA_PARALLEL_PREFIX)
+    state_dict = read_weights(UNIFORMER_WEIGHTS, folders)
     return {k: v for k, v in state_dict.items() if not k.startswith(AUXILIARY_HEAD_PREFIX)}
 
 

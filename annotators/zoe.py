@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .image import DEFAULT_DETECT_RESOLUTION, check_min_side, run_at_resolution
-from .networks_common import DATA_PARALLEL_PREFIX, to_numpy
-from .weights import PUBLISHED_AT, BadWeightsError, find_weights, load_state_dict, strip_prefix
+from .networks_common import load_network_from_weights, to_numpy
+from .weights import PUBLISHED_AT, BadWeightsError
 from .zoe_network import CLASS_TOKEN_RELATIONS, ZoeDepthNetwork, ZoeSize
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/ZoeD_M12_N.pt (isl-org/ZoeDepth v1.0
@@ -79,13 +79,8 @@ def load_zoe(
 ) -> ZoeDepthNetwork:
     """ZoeDepthNetwork with the published `ZoeD_M12_N.pt` from the annotators models folders
     (directly or as ckpts/lllyasviel/Annotators/<file>), strictly: every key of the file must match."""
-    state_dict = strip_prefix(load_state_dict(find_weights(ZOE_WEIGHTS, folders)), DATA_PARALLEL_PREFIX)
-    # Built without initialising its 345 M parameters; the strict load fills every one or fails.
-    with torch.device("meta"):
-        network = ZoeDepthNetwork(size_from_weights(state_dict, ZOE_WEIGHTS))
-    network = network.to_empty(device="cpu")
-    network.load_state_dict(state_dict, strict=True)
-    return network.to(device=device, dtype=dtype).eval()
+    return load_network_from_weights(lambda state_dict: ZoeDepthNetwork(size_from_weights(state_dict, ZOE_WEIGHTS)),
+                                     ZOE_WEIGHTS, folders, device, dtype)
 
 
 def network_input_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
