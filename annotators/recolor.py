@@ -47,13 +47,18 @@ def gamma_corrected(channel: np.ndarray, gamma: float) -> np.ndarray:
     return ((channel.astype(np.float32) / UINT8_MAX) ** gamma * UINT8_MAX).clip(0, UINT8_MAX).astype(np.uint8)
 
 
-def brightness_channel(rgb: np.ndarray, kind: str, lab_order: str = LAB_ORDER_A1111) -> np.ndarray:
-    """The uint8 L* (luminance) or V (intensity) channel of a uint8 RGB image."""
+def brightness_space(kind: str) -> tuple[int, int, int]:
+    """(conversion to the colour space, conversion back, the brightness channel) of `kind`."""
     if kind not in BRIGHTNESS_SPACES:
         raise ValueError(f"brightness must be one of {', '.join(BRIGHTNESS_SPACES)}, got {kind!r}")
+    return BRIGHTNESS_SPACES[kind]
+
+
+def brightness_channel(rgb: np.ndarray, kind: str, lab_order: str = LAB_ORDER_A1111) -> np.ndarray:
+    """The uint8 L* (luminance) or V (intensity) channel of a uint8 RGB image."""
+    to_space, _, channel = brightness_space(kind)
     if lab_order not in LAB_ORDERS:
         raise ValueError(f"lab_order must be one of {', '.join(LAB_ORDERS)}, got {lab_order!r}")
-    to_space, _, channel = BRIGHTNESS_SPACES[kind]
     if kind == LUMINANCE and lab_order == LAB_ORDER_A1111:
         to_space = cv2.COLOR_BGR2LAB
     return cv2.cvtColor(rgb, to_space)[:, :, channel]
@@ -94,8 +99,7 @@ def recolor_intensity(
 def restore_brightness(image: np.ndarray, brightness_map: np.ndarray, kind: str = LUMINANCE) -> np.ndarray:
     """`image` (HxWx3, float in 0..1 or uint8) with its L* (luminance) or V (intensity) channel replaced by
     the gray map's (same size), as float32 in 0..1 (A1111's post-processing)."""
-    if kind not in BRIGHTNESS_SPACES:
-        raise ValueError(f"brightness must be one of {', '.join(BRIGHTNESS_SPACES)}, got {kind!r}")
+    to_space, from_space, channel = brightness_space(kind)
     if image.shape[:2] != brightness_map.shape[:2]:
         raise ValueError(f"the brightness map is {brightness_map.shape[1]}x{brightness_map.shape[0]} but the image "
                          f"is {image.shape[1]}x{image.shape[0]}; they must be the same size")
@@ -103,7 +107,6 @@ def restore_brightness(image: np.ndarray, brightness_map: np.ndarray, kind: str 
     if not np.array_equal(brightness, brightness[:, :, :1].repeat(3, axis=2)):
         raise ValueError("the brightness map has differing colour channels: it must be the gray map Image Luminance "
                          "or Image Intensity makes, not a colour image")
-    to_space, from_space, channel = BRIGHTNESS_SPACES[kind]
     converted = cv2.cvtColor(to_rgb_uint8(image), to_space)
     converted[:, :, channel] = brightness[:, :, 0]
     return cv2.cvtColor(converted, from_space).astype(np.float32) / UINT8_MAX
