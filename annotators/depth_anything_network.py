@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dpt_blocks import FusionBlock
+from .dpt_blocks import HEAD_HIDDEN, DPTFusion
 
 # --- DINOv2 (depth_anything_v2/dinov2.py DINOv2(): img_size=518, patch_size=14, init_values=1.0,
 # ffn_layer "mlp" except vitg "swiglufused", block_chunks=0, num_register_tokens=0,
@@ -55,7 +55,6 @@ SWIGLU_MULTIPLE = 8
 # the four readouts at 4x, 2x, 1x and 1/2 of the token grid.
 UPSAMPLE_FACTORS = (4, 2)
 DOWNSAMPLE_STRIDE = 2
-HEAD_HIDDEN = 32                     # head_features_2
 
 
 @dataclass(frozen=True)
@@ -237,18 +236,16 @@ class DinoVisionTransformer(nn.Module):
 
 # --- DPT head ------------------------------------------------------------------------------------
 
-class Scratch(nn.Module):
-    """`depth_head.scratch`: per-level 3x3 convs to `features` channels (no bias), fusion coarse
-    to fine, the depth head (3x3 conv, bilinear to the input size, 3x3 conv, ReLU, 1x1 conv,
-    ReLU: non-negative relative inverse depth)."""
+class Scratch(DPTFusion):
+    """`depth_head.scratch`: MiDaS's fusion stage (dpt_blocks.DPTFusion), then the depth head
+    (3x3 conv, bilinear to the input size, 3x3 conv, ReLU, 1x1 conv, ReLU: non-negative relative
+    inverse depth). The head is not dpt_blocks.DPTDecoder's: the finest fused map is 8/14 of the
+    input here (1/2 in MiDaS), so it resizes to the input size rather than x2, and it is
+    published as output_conv1 + output_conv2, not one output_conv."""
 
     def __init__(self, size: EncoderSize):
-        super().__init__()
+        super().__init__(size.out_channels, size.features)
         features = size.features
-        for level, channels in enumerate(size.out_channels, start=1):
-            setattr(self, f"layer{level}_rn", nn.Conv2d(channels, features, 3, padding=1, bias=False))
-        for level in range(1, len(size.out_channels) + 1):
-            setattr(self, f"refinenet{level}", FusionBlock(features))
         self.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
         self.output_conv2 = nn.Sequential(
             nn.Conv2d(features // 2, HEAD_HIDDEN, 3, padding=1),
@@ -258,19 +255,17 @@ class Scratch(nn.Module):
         )
 
     def forward(self, levels: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
-        maps = [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
-        path = self.refinenet4(maps[3], size=maps[2].shape[2:])
-        path = self.refinenet3(path, maps[2], size=maps[1].shape[2:])
-        path = self.refinenet2(path, maps[1], size=maps[0].shape[2:])
-        path = self.refinenet1(path, maps[0])
-        out = self.output_conv1(path)
+        _, fused = self.fuse(levels)
+        out = self.output_conv1(fused[-1])
         out = F.interpolate(out, output_size, mode="bilinear", align_corners=True)
         return self.output_conv2(out)
 
 
 class DPTHead(nn.Module):
     """`depth_head`: token sequences -> feature maps at 4x, 2x, 1x, 1/2 of the token grid ->
-    scratch. Depth Anything V2 reads no class token (use_clstoken=False: no readout_projects)."""
+    scratch. Depth Anything V2 reads no class token (use_clstoken=False: no readout_projects),
+    and its 1x1 convs and resizes are published as two lists (projects.<i>, resize_layers.<i>),
+    so dpt_blocks.Reassemble (readout, then act_postprocess<i>.3 and .4) does not fit them."""
 
     def __init__(self, size: EncoderSize):
         super().__init__()

@@ -1,7 +1,7 @@
 """The DPT decoder (Ranftl et al., "Vision Transformers for Dense Prediction", 2021; util/blocks.py
-and backbones/utils.py in isl-org/MiDaS and DepthAnything/Depth-Anything-V2): the fusion blocks
+and backbones/utils.py in isl-org/MiDaS and DepthAnything/Depth-Anything-V2): the fusion stage
 that the MiDaS, Depth Anything and ZoeDepth networks share, and the readout/reassemble stages and
-depth decoder that MiDaS's DPT-Hybrid and MiDaS v3.1's BEiT-L (ZoeDepth's core) share. Parameter
+depth head that MiDaS's DPT-Hybrid and MiDaS v3.1's BEiT-L (ZoeDepth's core) share. Parameter
 names are the published ones (resConfUnit1, out_conv, act_postprocess<i>.3, ...).
 """
 
@@ -100,12 +100,12 @@ class DecodedLevels:
     depth: torch.Tensor                 # relative inverse depth, B x H x W
 
 
-class DPTDecoder(nn.Module):
-    """MiDaS's `scratch` (dpt_depth.py DPT + DPTDepthModel, non_negative=True): per-level 3x3
-    convs to `features` channels (no bias), fusion coarse to fine (each block upsampling to the
-    next finer map's size, the finest x2), and the depth head: 3x3 conv, x2 bilinear, 3x3 conv
-    to 32, ReLU, 1x1 conv, ReLU (relative inverse depth is never below zero). `output_conv`
-    keeps the published Sequential indices 0, 2, 4."""
+class DPTFusion(nn.Module):
+    """The part of DPT's `scratch` before the depth head, the same in MiDaS and Depth Anything:
+    per-level 3x3 convs to `features` channels (no bias), then fusion coarse to fine, each block
+    upsampling to the next finer map's size, the finest x2. Subclasses add their own head as
+    siblings of these layers, so the published names stay flat (`scratch.layer1_rn`,
+    `scratch.output_conv`, ...)."""
 
     def __init__(self, in_channels: tuple[int, ...], features: int):
         super().__init__()
@@ -113,6 +113,26 @@ class DPTDecoder(nn.Module):
             setattr(self, f"layer{level}_rn", nn.Conv2d(channels, features, 3, padding=1, bias=False))
         for level in range(1, len(in_channels) + 1):
             setattr(self, f"refinenet{level}", FusionBlock(features))
+
+    def fuse(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Four maps, finest first -> (the coarsest at `features` channels, the outputs of
+        refinenet4, 3, 2, 1: coarsest first, the last one the finest)."""
+        maps = [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
+        path4 = self.refinenet4(maps[3], size=maps[2].shape[2:])
+        path3 = self.refinenet3(path4, maps[2], size=maps[1].shape[2:])
+        path2 = self.refinenet2(path3, maps[1], size=maps[0].shape[2:])
+        path1 = self.refinenet1(path2, maps[0])
+        return maps[3], [path4, path3, path2, path1]
+
+
+class DPTDecoder(DPTFusion):
+    """MiDaS's `scratch` (dpt_depth.py DPT + DPTDepthModel, non_negative=True): the fusion stage
+    (DPTFusion) and the depth head: 3x3 conv, x2 bilinear, 3x3 conv to 32, ReLU, 1x1 conv, ReLU
+    (relative inverse depth is never below zero). `output_conv` keeps the published Sequential
+    indices 0, 2, 4."""
+
+    def __init__(self, in_channels: tuple[int, ...], features: int):
+        super().__init__(in_channels, features)
         self.output_conv = nn.Sequential(
             nn.Conv2d(features, features // 2, 3, padding=1),
             nn.Upsample(scale_factor=FINEST_UPSAMPLE, mode="bilinear", align_corners=True),
@@ -123,14 +143,10 @@ class DPTDecoder(nn.Module):
         )
 
     def decode(self, levels: list[torch.Tensor]) -> DecodedLevels:
-        maps = [getattr(self, f"layer{i}_rn")(x) for i, x in enumerate(levels, start=1)]
-        path4 = self.refinenet4(maps[3], size=maps[2].shape[2:])
-        path3 = self.refinenet3(path4, maps[2], size=maps[1].shape[2:])
-        path2 = self.refinenet2(path3, maps[1], size=maps[0].shape[2:])
-        path1 = self.refinenet1(path2, maps[0])
-        head_features = self.output_conv[:HEAD_HIDDEN_END](path1)
+        coarsest, fused = self.fuse(levels)
+        head_features = self.output_conv[:HEAD_HIDDEN_END](fused[-1])
         depth = self.output_conv[HEAD_HIDDEN_END:](head_features).squeeze(1)
-        return DecodedLevels(maps[3], [path4, path3, path2, path1], head_features, depth)
+        return DecodedLevels(coarsest, fused, head_features, depth)
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         return self.decode(levels).depth
