@@ -18,6 +18,7 @@ from .image import detection_size, resize_for_detection, to_rgb_uint8
 from .inpaint import inpaint_hint
 from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
+from .pyracanny import pyracanny
 from .recolor import recolor_intensity, recolor_luminance, recolor_map, restore_brightness
 from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resolution,
                          resize_geometry, resize_to_target)
@@ -38,7 +39,7 @@ from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
 from .shuffle import content_shuffle, shuffle_flow
 from .teed import MTEED_WEIGHTS, TEED_WEIGHTS, TEEDNetwork, load_teed, teed
-from .tile import tile
+from .tile import tile, ttplanet_tile_guided_filter, ttplanet_tile_simple
 from .uniformer import UNIFORMER_WEIGHTS, UniFormerSegmentationNetwork, load_uniformer, uniformer_segmentation
 from .xdog import xdog_scribble
 from .zoe import ZOE_WEIGHTS, ZoeDepthNetwork, load_zoe, zoe_depth
@@ -60,5 +61,6 @@ __all__ = [
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",
     "resize_for_detection", "resize_geometry", "resize_to_target", "scribble", "shuffle_flow",
     "tile", "to_rgb_uint8", "xdog_scribble", "recolor_intensity", "recolor_luminance", "recolor_map",
+    "pyracanny", "ttplanet_tile_guided_filter", "ttplanet_tile_simple",
     "restore_brightness", "ZOE_WEIGHTS", "ZoeDepthNetwork", "load_zoe", "zoe_depth",
 ]

@@ -39,10 +39,11 @@ from .hough import hough_lines
 from .image import DETECT_MULTIPLE
 from .lineart_standard import lineart_standard
 from .normal_from_depth import normal_from_depth
+from .pyracanny import pyracanny
 from .recolor import recolor_intensity, recolor_luminance
 from .scribble import scribble
 from .shuffle import content_shuffle
-from .tile import tile
+from .tile import tile, ttplanet_tile_guided_filter, ttplanet_tile_simple
 from .weights import PUBLISHED_AT, PUBLISHED_REPO, published_url
 from .xdog import xdog_scribble
 
@@ -54,11 +55,14 @@ ANNOTATORS: dict[str, Callable[..., np.ndarray]] = {
     "hough": hough_lines,
     "lineart_standard": lineart_standard,
     "normal_from_depth": normal_from_depth,
+    "pyracanny": pyracanny,
     "recolor_intensity": recolor_intensity,
     "recolor_luminance": recolor_luminance,
     "scribble": scribble,
     "shuffle": content_shuffle,
     "tile": tile,
+    "ttplanet_tile_guided_filter": ttplanet_tile_guided_filter,
+    "ttplanet_tile_simple": ttplanet_tile_simple,
     "xdog": xdog_scribble,
 }
 

@@ -15,12 +15,17 @@ from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_
 from ..annotators.inpaint import MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
 from ..annotators.lineart_standard import DEFAULT_GAUSSIAN_SIGMA, DEFAULT_INTENSITY_THRESHOLD, lineart_standard
 from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
+from ..annotators.pyracanny import DEFAULT_HIGH_THRESHOLD as PYRACANNY_DEFAULT_HIGH
+from ..annotators.pyracanny import DEFAULT_LOW_THRESHOLD as PYRACANNY_DEFAULT_LOW
+from ..annotators.pyracanny import pyracanny
 from ..annotators.recolor import (DEFAULT_GAMMA, INTENSITY, LAB_ORDER_A1111, LAB_ORDER_RGB, LAB_ORDERS, LUMINANCE,
                                   MAX_GAMMA, MIN_GAMMA, recolor_intensity, recolor_luminance, restore_brightness)
 from ..annotators.scribble import DEFAULT_STROKE_GROWTH_PX, DEFAULT_STROKE_THRESHOLD, scribble
 from ..annotators.segmentation import PALETTES, colorize_labels
 from ..annotators.shuffle import DEFAULT_CELL_PX, DEFAULT_SEED, content_shuffle
-from ..annotators.tile import NO_BLUR, NO_DOWNSAMPLING, tile
+from ..annotators.tile import (NO_BLUR, NO_DOWNSAMPLING, TTPLANET_DEFAULT_BLUR_STRENGTH, TTPLANET_DEFAULT_EPS,
+                               TTPLANET_DEFAULT_RADIUS, TTPLANET_DEFAULT_SCALE_FACTOR, tile, ttplanet_tile_guided_filter,
+                               ttplanet_tile_simple)
 from ..annotators.xdog import DEFAULT_THRESHOLD as XDOG_DEFAULT_THRESHOLD
 from ..annotators.xdog import xdog_scribble
 from .preprocessors_common import (CATEGORY, IMAGE_INPUT, MAX_SIZE, annotate_batch, detect_resolution, fit_frames,
@@ -36,6 +41,13 @@ MAX_HOUGH_VOTES = 10000
 MAX_TILE_FACTOR = 64.0
 MAX_BLUR_SIGMA = 64.0
 MAX_Z_COMPONENT = 100.0
+# TTPlanet tile: comfyui_controlnet_aux's ranges
+MAX_TTPLANET_SCALE_FACTOR = 8.0
+MIN_TTPLANET_BLUR_STRENGTH = 1.0
+MAX_TTPLANET_BLUR_STRENGTH = 10.0
+MAX_TTPLANET_RADIUS = 20
+MIN_TTPLANET_EPS = 0.001
+MAX_TTPLANET_EPS = 0.1
 # Standard Lineart: comfyui_controlnet_aux's ranges (sigma up to 100, threshold up to 16). OpenCV
 # derives the blur's kernel from sigma, which must then be positive.
 MIN_LINEART_SIGMA = 0.01
@@ -104,6 +116,21 @@ class CNS_Canny(AnnotatorNode):
     def annotate(self, image, low_threshold, high_threshold, auto_thresholds, resolution):
         return (annotate_batch(image, lambda frame: canny(
             frame, low_threshold, high_threshold, auto_thresholds, detect_resolution(resolution))),)
+
+
+class CNS_PyraCanny(AnnotatorNode):
+    DESCRIPTION = (
+        "PyraCanny (Fooocus): Canny edges of each colour channel at nine scales of the image, blended into one soft "
+        "gray edge map, for canny Control-LoRAs and canny ControlNets that miss structure at a single scale.")
+    OPTIONS = {
+        "low_threshold": canny_threshold(PYRACANNY_DEFAULT_LOW, "low"),
+        "high_threshold": canny_threshold(PYRACANNY_DEFAULT_HIGH, "high"),
+        "resolution": resolution_input(),
+    }
+
+    def annotate(self, image, low_threshold, high_threshold, resolution):
+        return (annotate_batch(image, lambda frame: pyracanny(
+            frame, low_threshold, high_threshold, detect_resolution(resolution))),)
 
 
 class CNS_HoughLines(AnnotatorNode):
@@ -296,6 +323,39 @@ class CNS_Tile(AnnotatorNode):
         return (annotate_batch(image, lambda frame: tile(frame, downsample_factor, blur_sigma)),)
 
 
+TTPLANET_SCALE_FACTOR_INPUT = _float(TTPLANET_DEFAULT_SCALE_FACTOR, NO_DOWNSAMPLING, MAX_TTPLANET_SCALE_FACTOR, 0.01, (
+    "Shrink the image by this factor and scale it back up, dropping detail the tile ControlNet then re-creates. "
+    "1 keeps the size."))
+TTPLANET_BLUR_INPUT = _float(TTPLANET_DEFAULT_BLUR_STRENGTH, MIN_TTPLANET_BLUR_STRENGTH, MAX_TTPLANET_BLUR_STRENGTH, 0.1, (
+    "Gaussian blur: a kernel of this many pixels (made odd) with sigma half of it. 1: no blur."))
+
+
+class CNS_TTPlanetTileGuidedFilter(AnnotatorNode):
+    DESCRIPTION = (
+        "TTPlanet's tile preprocessor for his SDXL tile ControlNets: blur, then an edge-preserving guided filter that "
+        "smooths texture but keeps edges, then shrink and scale back up. At the image's own size.")
+    OPTIONS = {
+        "scale_factor": TTPLANET_SCALE_FACTOR_INPUT,
+        "blur_strength": TTPLANET_BLUR_INPUT,
+        "radius": _int(TTPLANET_DEFAULT_RADIUS, 1, MAX_TTPLANET_RADIUS, (
+            "Guided filter window radius, in pixels of the image: larger smooths bigger areas.")),
+        "eps": _float(TTPLANET_DEFAULT_EPS, MIN_TTPLANET_EPS, MAX_TTPLANET_EPS, 0.001, (
+            "Guided filter regularisation (on 0..1 values): larger smooths across weaker edges too.")),
+    }
+
+    def annotate(self, image, scale_factor, blur_strength, radius, eps):
+        return (annotate_batch(image, lambda frame: ttplanet_tile_guided_filter(
+            frame, scale_factor, blur_strength, radius, eps)),)
+
+
+class CNS_TTPlanetTileSimple(AnnotatorNode):
+    DESCRIPTION = "TTPlanet's simple tile preprocessor: shrink, scale back up (Lanczos), then blur. At the image's own size."
+    OPTIONS = {"scale_factor": TTPLANET_SCALE_FACTOR_INPUT, "blur_strength": TTPLANET_BLUR_INPUT}
+
+    def annotate(self, image, scale_factor, blur_strength):
+        return (annotate_batch(image, lambda frame: ttplanet_tile_simple(frame, scale_factor, blur_strength)),)
+
+
 def fit_masks(mask, batch_size: int, image_hw: tuple[int, int]) -> np.ndarray:
     """MASK (B x H x W or H x W) -> float32 numpy (batch_size, H, W) at the image's size.
 
@@ -421,6 +481,7 @@ class CNS_DrawPoseKeypoints:
 
 NODES = {
     "CNS_Canny": (CNS_Canny, "Canny Edges"),
+    "CNS_PyraCanny": (CNS_PyraCanny, "PyraCanny"),
     "CNS_HoughLines": (CNS_HoughLines, "Hough Lines"),
     "CNS_Scribble": (CNS_Scribble, "Scribble from Drawing"),
     "CNS_ScribbleXDoG": (CNS_ScribbleXDoG, "Scribble XDoG"),
@@ -432,6 +493,8 @@ NODES = {
     "CNS_ColorGrid": (CNS_ColorGrid, "Colour Grid"),
     "CNS_ContentShuffle": (CNS_ContentShuffle, "Content Shuffle"),
     "CNS_Tile": (CNS_Tile, "Tile"),
+    "CNS_TTPlanetTileGuidedFilter": (CNS_TTPlanetTileGuidedFilter, "TTPlanet Tile Guided Filter"),
+    "CNS_TTPlanetTileSimple": (CNS_TTPlanetTileSimple, "TTPlanet Tile Simple"),
     "CNS_InpaintHint": (CNS_InpaintHint, "Inpaint Hint"),
     "CNS_NormalFromDepth": (CNS_NormalFromDepth, "Normal Map from Depth"),
     "CNS_ColorizeSegmentation": (CNS_ColorizeSegmentation, "Colourize Segmentation"),

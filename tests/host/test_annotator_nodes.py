@@ -25,9 +25,10 @@ from skimage import data
 from tests.annotators.random_learned import ZOE_TEST_WIDTHS, adjust, random_state_dict  # the annotator tests' recipe
 
 CATEGORY = "ControlNet Suite/preprocessors"
-WEIGHT_FREE = ["CNS_Canny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
+WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
-               "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity"]
+               "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_TTPlanetTileGuidedFilter",
+               "CNS_TTPlanetTileSimple"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
            "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
@@ -157,7 +158,8 @@ def test_resolution_inputs_default_to_512_in_steps_of_64(pack):
     # every annotator with a detect resolution has the input; tile, inpaint, normal-from-depth and
     # segmentation colouring work at the image's own size
     assert set(WEIGHT_FREE + LEARNED + LEARNED_PENDING) - set(with_resolution) == {
-        "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation"}
+        "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth", "CNS_ColorizeSegmentation", "CNS_TTPlanetTileGuidedFilter",
+        "CNS_TTPlanetTileSimple"}
     for node_id in with_resolution:
         kind, options = pack.node_class(node_id).INPUT_TYPES()["required"]["resolution"]
         assert (kind, options["default"], options["step"], options["min"]) == (
@@ -264,10 +266,16 @@ def weight_free_cases(annotators):
          lambda f: a.recolor_luminance(f, 1.4, 128, "rgb"), PHOTOS),
         ("CNS_ImageIntensity", dict(gamma_correction=0.6, resolution=0),
          lambda f: a.recolor_intensity(f, 0.6, None), PHOTOS),
+        ("CNS_PyraCanny", dict(low_threshold=30, high_threshold=90, resolution=128),
+         lambda f: a.pyracanny(f, 30, 90, 128), PHOTOS),
+        ("CNS_TTPlanetTileGuidedFilter", dict(scale_factor=1.5, blur_strength=3.0, radius=4, eps=0.02),
+         lambda f: a.ttplanet_tile_guided_filter(f, 1.5, 3.0, 4, 0.02), PHOTOS),
+        ("CNS_TTPlanetTileSimple", dict(scale_factor=2.5, blur_strength=4.0),
+         lambda f: a.ttplanet_tile_simple(f, 2.5, 4.0), PHOTOS),
     ]
 
 
-CASE_COUNT = 16
+CASE_COUNT = 19
 
 
 @pytest.mark.parametrize("case", range(CASE_COUNT))
@@ -288,6 +296,8 @@ DEFAULT_CALLS = {
     "CNS_ContentShuffle": ("content_shuffle", PHOTOS), "CNS_Tile": ("tile", PHOTOS),
     "CNS_NormalFromDepth": ("normal_from_depth", depth_batch()),
     "CNS_ImageLuminance": ("recolor_luminance", PHOTOS), "CNS_ImageIntensity": ("recolor_intensity", PHOTOS),
+    "CNS_PyraCanny": ("pyracanny", PHOTOS), "CNS_TTPlanetTileGuidedFilter": ("ttplanet_tile_guided_filter", PHOTOS),
+    "CNS_TTPlanetTileSimple": ("ttplanet_tile_simple", PHOTOS),
 }
 
 

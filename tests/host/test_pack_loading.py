@@ -23,7 +23,7 @@ NODES_BY_CATEGORY = {
         "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_RestoreBrightness",
         "CNS_DrawPoseKeypoints", "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart",
         "CNS_LineartAnime", "CNS_MangaLine", "CNS_AnyLine", "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnythingV2",
-        "CNS_LeReSDepth", "CNS_ZoeDepth",
+        "CNS_LeReSDepth", "CNS_ZoeDepth", "CNS_PyraCanny", "CNS_TTPlanetTileGuidedFilter", "CNS_TTPlanetTileSimple",
         "CNS_NormalBAE", "CNS_UniFormerSegmentation",
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution",
     ),
