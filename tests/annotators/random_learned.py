@@ -30,6 +30,11 @@ ZOE_LAST_BIN = "conditional_log_binomial.log_binomial_transform.K_minus_1"
 # heads on the published 24 x 24 trained grid and all 24 blocks, reassembled maps and decoder
 # narrow too; the metric head is the published one (its widths are fixed).
 ZOE_TEST_WIDTHS = dict(embed_dim=32, heads=2, window=24, reassemble_channels=(8, 16, 24, 32), features=16)
+# A tiny Depth Anything encoder (annotators.depth_anything_network.EncoderSize fields) on a 4 x 4
+# trained grid (56 pixels), whose readout blocks are not simply the last four.
+DEPTH_ANYTHING_TEST_WIDTHS = dict(embed_dim=32, depth=6, heads=2, swiglu=False, layers=(1, 2, 4, 5), features=16,
+                                  out_channels=(8, 16, 24, 32))
+DEPTH_ANYTHING_TEST_GRID = 4
 
 
 def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -80,17 +85,18 @@ def network_class(module_name: str, loader_name: str) -> type[torch.nn.Module]:
     return typing.get_type_hints(getattr(module, loader_name))["return"]
 
 
-def template_of(cls: type[torch.nn.Module]) -> dict[str, torch.Tensor]:
+def template_of(cls: type[torch.nn.Module], *arguments: object) -> dict[str, torch.Tensor]:
     with torch.device("meta"):  # shapes only: skips the default initialisation
-        return cls().state_dict()
+        return cls(*arguments).state_dict()
 
 
-def random_network(module_name: str, loader_name: str, seed: int) -> torch.nn.Module:
-    """An eval-mode network of the class `annotators.<module_name>.<loader_name>` returns,
-    holding random weights."""
+def random_network(module_name: str, loader_name: str, seed: int, *arguments: object) -> torch.nn.Module:
+    """An eval-mode network of the class `annotators.<module_name>.<loader_name>` returns, built
+    with `arguments` (none: the published widths; narrow ones such as ZOE_TEST_WIDTHS for the
+    networks too slow for tests at theirs), holding random weights."""
     cls = network_class(module_name, loader_name)
-    state = adjust(module_name, random_state_dict(template_of(cls), seed))
-    network = cls()
+    state = adjust(module_name, random_state_dict(template_of(cls, *arguments), seed))
+    network = cls(*arguments)
     network.load_state_dict(state, strict=True)
     return network.eval().requires_grad_(False)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import os
 import warnings
 from collections import deque
 
@@ -37,7 +36,6 @@ from annotators.lineart import LINEART_WEIGHTS, LineartNetwork  # noqa: E402
 from annotators.lineart_anime import LINEART_ANIME_WEIGHTS  # noqa: E402
 from annotators.manga_line import MANGA_LINE_WEIGHTS, manga_line  # noqa: E402
 from annotators.teed import MTEED_WEIGHTS, TEEDNetwork  # noqa: E402
-from annotators.weights import MissingWeightsError  # noqa: E402
 from tests.annotators.parity import ChannelsFirst  # noqa: E402
 from tests.annotators.random_learned import adjust, random_network, random_state_dict, save_published  # noqa: E402
 
@@ -324,28 +322,6 @@ def test_networks_must_fit_the_merge(bundles):
     with pytest.raises(ValueError) as error:
         AnyLineNetworks(mteed, "lineart_standard", mteed)
     assert str(error.value) == "merge_with_lineart 'lineart_standard' needs no line-art network"
-
-
-def test_missing_mteed_names_its_repository_folder(tmp_path):
-    first = str(tmp_path / "annotators")
-    with pytest.raises(MissingWeightsError) as error:
-        load_anyline([first])
-    assert str(error.value) == (
-        f"annotator weights 'MTEED.pth' not found. Download MTEED.pth from "
-        f"https://huggingface.co/TheMistoAI/MistoLine/tree/main/Anyline and put it in {first} (looked in: {first}). "
-        "Nothing is downloaded automatically.")
-    assert not os.path.exists(first)
-
-
-def test_missing_line_art_file_names_lllyasviel_annotators(folder, tmp_path):
-    only_mteed = tmp_path / "annotators"
-    only_mteed.mkdir()
-    (only_mteed / MTEED_WEIGHTS).symlink_to(folder / MTEED_WEIGHTS)
-    with pytest.raises(MissingWeightsError) as error:
-        load_anyline([str(only_mteed)], merge_with_lineart="manga_line")
-    assert str(error.value) == (
-        f"annotator weights 'erika.pth' not found. Download erika.pth from https://huggingface.co/lllyasviel/Annotators "
-        f"and put it in {only_mteed} (looked in: {only_mteed}). Nothing is downloaded automatically.")
 
 
 def test_comfyui_controlnet_aux_layout_is_found(folder, tmp_path):

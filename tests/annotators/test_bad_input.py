@@ -1,6 +1,7 @@
 """Learned annotators (random weights) on awkward inputs: every one either gives a uint8 HxWx3
-map at the input's size, equal to its map of the same picture as plain contiguous uint8 RGB, or
-refuses with the shared message that names the problem and the fix (annotators/image.py).
+map (AnyLine: float32 in 0..1, see annotators/anyline.py) at the input's size, equal to its map of
+the same picture as plain contiguous uint8 RGB, or refuses with the shared message that names the
+problem and the fix (annotators/image.py).
 Also the folder CLI on a folder of mixed sizes and formats.
 """
 
@@ -19,7 +20,8 @@ from skimage import data
 from annotators.batch import main, read_image_rgb
 from annotators.lineart import LINEART_WEIGHTS, lineart, load_lineart
 from annotators.networks_common import pad_to_multiple
-from tests.annotators.random_learned import random_network, random_openpose, save_published
+from tests.annotators.random_learned import (DEPTH_ANYTHING_TEST_GRID, DEPTH_ANYTHING_TEST_WIDTHS, ZOE_TEST_WIDTHS,
+                                             random_network, random_openpose, save_published)
 
 DETECT = 64  # the smallest detect resolution: every network stays cheap
 PHOTO = np.ascontiguousarray(data.astronaut()[:384:8, ::8])  # 48 x 64 RGB uint8
@@ -66,6 +68,13 @@ def uniformer_map(image: np.ndarray, network: Any, resolution: int | None) -> np
         return module.uniformer_segmentation(image, network, resolution)
 
 
+# Depth Anything V2 and ZoeDepth are built narrow (RANDOM_NETWORKS) and run on a smaller network
+# input than their 518 and 384 x 512 (same code path, smaller numbers): at full size a map takes
+# seconds here. 70 is 5 patches of 14; 96 x 128 keeps ZoeDepth's 3:4 in multiples of 32.
+SMALL_DEPTH_ANYTHING_INPUT = 70
+SMALL_ZOE_INPUT = (96, 128)
+
+
 # name -> (network module, loader, call(image, network, resolution))
 ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "hed": ("hed", "load_hed", entry("hed", "hed")),
@@ -83,10 +92,19 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "normalbae": ("normalbae", "load_normalbae", entry("normalbae", "normalbae")),
     "manga_line": ("manga_line", "load_manga_line", entry("manga_line", "manga_line")),
     "uniformer": ("uniformer", "load_uniformer", uniformer_map),
+    "depth_anything": ("depth_anything", "load_depth_anything",
+                       entry("depth_anything", "depth_anything", input_size=SMALL_DEPTH_ANYTHING_INPUT)),
+    "zoe_depth": ("zoe", "load_zoe", entry("zoe", "zoe_depth", input_size=SMALL_ZOE_INPUT)),
+    "anyline": ("anyline", "load_anyline", entry("anyline", "anyline")),
 }
 # Cheap enough (< 0.2 s a map here) to try every input kind one by one, which says which one
 # broke; the others get the inputs that combine several kinds at once.
-CHEAP = ("hed", "hed_scribble", "pidinet_safe", "teed", "mlsd", "lineart")
+CHEAP = ("hed", "hed_scribble", "pidinet_safe", "teed", "mlsd", "lineart", "depth_anything", "anyline")
+# AnyLine's map is a blend of 8-bit maps, kept in float32; the others give uint8.
+MAP_DTYPES = {"anyline": np.float32}
+# Annotators that refuse an image below a side length at its own size (image.check_min_side):
+# (the name they give, that length). ZoeDepth's reflect padding needs 5 pixels (annotators/zoe.py).
+MIN_SIDES = {"zoe_depth": ("ZoeDepth", 5)}
 
 
 def names(only: tuple[str, ...] | None = None) -> list:
@@ -95,15 +113,45 @@ def names(only: tuple[str, ...] | None = None) -> list:
         for name, (module, _, _) in ANNOTATORS.items() if only is None or name in only]
 
 
+def anyline_networks() -> Any:
+    from annotators.anyline import AnyLineNetworks
+
+    # Merged with Standard line art (its default), which is not learned: MTEED is its network.
+    return AnyLineNetworks(random_network("teed", "load_teed", seed=0), "lineart_standard")
+
+
+def narrow_depth_anything() -> Any:
+    from annotators.depth_anything_network import EncoderSize
+
+    # the tiny encoder test_depth_anything.py uses (its position embeddings are resized to each
+    # input's grid)
+    tiny = EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS)
+    return random_network("depth_anything", "load_depth_anything", 0, tiny, DEPTH_ANYTHING_TEST_GRID)
+
+
+def narrow_zoe() -> Any:
+    from annotators.zoe_network import ZoeSize
+
+    return random_network("zoe", "load_zoe", 0, ZoeSize(**ZOE_TEST_WIDTHS))
+
+
+# name -> its networks, where they are not random_network(module, loader) at the published widths
+RANDOM_NETWORKS: dict[str, Callable[[], Any]] = {
+    "openpose": lambda: random_openpose(seed=0),
+    "anyline": anyline_networks,
+    "depth_anything": narrow_depth_anything,
+    "zoe_depth": narrow_zoe,
+}
+
+
 class Annotator:
     """One annotator with its random network; maps of the same input are computed once."""
 
     def __init__(self, name: str):
         module, loader, self.call = ANNOTATORS[name]
-        if module == "openpose":
-            self.network = random_openpose(seed=0)
-        else:
-            self.network = random_network(module, loader, seed=0)
+        build = RANDOM_NETWORKS.get(name, lambda: random_network(module, loader, seed=0))
+        self.network = build()
+        self.dtype = MAP_DTYPES.get(name, np.uint8)
         self._maps: dict[int, np.ndarray] = {}
 
     def __call__(self, image: np.ndarray, resolution: int | None = DETECT) -> np.ndarray:
@@ -179,7 +227,7 @@ def assert_same_map(annotator: Annotator, image: np.ndarray, as_rgb: np.ndarray)
     assert not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
                 and image.flags.c_contiguous)  # each case really is something else
     got = annotator(image)
-    assert got.dtype == np.uint8 and got.shape == PHOTO.shape
+    assert got.dtype == annotator.dtype and got.shape == PHOTO.shape
     np.testing.assert_array_equal(got, annotator.map_of(as_rgb))
 
 
@@ -203,21 +251,38 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("name, size, resolution", [
-    pytest.param(*name.values, size, resolution, marks=name.marks)
-    for name in names() for size, resolution in TINY
-    if name.values[0] in CHEAP or resolution is not None or size == (1, 1)])
+def below_min_side(name: str, size: tuple[int, int], resolution: int | None) -> bool:
+    return resolution is None and name in MIN_SIDES and min(size) < MIN_SIDES[name][1]
+
+
+def tiny_cases(refused: bool) -> list:
+    return [pytest.param(*name.values, size, resolution, marks=name.marks)
+            for name in names() for size, resolution in TINY
+            if (name.values[0] in CHEAP or resolution is not None or size == (1, 1))
+            and below_min_side(name.values[0], size, resolution) == refused]
+
+
+@pytest.mark.parametrize("name, size, resolution", tiny_cases(refused=False))
 def test_tiny_images_work(annotator, name, size, resolution):
     image = np.ascontiguousarray(PHOTO[:size[0], :size[1]])
     got = annotator(image, resolution)
-    assert got.dtype == np.uint8 and got.shape == size + (3,)
+    assert got.dtype == annotator.dtype and got.shape == size + (3,)
+
+
+@pytest.mark.parametrize("name, size, resolution", tiny_cases(refused=True))
+def test_images_below_a_networks_minimum_are_refused_with_the_fix(annotator, name, size, resolution):
+    who, min_side = MIN_SIDES[name]
+    with pytest.raises(ValueError) as refused:
+        annotator(np.ascontiguousarray(PHOTO[:size[0], :size[1]]), resolution)
+    assert str(refused.value) == (f"{who} needs an image of at least {min_side}x{min_side} pixels, got "
+                                  f"{size[0]}x{size[1]}; upscale it or pass a detect resolution")
 
 
 @pytest.mark.parametrize("name", names())
 def test_huge_image_at_a_low_detect_resolution(annotator, name):
     huge = cv2.resize(PHOTO, (3000, 4000), interpolation=cv2.INTER_NEAREST)
     got = annotator(huge, DETECT)
-    assert got.dtype == np.uint8 and got.shape == (4000, 3000, 3)
+    assert got.dtype == annotator.dtype and got.shape == (4000, 3000, 3)
 
 
 FLOAT_255 = PHOTO.astype(np.float32)

@@ -56,15 +56,16 @@ transformers = pytest.importorskip("transformers")
 dinov2_modeling = pytest.importorskip("transformers.models.dinov2.modeling_dinov2")
 
 from annotators.depth_anything import (DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL,  # noqa: E402
-                                       MODEL_FILES, WEIGHTS_REPOS, depth_anything, depth_to_map, encoder_from_weights,
+                                       depth_anything, depth_to_map, encoder_from_weights,
                                        load_depth_anything, network_input_size, relative_depth)
 from annotators.depth_anything_network import (ENCODERS, PATCH_SIZE,  # noqa: E402
                                                DepthAnythingV2Network, EncoderSize,
                                                interpolate_position_embedding)
 from annotators.image import resize_for_detection  # noqa: E402
-from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
+from annotators.weights import BadWeightsError  # noqa: E402
 
 from .parity import assert_levels_within_rounding  # noqa: E402
+from .random_learned import DEPTH_ANYTHING_TEST_GRID, DEPTH_ANYTHING_TEST_WIDTHS  # noqa: E402
 
 SEED = 0
 # Raw outputs: equal within this, relative to the output's largest magnitude. Measured here:
@@ -72,9 +73,8 @@ SEED = 0
 # position rule), ~1e-5 through the whole pipeline (float64 bilinear write-up).
 RAW_TOLERANCE = 5e-5
 # Tiny configurations: 4 x 4 trained grid (56 pixels); blocks read out not simply the last four.
-TINY_GRID = 4
-TINY = EncoderSize("tiny", embed_dim=32, depth=6, heads=2, swiglu=False, layers=(1, 2, 4, 5),
-                   features=16, out_channels=(8, 16, 24, 32))
+TINY_GRID = DEPTH_ANYTHING_TEST_GRID
+TINY = EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS)
 TINY_SWIGLU = EncoderSize("tiny-swiglu", embed_dim=48, depth=4, heads=3, swiglu=True, layers=(0, 1, 2, 3),
                           features=16, out_channels=(8, 16, 24, 32))
 NOISE = 0.1                    # biases, norm shifts; norm and layer scales are 1 +- this
@@ -583,21 +583,6 @@ def test_controlnet_aux_layout_is_found(tmp_path, small_weights):
     repo_folder.mkdir(parents=True)
     (repo_folder / DEPTH_ANYTHING_V2_SMALL).symlink_to(saved(tmp_path / "store", small_weights))
     assert load_depth_anything([str(tmp_path)], size="small").encoder_size is ENCODERS["vits"]
-
-
-@pytest.mark.parametrize("size, file_name, repo", [
-    ("small", "depth_anything_v2_vits.pth", "depth-anything/Depth-Anything-V2-Small"),
-    ("base", "depth_anything_v2_vitb.pth", "depth-anything/Depth-Anything-V2-Base"),
-    ("large", "depth_anything_v2_vitl.pth", "depth-anything/Depth-Anything-V2-Large"),
-])
-def test_missing_weights_name_file_folder_and_repo(tmp_path, size, file_name, repo):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    with pytest.raises(MissingWeightsError) as error:
-        load_depth_anything([first, second], size=size)
-    assert str(error.value) == (
-        f"annotator weights '{file_name}' not found. Download {file_name} from https://huggingface.co/{repo} "
-        f"and put it in {first} (looked in: {first}, {second}). Nothing is downloaded automatically.")
-    assert WEIGHTS_REPOS[file_name] == repo and MODEL_FILES[size] == file_name
 
 
 def test_unknown_model_size_is_refused():

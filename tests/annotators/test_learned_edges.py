@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import cv2
 import numpy as np
@@ -34,7 +33,6 @@ from annotators.lineart_anime import (LINEART_ANIME_WEIGHTS, AnimeLineartNetwork
                                       lineart_anime, load_lineart_anime)
 from annotators.mlsd import MLSD_WEIGHTS, MLSDNetwork, load_mlsd, mlsd  # noqa: E402
 from annotators.pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet  # noqa: E402
-from annotators.weights import MissingWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
 from .random_learned import assert_loaded  # noqa: E402
@@ -305,17 +303,3 @@ def test_loader_is_strict(tmp_path):
     torch.save(weights, tmp_path / LINEART_WEIGHTS)
     with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "model4\.1\.bias"'):
         load_lineart([str(tmp_path)])
-
-
-@pytest.mark.parametrize("name", list(LOADERS))
-def test_missing_weights_names_file_folder_and_url(tmp_path, name):
-    loader, file_name = LOADERS[name]
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    expected = (
-        f"annotator weights '{file_name}' not found. Download {file_name} from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError) as error:
-        loader([first, second])
-    assert str(error.value) == expected
-    assert not os.path.exists(first)  # looking never creates folders

@@ -27,7 +27,7 @@ tv_models = pytest.importorskip("torchvision.models")
 
 from annotators.leres import (LERES_WEIGHTS, LeReSNetwork, depth_to_map, leres, leres_depth,  # noqa: E402
                               load_leres, network_input)
-from annotators.weights import BadWeightsError, MissingWeightsError, load_state_dict  # noqa: E402
+from annotators.weights import BadWeightsError, load_state_dict  # noqa: E402
 from tests.annotators.random_learned import assert_loaded, random_state_dict  # noqa: E402
 
 SEED = 3
@@ -230,17 +230,6 @@ def test_depth_model_entry_is_read_only_where_no_state_dict_or_model_entry_is(tm
     assert torch.equal(load_state_dict(str(tmp_path / "both.pth"))["w"], model)
     assert torch.equal(load_state_dict(str(tmp_path / "state.pth"))["w"], plain)
     assert torch.equal(load_state_dict(str(tmp_path / "depth.pth"))["w"], depth)
-
-
-def test_missing_weights_names_file_folder_and_url(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    with pytest.raises(MissingWeightsError) as error:
-        load_leres([first, second])
-    assert str(error.value) == (
-        f"annotator weights 'res101.pth' not found. Download res101.pth from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    assert LERES_WEIGHTS == "res101.pth"
 
 
 def test_parameter_count_is_resnext101_plus_the_decoder():

@@ -10,7 +10,6 @@ in controlnet-aux 0.0.10), so instead of an oracle the tests check:
 from __future__ import annotations
 
 import math
-import os
 
 import cv2
 import numpy as np
@@ -21,7 +20,6 @@ from skimage import data
 
 from annotators.manga_line import (MANGA_LINE_WEIGHTS, MangaLineNetwork, ResidualUnit,
                                    load_manga_line, manga_line, manga_line_gray)
-from annotators.weights import MissingWeightsError
 
 from .random_learned import assert_loaded
 
@@ -320,15 +318,3 @@ def test_loader_is_strict(tmp_path):
     with pytest.raises(RuntimeError,
                        match=r'Missing key\(s\) in state_dict: "block4\.model\.11\.shortcut\.model\.0\.bias"'):
         load_manga_line([str(tmp_path)])
-
-
-def test_missing_weights_names_file_folder_and_url(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    expected = (
-        f"annotator weights 'erika.pth' not found. Download erika.pth from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError) as error:
-        load_manga_line([first, second])
-    assert str(error.value) == expected
-    assert not os.path.exists(first)

@@ -31,7 +31,6 @@ from annotators.midas import (MIDAS_WEIGHTS, MiDaSNetwork, depth_to_maps,  # noq
                               load_midas, midas_depth, midas_depth_and_normal, midas_normal)
 from annotators.midas_network import (WEIGHT_STANDARDIZATION_EPS,  # noqa: E402
                                       StandardizedConv2d, pad_same)
-from annotators.weights import MissingWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
 
@@ -279,15 +278,3 @@ def test_loader_reads_the_published_keys_strictly(tmp_path, networks):
     for key, value in weights.items():
         assert loaded[key].dtype == torch.bfloat16
         assert torch.equal(loaded[key], value), key
-
-
-def test_missing_weights_names_file_folder_and_url(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    expected = (
-        f"annotator weights '{MIDAS_WEIGHTS}' not found. Download {MIDAS_WEIGHTS} from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError) as error:
-        load_midas([first, second])
-    assert str(error.value) == expected
-    assert MIDAS_WEIGHTS == "dpt_hybrid-midas-501f0c75.pt"

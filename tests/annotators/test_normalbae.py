@@ -33,7 +33,7 @@ aux_nnet = pytest.importorskip("controlnet_aux.normalbae.nets.NNET")
 
 from annotators.normalbae import (NORMALBAE_WEIGHTS, NormalBaeNetwork,  # noqa: E402
                                   load_normalbae, normalbae)
-from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
+from annotators.weights import BadWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
 from .random_learned import assert_loaded  # noqa: E402
@@ -239,17 +239,6 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(BadWeightsError, match="'scannet.pt' cannot be read .* download it again"):
         load_normalbae([str(tmp_path)])
-
-
-def test_missing_weights_names_file_folder_and_url(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    expected = (
-        f"annotator weights 'scannet.pt' not found. Download scannet.pt from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError) as error:
-        load_normalbae([first, second])
-    assert str(error.value) == expected
 
 
 def test_runs_without_geffnet_timm_or_controlnet_aux():

@@ -7,7 +7,6 @@ classes are constructed directly (never from_pretrained: nothing is downloaded).
 """
 
 import math
-import re
 import sys
 import types
 
@@ -24,7 +23,7 @@ from annotators.openpose.body import LIMB_PAF_CHANNELS, LIMBS, body_maps, decode
 from annotators.openpose.hand_face import face_box, face_points, hand_boxes, hand_points, label_blobs
 from annotators.openpose.inference import network_input, pad_to_stride, scale_like_v11
 from annotators.openpose.networks import FACE_WEIGHTS, BODY_WEIGHTS, HAND_WEIGHTS
-from annotators.weights import BadWeightsError, MissingWeightsError
+from annotators.weights import BadWeightsError
 
 oracle_body = pytest.importorskip("controlnet_aux.open_pose.body")
 from controlnet_aux import open_pose as oracle  # noqa: E402
@@ -464,14 +463,3 @@ def test_loader_is_strict(models_folder, tmp_path):
                                               r"\(e\.g\. \['conv1_1\.weight'\]\), 1 unexpected "
                                               r"\(e\.g\. \['model0\.conv1_1\.weight'\]\)"):
         load_openpose([str(tmp_path)])
-
-
-def test_missing_weights_message(models_folder, tmp_path):
-    (tmp_path / BODY_WEIGHTS).symlink_to(models_folder / BODY_WEIGHTS)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    message = (f"annotator weights 'hand_pose_model.pth' not found. Download hand_pose_model.pth from "
-               f"https://huggingface.co/lllyasviel/Annotators and put it in {empty} (looked in: {empty}, "
-               f"{tmp_path}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError, match="^" + re.escape(message) + "$"):
-        load_openpose([str(empty), str(tmp_path)], hands=True)

@@ -10,7 +10,6 @@ would match anything and prove nothing).
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import cv2
@@ -24,7 +23,7 @@ aux_teed = pytest.importorskip("controlnet_aux.teed")
 
 from annotators.teed import (MTEED_WEIGHTS, TEED_WEIGHTS, TEEDNetwork, load_teed, teed,  # noqa: E402
                              teed_probability)
-from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
+from annotators.weights import BadWeightsError  # noqa: E402
 from tests.annotators.random_learned import adjust, assert_loaded, random_state_dict  # noqa: E402
 
 SEED = 1
@@ -204,17 +203,3 @@ def test_a_truncated_file_is_named(tmp_path, weights):
         load_teed([str(tmp_path)])
     assert str(error.value).startswith("'7_model.pth' cannot be read (")
     assert str(error.value).endswith("); it is probably truncated: download it again")
-
-
-@pytest.mark.parametrize("file_name, url", [
-    (TEED_WEIGHTS, "https://huggingface.co/bdsqlsz/qinglong_controlnet-lllite/tree/main/Annotators"),
-    (MTEED_WEIGHTS, "https://huggingface.co/TheMistoAI/MistoLine/tree/main/Anyline"),
-])
-def test_missing_weights_name_file_folder_and_repository_folder(tmp_path, file_name, url):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    with pytest.raises(MissingWeightsError) as error:
-        load_teed([first, second], mteed=file_name == MTEED_WEIGHTS)
-    assert str(error.value) == (
-        f"annotator weights '{file_name}' not found. Download {file_name} from {url} and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    assert not os.path.exists(first)  # looking never creates folders

@@ -13,7 +13,6 @@ short side of 512, so the end-to-end tests use a narrow decode head (a tiny conf
 from __future__ import annotations
 
 import math
-import os
 import sys
 import types
 
@@ -31,7 +30,6 @@ from annotators.uniformer import (UNIFORMER_WEIGHTS, UniFormerSegmentationNetwor
                                   uniformer_segmentation, uniformer_state_dict)
 from annotators.uniformer_backbone import (AttentionBlock, ConvBlock, PatchEmbed,
                                            UniFormerBackbone)
-from annotators.weights import MissingWeightsError
 
 from .random_learned import assert_loaded
 
@@ -537,15 +535,3 @@ def test_loader_is_strict(tmp_path):
     with pytest.raises(RuntimeError,
                        match=r'Missing key\(s\) in state_dict: "backbone\.blocks3\.7\.attn\.qkv\.bias"'):
         load_uniformer([str(tmp_path)])
-
-
-def test_missing_weights_names_file_folder_and_url(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    expected = (
-        f"annotator weights 'upernet_global_small.pth' not found. Download upernet_global_small.pth "
-        f"from https://huggingface.co/lllyasviel/Annotators and put it in {first} "
-        f"(looked in: {first}, {second}). Nothing is downloaded automatically.")
-    with pytest.raises(MissingWeightsError) as error:
-        load_uniformer([first, second])
-    assert str(error.value) == expected
-    assert not os.path.exists(first)

@@ -48,7 +48,7 @@ from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth  # 
 from controlnet_aux.zoe.zoedepth.utils.config import get_config  # noqa: E402
 
 from annotators.image import resize_for_detection  # noqa: E402
-from annotators.weights import BadWeightsError, MissingWeightsError  # noqa: E402
+from annotators.weights import BadWeightsError  # noqa: E402
 from annotators.zoe import (NETWORK_INPUT_SIZE, ZOE_WEIGHTS, depth_to_map, load_zoe,  # noqa: E402
                             metric_depth, network_input, network_input_size, zoe_depth)
 from annotators.zoe_network import (HOOKS, PATCH_SIZE, ZOE_LARGE, ZoeDepthNetwork, ZoeSize,  # noqa: E402
@@ -299,16 +299,6 @@ def test_controlnet_aux_layout_is_found_and_half_precision_files_load(weights, t
     network = load_zoe([str(tmp_path / "elsewhere"), str(tmp_path)])
     assert network.size == NARROW
     assert_loaded(network, {k: v.float() if v.is_floating_point() else v for k, v in half.items()})
-
-
-def test_missing_weights_name_file_folder_and_repository(tmp_path):
-    first, second = str(tmp_path / "annotators"), str(tmp_path / "more")
-    with pytest.raises(MissingWeightsError) as error:
-        load_zoe([first, second])
-    assert str(error.value) == (
-        f"annotator weights 'ZoeD_M12_N.pt' not found. Download ZoeD_M12_N.pt from "
-        f"https://huggingface.co/lllyasviel/Annotators and put it in {first} (looked in: {first}, {second}). "
-        "Nothing is downloaded automatically.")
 
 
 def test_another_checkpoint_is_refused_by_name(tmp_path):
