@@ -72,10 +72,10 @@ def _bool(default: bool, tooltip: str) -> tuple[str, dict[str, Any]]:
     return ("BOOLEAN", {"default": default, "tooltip": tooltip})
 
 
-def canny_threshold(default: float, which: str) -> tuple[str, dict[str, Any]]:
+def canny_threshold(default: float, which: str, default_from: str = "v1.1") -> tuple[str, dict[str, Any]]:
     return _int(int(default), 0, 255, (
-        f"Canny {which} threshold on the gradient magnitude (v1.1 default {int(default)}). Gradients above the high "
-        "threshold start an edge; edges continue through gradients above the low one."))
+        f"Canny {which} threshold on the gradient magnitude ({default_from} default {int(default)}). Gradients above "
+        "the high threshold start an edge; edges continue through gradients above the low one."))
 
 
 # round=False: ComfyUI's frontend would otherwise round the 2 pi default to the step (6.28).
@@ -123,8 +123,8 @@ class CNS_PyraCanny(AnnotatorNode):
         "PyraCanny (Fooocus): Canny edges of each colour channel at nine scales of the image, blended into one soft "
         "gray edge map, for canny Control-LoRAs and canny ControlNets that miss structure at a single scale.")
     OPTIONS = {
-        "low_threshold": canny_threshold(PYRACANNY_DEFAULT_LOW, "low"),
-        "high_threshold": canny_threshold(PYRACANNY_DEFAULT_HIGH, "high"),
+        "low_threshold": canny_threshold(PYRACANNY_DEFAULT_LOW, "low", "Fooocus"),
+        "high_threshold": canny_threshold(PYRACANNY_DEFAULT_HIGH, "high", "Fooocus"),
         "resolution": resolution_input(),
     }
 
