@@ -21,12 +21,18 @@ Module and parameter names mirror the published keys so the files load strictly.
 the encoder (vits / vitb / vitl, and vitg, whose weights are not published) is read from the
 weights' shapes by `encoder_for_width`; `ENCODERS` holds the configurations of the original's
 `model_configs` (run.py, app.py) and `intermediate_layer_idx` (dpt.py).
+
+Depth Anything V1 (Yang et al., CVPR 2024; LiheYoung/Depth-Anything `depth_anything/dpt.py`
+`DPT_DINOv2`, files `depth_anything_vit{s,b,l}14.pth`) is the same network with the same keys and
+widths, except that its head reads the last four blocks (`V1_ENCODERS`). Its forward also resizes
+the head's output bilinearly (align_corners=True) to the input size before a last ReLU; the head
+already outputs that size (sides are multiples of 14), so both are no-ops, left out as for V2.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +88,21 @@ ENCODERS = {
         EncoderSize("vitg", 1536, 40, 24, True, (9, 19, 29, 39), 384, (1536, 1536, 1536, 1536)),
     )
 }
+
+
+# Depth Anything V1's DPT_DINOv2.forward reads get_intermediate_layers(x, 4): the last four blocks
+# (dinov2 vision_transformer.py: "If n is an int, take the n last blocks"). Its configurations
+# (dpt.py, and comfyui_controlnet_aux's DPT_CONFIGS) are V2's otherwise; V1 published vits, vitb
+# and vitl only (DPT_DINOv2 asserts encoder in ['vits', 'vitb', 'vitl']).
+V1_READOUT_BLOCKS = 4
+
+
+def last_blocks_readout(size: EncoderSize) -> EncoderSize:
+    """`size` with its head reading the last four blocks, as Depth Anything V1's does."""
+    return replace(size, layers=tuple(range(size.depth - V1_READOUT_BLOCKS, size.depth)))
+
+
+V1_ENCODERS = {name: last_blocks_readout(ENCODERS[name]) for name in ("vits", "vitb", "vitl")}
 
 
 def encoder_for_width(embed_dim: int) -> EncoderSize | None:
@@ -288,7 +309,8 @@ class DPTHead(nn.Module):
 
 
 class DepthAnythingV2Network(nn.Module):
-    """Depth Anything V2 of one encoder size ("vits", "vitb", "vitl", "vitg" or an EncoderSize).
+    """Depth Anything V2 of one encoder size ("vits", "vitb", "vitl", "vitg" or an EncoderSize);
+    Depth Anything V1 given one of V1_ENCODERS.
     Input Bx3xHxW, RGB normalised with the ImageNet mean and std, H and W multiples of 14; output
     BxHxW relative inverse depth (>= 0, larger is nearer, arbitrary scale)."""
 

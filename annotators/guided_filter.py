@@ -46,7 +46,8 @@ def inverse_3x3(matrices: np.ndarray) -> np.ndarray:
             i1, i2, j1, j2 = (i + 1) % 3, (i + 2) % 3, (j + 1) % 3, (j + 2) % 3
             adjugate[j, i] = m[i1, j1] * m[i2, j2] - m[i1, j2] * m[i2, j1]
     determinant = m[0, 0] * adjugate[0, 0] + m[0, 1] * adjugate[1, 0] + m[0, 2] * adjugate[2, 0]
-    return adjugate / determinant
+    adjugate /= determinant
+    return adjugate
 
 
 def guided_filter_coefficients(
@@ -56,14 +57,14 @@ def guided_filter_coefficients(
     planes C x H x W, float32. A source that is the guide itself (TTPlanet's case) reuses the
     guide's statistics: cov(I, p) is then Sigma."""
     mean_guide = box_mean(guide, radius)                                          # 3 H W
-    guide_covariance = (box_mean(guide[:, None] * guide[None, :], radius)
-                        - mean_guide[:, None] * mean_guide[None, :])              # 3 3 H W
+    guide_covariance = box_mean(guide[:, None] * guide[None, :], radius)          # 3 3 H W
+    guide_covariance -= mean_guide[:, None] * mean_guide[None, :]
     if source is guide:
         mean_source, cross_covariance = mean_guide, guide_covariance
     else:
         mean_source = box_mean(source, radius)                                    # C H W
-        cross_covariance = (box_mean(guide[:, None] * source[None, :], radius)
-                            - mean_guide[:, None] * mean_source[None, :])         # 3 C H W
+        cross_covariance = box_mean(guide[:, None] * source[None, :], radius)     # 3 C H W
+        cross_covariance -= mean_guide[:, None] * mean_source[None, :]
     regularised = guide_covariance + np.float32(eps) * np.eye(GUIDE_CHANNELS, dtype=np.float32)[:, :, None, None]
     a = np.einsum("ijhw,jchw->ichw", inverse_3x3(regularised), cross_covariance)   # 3 C H W
     b = mean_source - np.einsum("khw,kchw->chw", mean_guide, a)
@@ -76,7 +77,9 @@ def apply_coefficients(guide: np.ndarray, mean_a: np.ndarray, mean_b: np.ndarray
 
 
 def _resized(planes: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:
-    """cv2.resize of each plane of a ... x H x W array."""
+    """cv2.resize of each plane of a ... x H x W array (the array itself at its own size)."""
+    if planes.shape[-2:] == (height, width):
+        return planes
     flat = planes.reshape(-1, *planes.shape[-2:])
     resized = np.empty((len(flat), height, width), flat.dtype)
     for plane, result in zip(flat, resized):

@@ -7,7 +7,9 @@ Files keep the names lllyasviel/Annotators publishes (`ControlNetHED.pth`, `body
 Where a file is published is a Hugging Face repository "owner/name", or "owner/name/folder" for a
 file kept in a folder of the repository (TEED's `7_model.pth` in bdsqlsz/qinglong_controlnet-lllite's
 `Annotators`): comfyui_controlnet_aux keeps those as `ckpts/owner/name/folder/<file>`, which the
-same join finds, and the missing-file message links to the folder.
+same join finds, and the missing-file message links to the folder. A file kept in a Hugging Face
+Space rather than a model repository is "spaces/owner/name/folder" (Depth Anything V1's checkpoints,
+in the LiheYoung/Depth-Anything Space): its address keeps the prefix, the cache layout does not.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ PUBLISHED_REPO = "lllyasviel/Annotators"
 PUBLISHED_AT = f"{HUB_URL}/{PUBLISHED_REPO}"
 CONTROLNET_AUX_CACHE = "ckpts"  # controlnet_aux's from_pretrained(cache_dir) layout: ckpts/<repo>/<file>
 REPO_ID_PARTS = 2  # a Hugging Face repository id is "owner/name"; anything after is a folder in it
+# hf_hub_download(repo_type="space") files, addressed huggingface.co/spaces/owner/name; controlnet_aux
+# keeps them as ckpts/owner/name/<folder>/<file> (its custom_hf_download: local_dir=ckpts/<repo id>).
+SPACE_PREFIX = "spaces/"
 
 
 # Entries that hold a checkpoint's weights, tried in this order. "depth_model" is last, so it only
@@ -39,20 +44,24 @@ class BadWeightsError(ValueError):
 
 
 def published_url(repo: str) -> str:
-    """The address of `repo` ("owner/name") on the hub, or of the folder in it ("owner/name/folder")."""
-    parts = repo.split("/")
+    """The address of `repo` ("owner/name") on the hub, or of the folder in it ("owner/name/folder");
+    "spaces/owner/name/folder" is a folder in a Space."""
+    space = SPACE_PREFIX if repo.startswith(SPACE_PREFIX) else ""
+    parts = repo.removeprefix(space).split("/")
     repo_id, folder = "/".join(parts[:REPO_ID_PARTS]), "/".join(parts[REPO_ID_PARTS:])
-    return f"{HUB_URL}/{repo_id}" + (f"/tree/main/{folder}" if folder else "")
+    return f"{HUB_URL}/{space}{repo_id}" + (f"/tree/main/{folder}" if folder else "")
 
 
 def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_REPO) -> str:
     """Path of `file_name` in the first folder that has it, directly or as ckpts/<repo>/<file>; a
     clear error naming the file, the folders looked in and where the file is published when none
-    does. `repo` is "owner/name" or, for a file in a folder of the repository, "owner/name/folder"."""
+    does. `repo` is "owner/name" or, for a file in a folder of the repository, "owner/name/folder"
+    ("spaces/owner/name/folder" for a Space's)."""
     if os.path.basename(file_name) != file_name:
         raise ValueError(f"annotator weight names are plain file names, got '{file_name}'")
+    cached_as = repo.removeprefix(SPACE_PREFIX)
     for folder in folders:
-        for candidate in (os.path.join(folder, file_name), os.path.join(folder, CONTROLNET_AUX_CACHE, repo, file_name)):
+        for candidate in (os.path.join(folder, file_name), os.path.join(folder, CONTROLNET_AUX_CACHE, cached_as, file_name)):
             if os.path.isfile(candidate):
                 return candidate
     looked_in = ", ".join(folders) if folders else "(no annotators folder is registered)"
