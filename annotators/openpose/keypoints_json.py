@@ -122,6 +122,18 @@ def frames_from_text(text: str) -> list[Mapping[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+def check_frames(frames: list[Any], where: str = "keypoints") -> None:
+    """Refuse frames that Draw Pose Keypoints could not read, naming the frame and the point
+    (what is saved or loaded is then drawable). A frame without a canvas is accepted: its size is
+    given when it is drawn."""
+    if not frames:
+        raise ValueError(f"the {where} hold no frames")
+    for index, frame in enumerate(frames):
+        frame_where = f"{where} frame {index}"
+        _check_frame(frame, frame_where)
+        poses_from_json(frame, canvas_size(frame, frame_where) or (1, 1), frame_where)
+
+
 def keypoint_frames(pose_keypoint: list[Mapping[str, Any]] | None, keypoints_json: str) -> list[Mapping[str, Any]]:
     """The frames from exactly one of: a POSE_KEYPOINT list (one frame per image), or JSON text."""
     if pose_keypoint is not None and keypoints_json.strip():

@@ -33,7 +33,7 @@ LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CN
            "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
-KEYPOINTS = ["CNS_DrawPoseKeypoints"]  # keypoints in, a map out: no image input
+KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
 AFTER_SAMPLING = ["CNS_RestoreBrightness"]  # a generated image and a recolor map in (tests/host/test_recolor_nodes.py)
 NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS + AFTER_SAMPLING
 
