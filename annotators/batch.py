@@ -10,9 +10,9 @@ its keypoints as `<output>/<name>.json`); other files are skipped with a message
 taken in name order. Images are read with their alpha channel and bit depth
 (cv2.IMREAD_UNCHANGED), so the shared input rules apply (alpha on white, 16-bit scaled to 8-bit).
 A learned annotator's network is loaded once, before the first image, from the weight files
-lllyasviel/Annotators publishes (and a few published elsewhere: Depth Anything V2, TEED, AnyLine's
-MTEED); an unknown --annotator lists every name with its files. AnyLine's float maps are written
-as 16-bit PNGs.
+lllyasviel/Annotators publishes (and a few published elsewhere: Depth Anything V1 and V2, TEED,
+AnyLine's MTEED); an unknown --annotator lists every name with its files. AnyLine's float maps
+are written as 16-bit PNGs.
 """
 
 from __future__ import annotations
@@ -133,6 +133,16 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                                loader_options={"size": "base"}),
     "depth_anything_v2_small": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
                                                 ("depth_anything.DEPTH_ANYTHING_V2_SMALL",),
+                                                loader_options={"size": "small"}),
+    # V1: published by the authors in a Space (huggingface.co/spaces/LiheYoung/Depth-Anything)
+    "depth_anything_v1": LearnedAnnotator("depth_anything", "depth_anything_v1", "load_depth_anything_v1",
+                                          ("depth_anything.DEPTH_ANYTHING_V1_LARGE",),
+                                          loader_options={"size": "large"}),
+    "depth_anything_v1_base": LearnedAnnotator("depth_anything", "depth_anything_v1", "load_depth_anything_v1",
+                                               ("depth_anything.DEPTH_ANYTHING_V1_BASE",),
+                                               loader_options={"size": "base"}),
+    "depth_anything_v1_small": LearnedAnnotator("depth_anything", "depth_anything_v1", "load_depth_anything_v1",
+                                                ("depth_anything.DEPTH_ANYTHING_V1_SMALL",),
                                                 loader_options={"size": "small"}),
     # published in folders of other repositories (teed.WEIGHTS_REPOS)
     "teed": LearnedAnnotator("teed", "teed", "load_teed", ("teed.TEED_WEIGHTS",)),

@@ -192,6 +192,39 @@ class CNS_DepthAnythingV2(LearnedAnnotatorNode):
         return {}
 
 
+def depth_anything_v1_model(size: str, weights: str) -> LearnedModel:
+    """The V1 network for one model choice; its file comes from the authors' Space
+    (annotators/depth_anything.py WEIGHTS_REPOS, which the cache reads)."""
+    return LearnedModel("depth_anything", (weights,), "load_depth_anything_v1", (("size", size),))
+
+
+class CNS_DepthAnything(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "Depth Anything (V1) relative depth (A1111's depth_anything, comfyui_controlnet_aux's 'Depth Anything'), "
+        "near is bright, for depth ControlNets. Needs depth_anything_vits14.pth (small), depth_anything_vitb14.pth "
+        "(base) or depth_anything_vitl14.pth (large) from huggingface.co/spaces/LiheYoung/Depth-Anything (folder "
+        "checkpoints) in models/annotators (never downloaded). " + NETWORK_NOTE)
+    MODELS = {
+        "small": depth_anything_v1_model("small", "DEPTH_ANYTHING_V1_SMALL"),
+        "base": depth_anything_v1_model("base", "DEPTH_ANYTHING_V1_BASE"),
+        "large": depth_anything_v1_model("large", "DEPTH_ANYTHING_V1_LARGE"),
+    }
+    RUN = "depth_anything_v1"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "model": (list(MODELS), {"default": "large", "tooltip": (
+            "small: depth_anything_vits14.pth (24.8 M parameters, fastest); base: depth_anything_vitb14.pth "
+            "(97.5 M); large: depth_anything_vitl14.pth (335.3 M, finest; A1111's and comfyui_controlnet_aux's "
+            "default). Whatever the detect resolution, the network sees the image at a 518-pixel short side.")}),
+    }
+
+    def model_for(self, options):
+        return self.MODELS[options["model"]]
+
+    def run_options(self, options):
+        return {}
+
+
 class CNS_ZoeDepth(LearnedAnnotatorNode):
     DESCRIPTION = (
         "ZoeDepth depth (v1.1 and A1111's depth_zoe; comfyui_controlnet_aux's 'Zoe Depth Map' until it moved to "
@@ -338,6 +371,7 @@ NODES = {
     "CNS_AnyLine": (CNS_AnyLine, "AnyLine Line Art"),
     "CNS_MiDaSDepth": (CNS_MiDaSDepth, "MiDaS Depth"),
     "CNS_MiDaSNormal": (CNS_MiDaSNormal, "MiDaS Normal Map"),
+    "CNS_DepthAnything": (CNS_DepthAnything, "Depth Anything V1 Depth"),
     "CNS_DepthAnythingV2": (CNS_DepthAnythingV2, "Depth Anything V2 Depth"),
     "CNS_ZoeDepth": (CNS_ZoeDepth, "Zoe Depth"),
     "CNS_LeReSDepth": (CNS_LeReSDepth, "LeReS Depth"),

@@ -13,7 +13,8 @@ from typing import Callable
 import pytest
 
 from annotators.anyline import load_anyline
-from annotators.depth_anything import MODEL_FILES, WEIGHTS_REPOS, load_depth_anything
+from annotators.depth_anything import (MODEL_FILES, V1_MODEL_FILES, WEIGHTS_REPOS, load_depth_anything,
+                                       load_depth_anything_v1)
 from annotators.hed import HED_WEIGHTS, load_hed
 from annotators.leres import LERES_WEIGHTS, load_leres
 from annotators.lineart import LINEART_WEIGHTS, load_lineart
@@ -91,6 +92,13 @@ CASES = {
            ("small", "depth_anything_v2_vits.pth", "depth-anything/Depth-Anything-V2-Small"),
            ("base", "depth_anything_v2_vitb.pth", "depth-anything/Depth-Anything-V2-Base"),
            ("large", "depth_anything_v2_vitl.pth", "depth-anything/Depth-Anything-V2-Large")]},
+    # V1's are in a folder of the authors' Space, not a model repository
+    **{f"depth_anything_v1_{size}": Case(
+        lambda folders, size=size: load_depth_anything_v1(folders, size=size), file_name,
+        "https://huggingface.co/spaces/LiheYoung/Depth-Anything/tree/main/checkpoints",
+        constants=((V1_MODEL_FILES[size], file_name),))
+       for size, file_name in [("small", "depth_anything_vits14.pth"), ("base", "depth_anything_vitb14.pth"),
+                               ("large", "depth_anything_vitl14.pth")]},
     "manga_line": Case(load_manga_line, "erika.pth", ANNOTATORS_URL),
     "openpose_hands": Case(lambda folders: load_openpose(folders, hands=True), "hand_pose_model.pth",
                            ANNOTATORS_URL, folders=empty_folder_then_body_weights),

@@ -30,7 +30,7 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_TTPlanetTileGuidedFilter",
                "CNS_TTPlanetTileSimple"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
-           "CNS_AnyLine", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
+           "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
@@ -461,6 +461,8 @@ NETWORKS = [
     ("leres", "LERES_WEIGHTS", "LeReSNetwork"),
     # ZoeDepth's BEiT-L (345 M parameters) narrowed: the loader reads the widths from the file
     ("zoe", "ZOE_WEIGHTS", "ZoeDepthNetwork", lambda zoe: zoe.ZoeSize(**ZOE_TEST_WIDTHS)),
+    # last, so the networks above keep their seeds; V2's layout, which the V1 loader reads
+    ("depth_anything", "DEPTH_ANYTHING_V1_SMALL", "DepthAnythingV2Network", "vits"),
 ]
 
 
@@ -518,6 +520,8 @@ LEARNED_CASES = [
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
     ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
      "depth_anything", {}),
+    ("CNS_DepthAnything", dict(model="small"), "depth_anything", "load_depth_anything_v1", dict(size="small"),
+     "depth_anything_v1", {}),
     ("CNS_LeReSDepth", dict(rm_nearest=0.0, rm_background=0.0), "leres", "load_leres", {}, "leres", {}),
     ("CNS_LeReSDepth", dict(rm_nearest=20.0, rm_background=30.5), "leres", "load_leres", {}, "leres",
      dict(remove_nearest=20.0, remove_background=30.5)),
@@ -624,6 +628,14 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
         assert f"{file_name} ({size}) from huggingface.co/{depth_anything.WEIGHTS_REPOS[file_name]}" in description
     assert "lllyasviel" not in description
     assert pack.defaults("CNS_DepthAnythingV2")["model"] == depth_anything.DEFAULT_MODEL == "large"
+    # Depth Anything V1's files are in a folder of the authors' Space (WEIGHTS_REPOS: spaces/owner/name/folder).
+    description = learned.CNS_DepthAnything.DESCRIPTION
+    for size, model in learned.CNS_DepthAnything.MODELS.items():
+        assert dict(model.options) == {"size": size} and model.loader == "load_depth_anything_v1"
+        assert f"{depth_anything.V1_MODEL_FILES[size]} ({size})" in description
+    space, folder = depth_anything.WEIGHTS_REPOS[depth_anything.DEPTH_ANYTHING_V1_LARGE].rsplit("/", 1)
+    assert f"from huggingface.co/{space} (folder {folder})" in description and "lllyasviel" not in description
+    assert pack.defaults("CNS_DepthAnything") == {"resolution": 512, "model": "large"}
     if pack.has("annotators.midas"):
         assert learned.MIDAS_NORMAL_BACKGROUND_THRESHOLD == pack.module("annotators.midas").DEFAULT_NORMAL_BACKGROUND_THRESHOLD
     # TEED's and MTEED's files are in folders of other repositories (teed.WEIGHTS_REPOS: owner/name/folder).
