@@ -3,11 +3,11 @@ and its fast subsampled form (He and Sun, "Fast Guided Filter", 2015), as TTPlan
 preprocessor runs them (tody's guided-filter code, which comfyui_controlnet_aux carries).
 
 In each (2r+1)-pixel square window w_k the output is a linear function of the guide I, fitted to
-the source p by ridge regression (the paper's eq. 14-15, with a 3-channel guide):
+the source p by ridge regression (the paper's colour-guide case):
 
     a_k = (Sigma_k + eps * U)^-1 cov_k(I, p),    b_k = mean_k(p) - a_k . mean_k(I)
 
-and each pixel takes the mean of the a and b of the windows that cover it (eq. 16):
+and each pixel takes the mean of the a and b of the windows that cover it:
 q_i = mean(a) . I_i + mean(b). Window means are box filters with OpenCV's default border
 (reflect-101), as in the original code. Everything is float32, as there.
 """
@@ -20,8 +20,9 @@ import numpy as np
 GUIDE_CHANNELS = 3
 
 # Inside, images are stacks of planes (channels first: ... x H x W). Products and small matrix
-# algebra over the channel axes then run as whole-plane operations, about ten times faster than
-# per-pixel 3x3 matrices (numpy's batched matmul of H x W x 3 x 3 arrays).
+# algebra over the channel axes then run as whole-plane operations: at 2048 x 2048 the filter took
+# 0.6-1.5 s this way against 4.2 s with per-pixel 3 x 3 matrices (numpy's batched matmul of
+# H x W x 3 x 3 arrays).
 
 
 def box_mean(planes: np.ndarray, radius: int) -> np.ndarray:

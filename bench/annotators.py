@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 NAMES = ("canny", "content shuffle", "hed", "pidinet", "mlsd", "lineart", "lineart anime",
-         "openpose", "midas", "normalbae")  # --only; midas and normalbae when their modules exist
+         "openpose", "midas", "normalbae", "leres", "zoe")  # --only; the learned ones when their modules exist
 PHOTOS = ("astronaut", "coffee", "chelsea")  # skimage.data: 512x512, 400x600, 300x451 RGB
 DETECT_RESOLUTION = 512                      # v1.1 / controlnet-aux default
 CANNY_THRESHOLDS = (100, 200)                # controlnet-aux CannyDetector defaults
@@ -60,7 +60,7 @@ def _refuse_connections(*args: object, **kwargs: object) -> None:
 
 # He-scaled weights (fan-in), norm scales near 1, small biases, running variances 0.5..1.5: the
 # same random weights the annotator tests use.
-from tests.annotators.random_learned import random_state_dict  # noqa: E402
+from tests.annotators.random_learned import adjust, random_state_dict  # noqa: E402
 
 
 def built(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -197,6 +197,32 @@ def pairs(only: set[str] | None) -> dict[str, tuple[Run, Run]]:
                              lambda image, theirs=theirs: NormalBaeDetector(theirs)(
                                  image, detect_resolution=detect,
                                  image_resolution=out_size(image), output_type="np"))
+    if wanted("leres") and _have("annotators.leres"):
+        from annotators.leres import LeReSNetwork, leres
+        from controlnet_aux.leres import LeresDetector
+        from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+        theirs, ours = same_weights(lambda: RelDepthModel(backbone="resnext101"), LeReSNetwork, SEED + 8)
+        made["leres"] = (lambda image, ours=ours: leres(image, ours, detect),
+                         lambda image, theirs=theirs: LeresDetector(theirs, None)(
+                             image, boost=False, detect_resolution=detect, image_resolution=out_size(image),
+                             output_type="np"))
+    if wanted("zoe") and _have("annotators.zoe"):
+        from annotators.zoe import ZoeDepthNetwork, zoe_depth
+        from controlnet_aux.zoe import ZoeDetector
+        from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+        from controlnet_aux.zoe.zoedepth.utils.config import get_config
+        # ZoeDetector.from_pretrained's model (its MiDaS core built without a download), the
+        # published widths; ours also holds the BEiT blocks' relative_position_index buffers,
+        # which the file has and nothing reads.
+        their_network = built(lambda: ZoeDepth.build_from_config(get_config("zoedepth", "infer")))
+        state = adjust("zoe", random_state_dict(their_network.state_dict(), SEED + 9))
+        torch.nn.Module.load_state_dict(their_network, state, strict=True)  # not ZoeDepth's non-strict override
+        our_network = built(ZoeDepthNetwork)
+        unread = our_network.load_state_dict(state, strict=False)
+        assert not unread.unexpected_keys and all("relative_position_index" in key for key in unread.missing_keys)
+        made["zoe"] = (lambda image, ours=our_network.eval(): zoe_depth(image, ours, detect),
+                       lambda image, theirs=their_network.eval(): ZoeDetector(theirs)(
+                           image, detect_resolution=detect, image_resolution=out_size(image), output_type="np"))
     return made
 
 
