@@ -1,6 +1,6 @@
 """Annotator throughput: ours against controlnet-aux 0.0.10 on the same photos, same weights.
 
-    .venv/bin/python -m bench.annotators --repeats 5            # all: the README table, ~11 min on 2 quiet cores
+    .venv/bin/python -m bench.annotators --repeats 5            # all: ~11 min on 2 quiet cores before LeReS and Zoe, about 25 min with them (estimated)
     .venv/bin/python -m bench.annotators --repeats 1 --photos astronaut --only canny,hed
 
 Both sides get the same photos (scikit-image's astronaut, coffee and chelsea) at the same detect
