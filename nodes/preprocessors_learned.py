@@ -158,24 +158,34 @@ class CNS_MiDaSNormal(LearnedAnnotatorNode):
     }
 
 
-def depth_anything_v2_model(size: str, weights: str) -> LearnedModel:
-    """The network for one model choice; its file comes from a depth-anything repository
-    (annotators/depth_anything.py WEIGHTS_REPOS, which the cache reads)."""
-    return LearnedModel("depth_anything", (weights,), "load_depth_anything", (("size", size),))
+def depth_anything_models(loader: str, weights_prefix: str) -> dict[str, LearnedModel]:
+    """The networks of the model choices small, base and large (constants `<prefix>_SMALL` and so
+    on); the files come from the authors' repositories or Space (annotators/depth_anything.py
+    WEIGHTS_REPOS, which the cache reads)."""
+    return {size: LearnedModel("depth_anything", (f"{weights_prefix}_{size.upper()}",), loader, (("size", size),))
+            for size in ("small", "base", "large")}
 
 
-class CNS_DepthAnythingV2(LearnedAnnotatorNode):
+class DepthAnythingNode(LearnedAnnotatorNode):
+    """Depth Anything V1 or V2: the model choice picks the network; no other option."""
+
+    MODELS: dict[str, LearnedModel] = {}
+
+    def model_for(self, options):
+        return self.MODELS[options["model"]]
+
+    def run_options(self, options):
+        return {}
+
+
+class CNS_DepthAnythingV2(DepthAnythingNode):
     DESCRIPTION = (
         "Depth Anything V2 relative depth (as comfyui_controlnet_aux's 'Depth Anything V2 - Relative'), near is "
         "bright, for depth ControlNets. Needs depth_anything_v2_vits.pth (small) from "
         "huggingface.co/depth-anything/Depth-Anything-V2-Small, depth_anything_v2_vitb.pth (base) from "
         "huggingface.co/depth-anything/Depth-Anything-V2-Base or depth_anything_v2_vitl.pth (large) from "
         "huggingface.co/depth-anything/Depth-Anything-V2-Large in models/annotators (never downloaded). " + NETWORK_NOTE)
-    MODELS = {
-        "small": depth_anything_v2_model("small", "DEPTH_ANYTHING_V2_SMALL"),
-        "base": depth_anything_v2_model("base", "DEPTH_ANYTHING_V2_BASE"),
-        "large": depth_anything_v2_model("large", "DEPTH_ANYTHING_V2_LARGE"),
-    }
+    MODELS = depth_anything_models("load_depth_anything", "DEPTH_ANYTHING_V2")
     RUN = "depth_anything"
     OPTIONS = {
         "resolution": resolution_input(),
@@ -185,30 +195,14 @@ class CNS_DepthAnythingV2(LearnedAnnotatorNode):
             "Whatever the detect resolution, the network sees the image at a 518-pixel short side.")}),
     }
 
-    def model_for(self, options):
-        return self.MODELS[options["model"]]
 
-    def run_options(self, options):
-        return {}
-
-
-def depth_anything_v1_model(size: str, weights: str) -> LearnedModel:
-    """The V1 network for one model choice; its file comes from the authors' Space
-    (annotators/depth_anything.py WEIGHTS_REPOS, which the cache reads)."""
-    return LearnedModel("depth_anything", (weights,), "load_depth_anything_v1", (("size", size),))
-
-
-class CNS_DepthAnything(LearnedAnnotatorNode):
+class CNS_DepthAnything(DepthAnythingNode):
     DESCRIPTION = (
         "Depth Anything (V1) relative depth (A1111's depth_anything, comfyui_controlnet_aux's 'Depth Anything'), "
         "near is bright, for depth ControlNets. Needs depth_anything_vits14.pth (small), depth_anything_vitb14.pth "
         "(base) or depth_anything_vitl14.pth (large) from huggingface.co/spaces/LiheYoung/Depth-Anything (folder "
         "checkpoints) in models/annotators (never downloaded). " + NETWORK_NOTE)
-    MODELS = {
-        "small": depth_anything_v1_model("small", "DEPTH_ANYTHING_V1_SMALL"),
-        "base": depth_anything_v1_model("base", "DEPTH_ANYTHING_V1_BASE"),
-        "large": depth_anything_v1_model("large", "DEPTH_ANYTHING_V1_LARGE"),
-    }
+    MODELS = depth_anything_models("load_depth_anything_v1", "DEPTH_ANYTHING_V1")
     RUN = "depth_anything_v1"
     OPTIONS = {
         "resolution": resolution_input(),
@@ -217,12 +211,6 @@ class CNS_DepthAnything(LearnedAnnotatorNode):
             "(97.5 M); large: depth_anything_vitl14.pth (335.3 M, finest; A1111's and comfyui_controlnet_aux's "
             "default). Whatever the detect resolution, the network sees the image at a 518-pixel short side.")}),
     }
-
-    def model_for(self, options):
-        return self.MODELS[options["model"]]
-
-    def run_options(self, options):
-        return {}
 
 
 class CNS_ZoeDepth(LearnedAnnotatorNode):
