@@ -94,12 +94,15 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "uniformer": ("uniformer", "load_uniformer", uniformer_map),
     "depth_anything": ("depth_anything", "load_depth_anything",
                        entry("depth_anything", "depth_anything", input_size=SMALL_DEPTH_ANYTHING_INPUT)),
+    "depth_anything_v1": ("depth_anything", "load_depth_anything_v1",
+                          entry("depth_anything", "depth_anything_v1", input_size=SMALL_DEPTH_ANYTHING_INPUT)),
     "zoe_depth": ("zoe", "load_zoe", entry("zoe", "zoe_depth", input_size=SMALL_ZOE_INPUT)),
     "anyline": ("anyline", "load_anyline", entry("anyline", "anyline")),
 }
 # Cheap enough (< 0.2 s a map here) to try every input kind one by one, which says which one
 # broke; the others get the inputs that combine several kinds at once.
-CHEAP = ("hed", "hed_scribble", "pidinet_safe", "teed", "mlsd", "lineart", "depth_anything", "anyline")
+CHEAP = ("hed", "hed_scribble", "pidinet_safe", "teed", "mlsd", "lineart", "depth_anything", "depth_anything_v1",
+         "anyline")
 # AnyLine's map is a blend of 8-bit maps, kept in float32; the others give uint8.
 MAP_DTYPES = {"anyline": np.float32}
 # Annotators that refuse an image below a side length at its own size (image.check_min_side):
@@ -129,6 +132,13 @@ def narrow_depth_anything() -> Any:
     return random_network("depth_anything", "load_depth_anything", 0, tiny, DEPTH_ANYTHING_TEST_GRID)
 
 
+def narrow_depth_anything_v1() -> Any:
+    from annotators.depth_anything_network import EncoderSize, last_blocks_readout
+
+    tiny = last_blocks_readout(EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS))  # V1 reads the last four blocks
+    return random_network("depth_anything", "load_depth_anything_v1", 0, tiny, DEPTH_ANYTHING_TEST_GRID)
+
+
 def narrow_zoe() -> Any:
     from annotators.zoe_network import ZoeSize
 
@@ -140,6 +150,7 @@ RANDOM_NETWORKS: dict[str, Callable[[], Any]] = {
     "openpose": lambda: random_openpose(seed=0),
     "anyline": anyline_networks,
     "depth_anything": narrow_depth_anything,
+    "depth_anything_v1": narrow_depth_anything_v1,
     "zoe_depth": narrow_zoe,
 }
 
