@@ -122,16 +122,28 @@ def frames_from_text(text: str) -> list[Mapping[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
-def check_frames(frames: list[Any], where: str = "keypoints") -> None:
-    """Refuse frames that Draw Pose Keypoints could not read, naming the frame and the point
-    (what is saved or loaded is then drawable). A frame without a canvas is accepted: its size is
-    given when it is drawn."""
+def read_frames(frames: list[Any], canvas_when_none: tuple[int, int] | None) -> list[tuple[tuple[int, int] | None, list[Pose]]]:
+    """(canvas, poses) of each OpenPose-format frame, or an error naming the frame and the point.
+    A frame that names no canvas (CMU OpenPose's files) reads its pixels on `canvas_when_none`
+    (width, height), and is refused when that is None."""
     if not frames:
-        raise ValueError(f"the {where} hold no frames")
+        raise ValueError("the keypoints hold no frames")
+    read = []
     for index, frame in enumerate(frames):
-        frame_where = f"{where} frame {index}"
-        _check_frame(frame, frame_where)
-        poses_from_json(frame, canvas_size(frame, frame_where) or (1, 1), frame_where)
+        where = f"keypoints frame {index}"
+        _check_frame(frame, where)
+        canvas = canvas_size(frame, where)
+        if canvas is None and canvas_when_none is None:
+            raise ValueError(f"{where} has no canvas_width and canvas_height (CMU OpenPose's files have none): set the "
+                             "width and height its pixel coordinates refer to")
+        read.append((canvas, poses_from_json(frame, canvas or canvas_when_none, where)))
+    return read
+
+
+def check_frames(frames: list[Any]) -> None:
+    """Refuse frames that Draw Pose Keypoints could not read (what is saved or loaded is then
+    drawable). A frame without a canvas is accepted: its size is given when it is drawn."""
+    read_frames(frames, canvas_when_none=(1, 1))
 
 
 def keypoint_frames(pose_keypoint: list[Mapping[str, Any]] | None, keypoints_json: str) -> list[Mapping[str, Any]]:
@@ -153,17 +165,8 @@ def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height
     frames that name none; otherwise it is the frames' canvas size."""
     if (width > 0) != (height > 0):
         raise ValueError(f"set both width and height, or neither (0 = the canvas size in the keypoints); got {width}×{height}")
-    if not frames:
-        raise ValueError("the keypoints hold no frames")
     maps = []
-    for index, frame in enumerate(frames):
-        where = f"keypoints frame {index}"
-        _check_frame(frame, where)
-        canvas = canvas_size(frame, where)
-        if canvas is None and width == 0:
-            raise ValueError(f"{where} has no canvas_width and canvas_height (CMU OpenPose's files have none): set the "
-                             "width and height its pixel coordinates refer to")
-        poses = poses_from_json(frame, canvas or (width, height), where)
+    for canvas, poses in read_frames(frames, (width, height) if width > 0 else None):
         size = (width, height) if width > 0 else canvas
         maps.append(draw_poses(poses, size[1], size[0], draw_body_parts, draw_hands, draw_faces))
     sizes = list(dict.fromkeys(f"{m.shape[1]}×{m.shape[0]}" for m in maps))

@@ -123,20 +123,15 @@ def anyline_networks() -> Any:
     return AnyLineNetworks(random_network("teed", "load_teed", seed=0), "lineart_standard")
 
 
-def narrow_depth_anything() -> Any:
-    from annotators.depth_anything_network import EncoderSize
-
-    # the tiny encoder test_depth_anything.py uses (its position embeddings are resized to each
-    # input's grid)
-    tiny = EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS)
-    return random_network("depth_anything", "load_depth_anything", 0, tiny, DEPTH_ANYTHING_TEST_GRID)
-
-
-def narrow_depth_anything_v1() -> Any:
+def narrow_depth_anything(loader: str) -> Any:
     from annotators.depth_anything_network import EncoderSize, last_blocks_readout
 
-    tiny = last_blocks_readout(EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS))  # V1 reads the last four blocks
-    return random_network("depth_anything", "load_depth_anything_v1", 0, tiny, DEPTH_ANYTHING_TEST_GRID)
+    # the tiny encoder test_depth_anything.py uses (its position embeddings are resized to each
+    # input's grid); V1 reads its last four blocks
+    tiny = EncoderSize("tiny", **DEPTH_ANYTHING_TEST_WIDTHS)
+    if loader == "load_depth_anything_v1":
+        tiny = last_blocks_readout(tiny)
+    return random_network("depth_anything", loader, 0, tiny, DEPTH_ANYTHING_TEST_GRID)
 
 
 def narrow_zoe() -> Any:
@@ -149,8 +144,8 @@ def narrow_zoe() -> Any:
 RANDOM_NETWORKS: dict[str, Callable[[], Any]] = {
     "openpose": lambda: random_openpose(seed=0),
     "anyline": anyline_networks,
-    "depth_anything": narrow_depth_anything,
-    "depth_anything_v1": narrow_depth_anything_v1,
+    "depth_anything": lambda: narrow_depth_anything("load_depth_anything"),
+    "depth_anything_v1": lambda: narrow_depth_anything("load_depth_anything_v1"),
     "zoe_depth": narrow_zoe,
 }
 
