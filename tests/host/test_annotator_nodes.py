@@ -22,6 +22,7 @@ import pytest
 import torch
 from skimage import data
 
+from annotators import batch as batch_cli  # the names only: the runs use the pack's own copy
 from tests.annotators.random_learned import ZOE_TEST_WIDTHS, adjust, random_state_dict  # the annotator tests' recipe
 
 CATEGORY = "ControlNet Suite/preprocessors"
@@ -35,7 +36,8 @@ LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_Ma
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
 AFTER_SAMPLING = ["CNS_RestoreBrightness"]  # a generated image and a recolor map in (tests/host/test_recolor_nodes.py)
-NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS + AFTER_SAMPLING
+BY_NAME = ["CNS_AnyPreprocessor"]  # runs the nodes above by name
+NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS + AFTER_SAMPLING + BY_NAME
 
 HEIGHT, WIDTH = 64, 96  # a small batch, not square, so height and width cannot be swapped unnoticed
 # Learned nodes: smaller images, detected at twice their size (so an ignored resolution shows).
@@ -534,18 +536,22 @@ DEPTH_ANYTHING_TEST_INPUT_SIZE = 70
 ZOE_TEST_INPUT_SIZE = (64, 96)
 
 
-@pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
-def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folder, case, monkeypatch):
-    node_id, inputs, module_name, loader, loader_options, function, options = case
-    skip_unless_written(pack, module_name)
-    if module_name == "uniformer":
-        # UniFormer rescales every image to a 512-pixel short side whatever the detect resolution
-        # (minutes on a CPU runner); the node only forwards, so test it at a smaller scale.
+def shrink_fixed_network_inputs(pack, module_name: str, monkeypatch) -> None:
+    """Networks that see every image at a fixed size whatever the detect resolution (seconds to
+    minutes per image on a CPU runner) see small images here; the nodes only forward."""
+    if module_name == "uniformer":  # rescales every image to a 512-pixel short side
         monkeypatch.setattr(pack.module("annotators.uniformer"), "RESCALE_LIMITS", (4 * LEARNED_RESOLUTION, LEARNED_RESOLUTION))
     if module_name == "depth_anything":
         monkeypatch.setattr(pack.module("annotators.depth_anything"), "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
     if module_name == "zoe":
         monkeypatch.setattr(pack.module("annotators.zoe"), "NETWORK_INPUT_SIZE", ZOE_TEST_INPUT_SIZE)
+
+
+@pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
+def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folder, case, monkeypatch):
+    node_id, inputs, module_name, loader, loader_options, function, options = case
+    skip_unless_written(pack, module_name)
+    shrink_fixed_network_inputs(pack, module_name, monkeypatch)
     (result,) = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
     network = direct_network(pack, module_name, loader, annotators_folder, **loader_options)
     annotate = getattr(pack.module(f"annotators.{module_name}"), function)
@@ -875,3 +881,102 @@ def test_openpose_loads_hand_and_face_networks_only_when_asked(pack, tmp_path, m
     (options,) = called.value.args
     assert options == {"device": pack.host.comfy.model_management.unet_offload_device(), "dtype": torch.float32,
                        "hands": include_hand, "face": include_face}
+
+
+# --- Any Preprocessor ------------------------------------------------------------------------------
+
+ANY = "CNS_AnyPreprocessor"
+ANY_RESOLUTION = 128  # not the default 512, so an ignored resolution shows
+# Learned names whose network is not in the random-weights folder: the large and base Depth Anything
+# files would be hundreds of MB, and random hand and face networks are slow on a CPU. Their files
+# are checked by test_any_preprocessor_loads_the_batch_clis_files.
+ANY_NAMES_WITHOUT_TEST_NETWORKS = {"openpose_hand", "openpose_face", "openpose_full", "depth_anything_v1",
+                                   "depth_anything_v1_base", "depth_anything_v2", "depth_anything_v2_base"}
+
+
+def test_any_preprocessor_offers_none_and_the_batch_clis_names(pack):
+    kind, options = pack.node_class(ANY).INPUT_TYPES()["required"]["preprocessor"]
+    assert kind[0] == "none"
+    assert sorted(kind[1:]) == sorted([*batch_cli.ANNOTATORS, *batch_cli.LEARNED])
+    assert options["default"] == "canny"
+
+
+def test_every_photo_preprocessor_node_has_a_name(pack):
+    """Every annotator node whose only other inputs have defaults (not Inpaint Hint: a mask; not
+    Colourize Segmentation: a label image) is reachable, and a name's settings are valid inputs."""
+    any_module = pack.module("nodes.preprocessors_any")
+    annotator_node = pack.module("nodes.preprocessors_weight_free").AnnotatorNode
+    photo_nodes = {cls for node_id, cls in pack.preprocessors.NODE_CLASS_MAPPINGS.items()
+                   if issubclass(cls, annotator_node) and node_id not in ("CNS_InpaintHint", "CNS_ColorizeSegmentation")}
+    assert {node for node, _ in any_module.PREPROCESSORS.values()} == photo_nodes
+    for name, (node, implied) in any_module.PREPROCESSORS.items():
+        required = node.INPUT_TYPES()["required"]
+        for input_name, value in implied.items():
+            kind, _ = required[input_name]
+            assert (value in kind) if isinstance(kind, list) else (kind == "BOOLEAN" and isinstance(value, bool)), (name, input_name)
+
+
+def test_any_preprocessor_resolution_is_ignored_only_by_the_own_size_nodes(pack):
+    any_module = pack.module("nodes.preprocessors_any")
+    without = {node.__name__ for node, _ in any_module.PREPROCESSORS.values()
+               if "resolution" not in node.INPUT_TYPES()["required"]}
+    assert without == {"CNS_Tile", "CNS_TTPlanetTileGuidedFilter", "CNS_TTPlanetTileSimple", "CNS_NormalFromDepth"}
+    tooltip = pack.node_class(ANY).INPUT_TYPES()["required"]["resolution"][1]["tooltip"]
+    assert "Tile, TTPlanet Tile and Normal from Depth work at the image's own size and ignore it" in tooltip
+
+
+@pytest.mark.parametrize("name", sorted(batch_cli.ANNOTATORS))
+def test_any_preprocessor_equals_the_batch_cli_weight_free(pack, name):
+    """The node's defaults and the annotator functions' defaults, reached by two paths, agree."""
+    batch = pack.module("annotators.batch")
+    images = depth_batch() if name == "normal_from_depth" else PHOTOS
+    (result,) = pack.run(ANY, image=images, preprocessor=name, resolution=ANY_RESOLUTION)
+    takes_resolution = "resolution" in batch.accepted_parameters(batch.ANNOTATORS[name])
+    annotate = batch.prepare(name, {"resolution": ANY_RESOLUTION} if takes_resolution else {})
+    assert_same_maps(result, expected_batch(annotate, images))
+
+
+@pytest.mark.parametrize("name", sorted(set(batch_cli.LEARNED) - ANY_NAMES_WITHOUT_TEST_NETWORKS))
+def test_any_preprocessor_equals_the_batch_cli_learned(pack, annotators_folder, name, monkeypatch):
+    batch = pack.module("annotators.batch")
+    shrink_fixed_network_inputs(pack, batch.LEARNED[name].module, monkeypatch)
+    (result,) = pack.run(ANY, image=SMALL_PHOTOS, preprocessor=name, resolution=LEARNED_RESOLUTION)
+    annotate = batch.prepare(name, {"resolution": LEARNED_RESOLUTION}, [str(annotators_folder)])
+
+    def condition_map(frame):
+        result = annotate(frame)
+        return result[0] if isinstance(result, tuple) else result  # OpenPose: (map, keypoints)
+
+    assert_same_maps(result, expected_batch(condition_map, SMALL_PHOTOS))
+
+
+class NetworkAsked(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", sorted(batch_cli.LEARNED))
+def test_any_preprocessor_loads_the_batch_clis_files(pack, monkeypatch, name):
+    """The network the node asks model management for reads the files the batch CLI loads."""
+    def stop(model):
+        raise NetworkAsked(model)
+
+    monkeypatch.setattr(pack.module("nodes.preprocessors_learned"), "learned_network", stop)
+    with pytest.raises(NetworkAsked) as asked:
+        pack.run(ANY, image=SMALL_PHOTOS, preprocessor=name, resolution=LEARNED_RESOLUTION)
+    (model,) = asked.value.args
+    module = model.import_module()
+    batch = pack.module("annotators.batch")
+    assert [getattr(module, constant) for constant in model.weight_constants] == batch.weight_files(batch.LEARNED[name])
+
+
+def test_any_preprocessor_none_passes_the_image_through(pack):
+    (result,) = pack.run(ANY, image=PHOTOS, preprocessor="none", resolution=ANY_RESOLUTION)
+    assert result is PHOTOS
+
+
+def test_any_preprocessor_refuses_an_unknown_name(pack):
+    with pytest.raises(ValueError) as error:
+        pack.run(ANY, image=PHOTOS, preprocessor="cany", resolution=ANY_RESOLUTION)
+    message = str(error.value)
+    assert message.startswith("unknown preprocessor 'cany'; choose one of: none, binary, canny, ")
+    assert message.endswith(", normalbae, uniformer")
