@@ -1,7 +1,8 @@
 """Annotator nodes with learned networks. Each node is a few declarations: its LearnedModel
 (module, weight-file constants, loader: see preprocessors_models), the annotator function to run
-and its inputs. Annotator modules are imported only when a node runs, except for the input
-defaults read from M-LSD's, TEED's, AnyLine's and LeReS's (which annotators/__init__.py imports anyway)."""
+and its inputs. Annotator modules are imported only when a node runs, except M-LSD's, TEED's and
+LeReS's (for input defaults) and AnyLine's (its defaults and entry point), which
+annotators/__init__.py imports anyway."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import json
 from typing import Any
 
 from ..annotators.anyline import (DEFAULT_CONNECTIVITY, DEFAULT_LOWER_BOUND, DEFAULT_MIN_SIZE, DEFAULT_UPPER_BOUND,
-                                  NEIGHBOURHOODS, STANDARD)
+                                  NEIGHBOURHOODS, STANDARD, AnyLineNetworks, anyline)
 from ..annotators.anyline import DEFAULT_DETECT_RESOLUTION as ANYLINE_DETECT_RESOLUTION
 from ..annotators.leres import MAX_PERCENT as LERES_MAX_PERCENT
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
 from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
                                    resolution_input)
-from .preprocessors_models import LearnedModel, learned_network
+from .preprocessors_models import LearnedModel, learned_network, learned_networks
 from .preprocessors_weight_free import Z_COMPONENT_INPUT, AnnotatorNode
 
 MAX_MLSD_DISTANCE = 20.0  # thr_d is in half-resolution pixels; A1111's slider ends at 20
@@ -260,19 +261,21 @@ class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
     RUN = "uniformer_segmentation"
 
 
-# AnyLine's line-art choices -> the weight-file constants (annotators/anyline.py re-exports them) of
-# the network each loads besides MTEED; Standard line art needs none.
-ANYLINE_LINE_ART_WEIGHTS = {
-    "lineart_standard": (), "lineart_realistic": ("LINEART_WEIGHTS",), "lineart_anime": ("LINEART_ANIME_WEIGHTS",),
-    "manga_line": ("MANGA_LINE_WEIGHTS",),
+# MistoLine's MTEED: the TEED network with MTEED.pth.
+MTEED = LearnedModel("teed", ("MTEED_WEIGHTS",), "load_teed", (("mteed", True),))
+# AnyLine's line-art choices -> the line-art node's own model, so both use one cached network
+# (None: Standard line art is weight-free).
+ANYLINE_LINE_ART_MODELS = {
+    "lineart_standard": None, "lineart_realistic": CNS_Lineart.MODELS["realistic"],
+    "lineart_anime": CNS_LineartAnime.MODEL, "manga_line": CNS_MangaLine.MODEL,
 }
 MAX_OBJECT_MIN_SIZE = 16384  # comfyui_controlnet_aux's INPUT.INT maximum (ComfyUI's MAX_RESOLUTION)
 
 
-def anyline_model(merge_with_lineart: str) -> LearnedModel:
-    """MTEED and, unless the line art is weight-free, the line-art network: one cached pair per choice."""
-    return LearnedModel("anyline", ("MTEED_WEIGHTS",) + ANYLINE_LINE_ART_WEIGHTS[merge_with_lineart], "load_anyline",
-                        (("merge_with_lineart", merge_with_lineart),))
+def anyline_models(merge_with_lineart: str) -> list[LearnedModel]:
+    """MTEED and, unless the line art is weight-free, the line-art network."""
+    line_art = ANYLINE_LINE_ART_MODELS[merge_with_lineart]
+    return [MTEED] + ([line_art] if line_art else [])
 
 
 class CNS_AnyLine(LearnedAnnotatorNode):
@@ -283,11 +286,10 @@ class CNS_AnyLine(LearnedAnnotatorNode):
         "Anyline), and for the learned line art sk_model.pth (lineart_realistic), netG.pth (lineart_anime) or "
         "erika.pth (manga_line) from huggingface.co/lllyasviel/Annotators, in models/annotators (never "
         "downloaded). " + NETWORK_NOTE)
-    MODELS = {choice: anyline_model(choice) for choice in ANYLINE_LINE_ART_WEIGHTS}
     RUN = "anyline"
     OPTIONS = {
         "resolution": resolution_input(ANYLINE_DETECT_RESOLUTION),
-        "merge_with_lineart": (list(MODELS), {"default": STANDARD, "tooltip": (
+        "merge_with_lineart": (list(ANYLINE_LINE_ART_MODELS), {"default": STANDARD, "tooltip": (
             "The line art screened over the edges: lineart_standard (weight-free, blur sigma 2, threshold 3), "
             "lineart_realistic (sk_model.pth), lineart_anime (netG.pth) or manga_line (erika.pth).")}),
         "lineart_lower_bound": ("FLOAT", {"default": DEFAULT_LOWER_BOUND, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
@@ -301,11 +303,11 @@ class CNS_AnyLine(LearnedAnnotatorNode):
             "Which pixels join one piece: 1 = the 4 edge neighbours, 2 = the 8 neighbours (diagonals too).")}),
     }
 
-    def model_for(self, options):
-        return self.MODELS[options["merge_with_lineart"]]
-
-    def run_options(self, options):
-        return {name: value for name, value in options.items() if name != "merge_with_lineart"}
+    def annotate(self, image, resolution, merge_with_lineart, **options):
+        with learned_networks(*anyline_models(merge_with_lineart)) as (mteed, *line_art):
+            networks = AnyLineNetworks(mteed, merge_with_lineart, line_art[0] if line_art else None)
+            return (annotate_batch(image, lambda frame: anyline(
+                frame, networks, resolution=detect_resolution(resolution), **options)),)
 
 
 def openpose_model(include_hand: bool, include_face: bool) -> LearnedModel:

@@ -4,16 +4,18 @@ A `LearnedModel` names, as strings, where a network comes from: its annotators m
 module's weight-file constants and its `load_*` function. Nothing is imported until a node runs,
 so the nodes register even when an annotator module (or scipy for OpenPose) is absent.
 
-`learned_network(model)` finds the files in the `annotators` model folders (a missing file
-raises the annotators' MissingWeightsError, whose message names the file, the folders and where
-it is published), loads the network once on ComfyUI's offload device, wraps it in a
-ModelPatcher and loads that with `load_models_gpu`, as ComfyUI does for VAEs and ControlNets.
-So ComfyUI moves it to its device, evicts it when it needs the memory, and "unload models"
-releases it. The network stays cached between runs (keyed by the files, their size and
-modification time, the load options, device and dtype) until ComfyUI detaches it. Then its
-weights are dropped at once (moved to the meta device, which frees their memory) and the entry
-is removed from the cache at the next cache access: removing it inside ComfyUI's unload loop
-would free the patcher there, and ComfyUI's finalizer would shrink the list it is iterating.
+`learned_network(model)` (`learned_networks(*models)` for several at once) finds the files in
+the `annotators` model folders (a missing file raises the annotators' MissingWeightsError, whose
+message names the file, the folders and where it is published), loads the network once on
+ComfyUI's offload device, wraps it in a ModelPatcher and loads that with `load_models_gpu`, as
+ComfyUI does for VAEs and ControlNets. So ComfyUI moves it to its device, evicts it when it needs
+the memory, and "unload models" releases it. The network stays cached between runs (keyed by the
+files, their size and modification time, the load options, device and dtype), one copy for every
+node that names the same model (AnyLine's line art and the Line Art nodes), until ComfyUI
+detaches it. Then its weights are dropped at once (moved to the meta device, which frees their
+memory) and the entry is removed from the cache at the next cache access: removing it inside
+ComfyUI's unload loop would free the patcher there, and ComfyUI's finalizer would shrink the list
+it is iterating.
 """
 
 from __future__ import annotations
@@ -145,19 +147,28 @@ def cached_network(model: LearnedModel) -> tuple[tuple, CachedNetwork]:
 
 
 @contextlib.contextmanager
-def learned_network(model: LearnedModel) -> Iterator[Any]:
-    """The network of `model`, loaded by ComfyUI onto its device for the duration of the block."""
+def learned_networks(*models: LearnedModel) -> Iterator[list[Any]]:
+    """The networks of `models`, loaded by ComfyUI onto its device together (so loading one
+    cannot evict another) for the duration of the block."""
     import comfy.model_management as model_management
 
-    key, entry = cached_network(model)
-    _in_use.add(key)
+    entries = [cached_network(model) for model in models]
+    keys = {key for key, _ in entries}
+    _in_use.update(keys)
     try:
         # force_full_load: our layers are plain torch ones, which ComfyUI cannot run partly
         # offloaded (only comfy.ops layers cast weights on the fly).
-        model_management.load_models_gpu([entry.patcher], force_full_load=True)
-        yield entry.network
+        model_management.load_models_gpu([entry.patcher for _, entry in entries], force_full_load=True)
+        yield [entry.network for _, entry in entries]
     finally:
-        _in_use.discard(key)
+        _in_use.difference_update(keys)
+
+
+@contextlib.contextmanager
+def learned_network(model: LearnedModel) -> Iterator[Any]:
+    """The network of `model`, loaded by ComfyUI onto its device for the duration of the block."""
+    with learned_networks(model) as (network,):
+        yield network
 
 
 def cached_keys() -> list[tuple]:

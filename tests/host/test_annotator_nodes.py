@@ -611,14 +611,18 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
     learned = pack.module("nodes.preprocessors_learned")
     checked = []
     for node_id, (cls, _) in learned.NODES.items():
-        models = [learned.openpose_model(True, True)] if node_id == "CNS_OpenPose" else (
-            list(cls.MODELS.values()) if hasattr(cls, "MODELS") else [cls.MODEL])
+        if node_id == "CNS_OpenPose":
+            models = [learned.openpose_model(True, True)]
+        elif node_id == "CNS_AnyLine":  # MTEED and the line-art nodes' networks
+            models = [model for choice in learned.ANYLINE_LINE_ART_MODELS for model in learned.anyline_models(choice)]
+        else:
+            models = list(cls.MODELS.values()) if hasattr(cls, "MODELS") else [cls.MODEL]
         if not pack.has(f"annotators.{models[0].module}"):
             continue
-        module = pack.module(f"annotators.{models[0].module}")
-        if node_id != "CNS_OpenPose":
-            assert callable(getattr(module, cls.RUN))
+        if node_id not in ("CNS_OpenPose", "CNS_AnyLine"):  # both run a function of their own
+            assert callable(getattr(pack.module(f"annotators.{models[0].module}"), cls.RUN))
         for model in models:
+            module = pack.module(f"annotators.{model.module}")
             assert callable(getattr(module, model.loader))
             for constant in model.weight_constants:
                 assert getattr(module, constant) in cls.DESCRIPTION, f"{node_id}'s description names another file"
@@ -652,11 +656,14 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
     assert "lllyasviel" not in learned.CNS_TEED.DESCRIPTION
     # AnyLine: each choice loads MTEED plus exactly the line-art file its annotator module names.
     anyline = pack.module("annotators.anyline")
-    assert list(learned.CNS_AnyLine.MODELS) == list(anyline.MERGE_CHOICES)
-    for merge, model in learned.CNS_AnyLine.MODELS.items():
+    assert list(learned.ANYLINE_LINE_ART_MODELS) == list(anyline.MERGE_CHOICES)
+    assert (learned.MTEED.module, learned.MTEED.loader, dict(learned.MTEED.options)) == ("teed", "load_teed", {"mteed": True})
+    for merge in anyline.MERGE_CHOICES:
+        models = learned.anyline_models(merge)
         source = anyline.LEARNED_LINE_ART.get(merge)
-        assert [getattr(anyline, c) for c in model.weight_constants] == [teed.MTEED_WEIGHTS] + ([source.weights] if source else [])
-        assert dict(model.options) == {"merge_with_lineart": merge}
+        files = [getattr(model.import_module(), c) for model in models for c in model.weight_constants]
+        assert files == [teed.MTEED_WEIGHTS] + ([source.weights] if source else [])
+        assert models[0] is learned.MTEED and all(model.loader == source.loader.__name__ for model in models[1:])
     assert pack.defaults("CNS_AnyLine") == {"resolution": 1280, "merge_with_lineart": "lineart_standard",
                                             "lineart_lower_bound": 0.0, "lineart_upper_bound": 1.0,
                                             "object_min_size": 36, "object_connectivity": 1}
@@ -732,6 +739,26 @@ def test_lineart_styles_are_separate_networks(pack, annotators_folder):
     files = {key[3][0][0].rsplit("/", 1)[-1] for key in pack.models.cached_keys() if key[0] == "lineart"}
     lineart = pack.module("annotators.lineart")
     assert {lineart.LINEART_WEIGHTS, lineart.LINEART_COARSE_WEIGHTS} <= files
+
+
+@pytest.mark.parametrize("merge, node_id, inputs, module_name, constant", [
+    ("lineart_realistic", "CNS_Lineart", dict(style="realistic"), "lineart", "LINEART_WEIGHTS"),
+    ("lineart_anime", "CNS_LineartAnime", {}, "lineart_anime", "LINEART_ANIME_WEIGHTS"),
+    ("manga_line", "CNS_MangaLine", {}, "manga_line", "MANGA_LINE_WEIGHTS"),
+])
+def test_anyline_and_the_line_art_node_share_one_network(pack, annotators_folder, merge, node_id, inputs, module_name,
+                                                         constant):
+    line_art_file = str(annotators_folder / getattr(pack.module(f"annotators.{module_name}"), constant))
+
+    def entries_reading_the_line_art_file():
+        return [key for key in pack.models.cached_keys() if any(path == line_art_file for path, _, _ in key[3])]
+
+    pack.host.comfy.model_management.unload_all_models()  # released networks leave the cache
+    assert entries_reading_the_line_art_file() == []
+    pack.run("CNS_AnyLine", image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, merge_with_lineart=merge,
+             **ANYLINE_OPTIONS)
+    pack.run(node_id, image=SMALL_PHOTOS[:1], resolution=LEARNED_RESOLUTION, **inputs)
+    assert len(entries_reading_the_line_art_file()) == 1
 
 
 # --- missing weights -----------------------------------------------------------------------------
@@ -957,16 +984,17 @@ class NetworkAsked(Exception):
 @pytest.mark.parametrize("name", sorted(batch_cli.LEARNED))
 def test_any_preprocessor_loads_the_batch_clis_files(pack, monkeypatch, name):
     """The network the node asks model management for reads the files the batch CLI loads."""
-    def stop(model):
-        raise NetworkAsked(model)
+    def stop(*models):
+        raise NetworkAsked(models)
 
-    monkeypatch.setattr(pack.module("nodes.preprocessors_learned"), "learned_network", stop)
+    for function in ("learned_network", "learned_networks"):
+        monkeypatch.setattr(pack.module("nodes.preprocessors_learned"), function, stop)
     with pytest.raises(NetworkAsked) as asked:
         pack.run(ANY, image=SMALL_PHOTOS, preprocessor=name, resolution=LEARNED_RESOLUTION)
-    (model,) = asked.value.args
-    module = model.import_module()
+    (models,) = asked.value.args
+    files = [getattr(model.import_module(), constant) for model in models for constant in model.weight_constants]
     batch = pack.module("annotators.batch")
-    assert [getattr(module, constant) for constant in model.weight_constants] == batch.weight_files(batch.LEARNED[name])
+    assert files == batch.weight_files(batch.LEARNED[name])
 
 
 def test_any_preprocessor_none_passes_the_image_through(pack):
