@@ -278,7 +278,9 @@ def anyline_models(merge_with_lineart: str) -> list[LearnedModel]:
     return [MTEED] + ([line_art] if line_art else [])
 
 
-class CNS_AnyLine(LearnedAnnotatorNode):
+class CNS_AnyLine(AnnotatorNode):
+    """Two networks (MTEED and, unless weight-free, the line art), loaded together."""
+
     DESCRIPTION = (
         "AnyLine line art for MistoLine (as comfyui_controlnet_aux's 'AnyLine Lineart'): MTEED soft edges with a "
         "line-art map screened over them, faint and tiny line-art pieces dropped. Returns float maps (the blend "
@@ -286,7 +288,6 @@ class CNS_AnyLine(LearnedAnnotatorNode):
         "Anyline), and for the learned line art sk_model.pth (lineart_realistic), netG.pth (lineart_anime) or "
         "erika.pth (manga_line) from huggingface.co/lllyasviel/Annotators, in models/annotators (never "
         "downloaded). " + NETWORK_NOTE)
-    RUN = "anyline"
     OPTIONS = {
         "resolution": resolution_input(ANYLINE_DETECT_RESOLUTION),
         "merge_with_lineart": (list(ANYLINE_LINE_ART_MODELS), {"default": STANDARD, "tooltip": (
