@@ -124,6 +124,12 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                    ("manga_line.MANGA_LINE_WEIGHTS",)),
     "uniformer": LearnedAnnotator("uniformer", "uniformer_segmentation", "load_uniformer",
                                   ("uniformer.UNIFORMER_WEIGHTS",)),
+    "oneformer_ade20k": LearnedAnnotator("oneformer", "oneformer_segmentation", "load_oneformer",
+                                         ("oneformer.ONEFORMER_ADE20K_WEIGHTS",),
+                                         fixed={"dataset": "ade20k"}, loader_options={"dataset": "ade20k"}),
+    "oneformer_coco": LearnedAnnotator("oneformer", "oneformer_segmentation", "load_oneformer",
+                                       ("oneformer.ONEFORMER_COCO_WEIGHTS",),
+                                       fixed={"dataset": "coco"}, loader_options={"dataset": "coco"}),
     # published by the authors (huggingface.co/depth-anything), not by lllyasviel/Annotators
     "depth_anything_v2": LearnedAnnotator("depth_anything", "depth_anything", "load_depth_anything",
                                           ("depth_anything.DEPTH_ANYTHING_V2_LARGE",),

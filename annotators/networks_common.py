@@ -84,6 +84,19 @@ def _filled(network: NetworkT, state_dict: dict[str, torch.Tensor], device: torc
     return network.to(device=device, dtype=dtype).eval()
 
 
+class TokenMlp(nn.Module):
+    """A transformer block's feed-forward net on BxNxC (or BxHxWxC) tokens: Linear -> exact (erf)
+    GELU -> Linear, named fc1 / fc2 as the published checkpoints (UniFormer, Swin) name it."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class InstanceNorm2d(nn.Module):
     """`nn.InstanceNorm2d(affine=False)` (no weights, so the same state-dict keys), computed as a
     group norm with one channel per group: the same mean and variance per channel and image,

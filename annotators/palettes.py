@@ -1,6 +1,6 @@
 """Segmentation palettes as data: class index -> RGB colour.
 
-Both tables are copied verbatim (as data) from the published mmsegmentation sources that
+The tables are copied verbatim (as data) from the published sources (mmsegmentation, detectron2) that
 ControlNet's segmentation annotators use; the row index is the class index the segmentor outputs.
 
 ADE20K_PALETTE (150 classes): mmseg `ADE20KDataset.PALETTE` = `ade_palette()` in
@@ -16,6 +16,14 @@ COCO_STUFF_PALETTE (171 classes): mmseg `COCOStuffDataset.PALETTE` (mmseg/datase
   171 rows, indexed by that train id; `COCO_STUFF_UNUSED_IDS` reproduces the renumbering for label
   maps in the raw 0..181 ids. No 182-row palette is published by these sources, so none is made up
   here. The published table repeats some colours (e.g. rows 0 and 1); that is kept as published.
+COCO_PANOPTIC_PALETTE (133 classes): the colours of detectron2's `COCO_CATEGORIES`
+  (detectron2/data/datasets/builtin_meta.py, "from panopticapi's panoptic_coco_categories.json"),
+  in that order: the 80 thing classes, then the 53 (merged) stuff classes. OneFormer's COCO model
+  (ControlNet 1.1's "OneFormer COCO" seg annotator) predicts these 133 contiguous ids, and its
+  visualiser colours class i with row i (`stuff_colors` of coco_2017_val_panoptic_with_sem_seg).
+  The same 133 rows are mmdetection's `CocoPanopticDataset` palette (compared in session 21).
+  OneFormer's ADE20K model colours its 150 classes with exactly ADE20K_PALETTE (its
+  ADE20K_150_CATEGORIES colours, compared in the same session).
 """
 
 ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -103,6 +111,44 @@ COCO_STUFF_PALETTE: tuple[tuple[int, int, int], ...] = (
     (64, 32, 192), (192, 192, 192), (0, 64, 160), (192, 160, 192),  # 160
     (192, 192, 0), (128, 64, 96), (192, 32, 64), (192, 64, 128),  # 164
     (64, 192, 96), (64, 160, 64), (64, 64, 0),  # 168
+)
+
+
+COCO_PANOPTIC_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (220, 20, 60), (119, 11, 32), (0, 0, 142), (0, 0, 230),  # 0
+    (106, 0, 228), (0, 60, 100), (0, 80, 100), (0, 0, 70),  # 4
+    (0, 0, 192), (250, 170, 30), (100, 170, 30), (220, 220, 0),  # 8
+    (175, 116, 175), (250, 0, 30), (165, 42, 42), (255, 77, 255),  # 12
+    (0, 226, 252), (182, 182, 255), (0, 82, 0), (120, 166, 157),  # 16
+    (110, 76, 0), (174, 57, 255), (199, 100, 0), (72, 0, 118),  # 20
+    (255, 179, 240), (0, 125, 92), (209, 0, 151), (188, 208, 182),  # 24
+    (0, 220, 176), (255, 99, 164), (92, 0, 73), (133, 129, 255),  # 28
+    (78, 180, 255), (0, 228, 0), (174, 255, 243), (45, 89, 255),  # 32
+    (134, 134, 103), (145, 148, 174), (255, 208, 186), (197, 226, 255),  # 36
+    (171, 134, 1), (109, 63, 54), (207, 138, 255), (151, 0, 95),  # 40
+    (9, 80, 61), (84, 105, 51), (74, 65, 105), (166, 196, 102),  # 44
+    (208, 195, 210), (255, 109, 65), (0, 143, 149), (179, 0, 194),  # 48
+    (209, 99, 106), (5, 121, 0), (227, 255, 205), (147, 186, 208),  # 52
+    (153, 69, 1), (3, 95, 161), (163, 255, 0), (119, 0, 170),  # 56
+    (0, 182, 199), (0, 165, 120), (183, 130, 88), (95, 32, 0),  # 60
+    (130, 114, 135), (110, 129, 133), (166, 74, 118), (219, 142, 185),  # 64
+    (79, 210, 114), (178, 90, 62), (65, 70, 15), (127, 167, 115),  # 68
+    (59, 105, 106), (142, 108, 45), (196, 172, 0), (95, 54, 80),  # 72
+    (128, 76, 255), (201, 57, 1), (246, 0, 122), (191, 162, 208),  # 76
+    (255, 255, 128), (147, 211, 203), (150, 100, 100), (168, 171, 172),  # 80
+    (146, 112, 198), (210, 170, 100), (92, 136, 89), (218, 88, 184),  # 84
+    (241, 129, 0), (217, 17, 255), (124, 74, 181), (70, 70, 70),  # 88
+    (255, 228, 255), (154, 208, 0), (193, 0, 92), (76, 91, 113),  # 92
+    (255, 180, 195), (106, 154, 176), (230, 150, 140), (60, 143, 255),  # 96
+    (128, 64, 128), (92, 82, 55), (254, 212, 124), (73, 77, 174),  # 100
+    (255, 160, 98), (255, 255, 255), (104, 84, 109), (169, 164, 131),  # 104
+    (225, 199, 255), (137, 54, 74), (135, 158, 223), (7, 246, 231),  # 108
+    (107, 255, 200), (58, 41, 149), (183, 121, 142), (255, 73, 97),  # 112
+    (107, 142, 35), (190, 153, 153), (146, 139, 141), (70, 130, 180),  # 116
+    (134, 199, 156), (209, 226, 140), (96, 36, 108), (96, 96, 96),  # 120
+    (64, 170, 64), (152, 251, 152), (208, 229, 228), (206, 186, 171),  # 124
+    (152, 161, 64), (116, 112, 0), (0, 114, 143), (102, 102, 156),  # 128
+    (250, 141, 255),  # 132
 )
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .image import check_array
-from .palettes import (ADE20K_PALETTE, COCO_STUFF_PALETTE, COCO_STUFF_RAW_ID_COUNT,
-                       COCO_STUFF_UNUSED_IDS)
+from .palettes import (ADE20K_PALETTE, COCO_PANOPTIC_PALETTE, COCO_STUFF_PALETTE,
+                       COCO_STUFF_RAW_ID_COUNT, COCO_STUFF_UNUSED_IDS)
 
 UNLABELED_COLOUR = (0, 0, 0)  # mmseg show_result starts from a zero (black) canvas
 
@@ -26,11 +26,13 @@ def _coco_stuff_raw_palette() -> np.ndarray:
 
 
 # name -> (classes, 3) uint8 table. "coco_stuff" is indexed by mmseg train id (0..170),
-# "coco_stuff_raw" by the ids in COCO-Stuff's own label files (0..181).
+# "coco_stuff_raw" by the ids in COCO-Stuff's own label files (0..181); "coco_panoptic" by
+# OneFormer COCO's 133 contiguous ids (detectron2's order).
 PALETTES: dict[str, np.ndarray] = {
     "ade20k": np.asarray(ADE20K_PALETTE, dtype=np.uint8),
     "coco_stuff": np.asarray(COCO_STUFF_PALETTE, dtype=np.uint8),
     "coco_stuff_raw": _coco_stuff_raw_palette(),
+    "coco_panoptic": np.asarray(COCO_PANOPTIC_PALETTE, dtype=np.uint8),
 }
 
 

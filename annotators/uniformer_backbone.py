@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .networks_common import TokenMlp
+
 # upernet_global_small config (annotator/uniformer/exp/upernet_global_small/config.py).
 EMBED_DIMS = (64, 128, 320, 512)
 DEPTHS = (3, 4, 8, 3)
@@ -40,18 +42,6 @@ class ConvMlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class TokenMlp(nn.Module):
-    """Linear -> GELU -> Linear on BxNxC tokens."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))

@@ -17,7 +17,7 @@ import torch
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
 from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnyLine, CNS_DepthAnything, CNS_DepthAnythingV2,
                                     CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine, CNS_MiDaSDepth,
-                                    CNS_MiDaSNormal, CNS_NormalBAE, CNS_OpenPose, CNS_PiDiNet,
+                                    CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose, CNS_PiDiNet,
                                     CNS_UniFormerSegmentation, CNS_ZoeDepth)
 from .preprocessors_weight_free import (CNS_Binary, CNS_Canny, CNS_ColorGrid, CNS_ContentShuffle, CNS_HoughLines,
                                         CNS_ImageIntensity, CNS_ImageLuminance, CNS_LineartStandard,
@@ -79,6 +79,8 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "depth_anything_v2_small": (CNS_DepthAnythingV2, {"model": "small"}),
     "normalbae": (CNS_NormalBAE, {}),
     "uniformer": (CNS_UniFormerSegmentation, {}),
+    "oneformer_ade20k": (CNS_OneFormerSegmentation, {"dataset": "ade20k"}),
+    "oneformer_coco": (CNS_OneFormerSegmentation, {"dataset": "coco"}),
 }
 CHOICES = [NO_PREPROCESSING, *PREPROCESSORS]
 

@@ -261,6 +261,31 @@ class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
     RUN = "uniformer_segmentation"
 
 
+def _oneformer_model(dataset: str) -> LearnedModel:
+    return LearnedModel("oneformer", (f"ONEFORMER_{dataset.upper()}_WEIGHTS",), "load_oneformer", (("dataset", dataset),))
+
+
+class CNS_OneFormerSegmentation(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "Semantic segmentation by OneFormer (Swin-L), v1.1's seg_ofade20k / seg_ofcoco and comfyui_controlnet_aux's "
+        "'OneFormer ADE20K / COCO Segmentor', coloured with the dataset's palette (ADE20K's 150 classes, as the "
+        "UniFormer node; COCO panoptic's 133), for seg ControlNets. The network sees the image at a 640-pixel "
+        "(ADE20K) or 800-pixel (COCO) short side whatever the detect resolution. "
+        + WEIGHTS_NOTE.format(files="250_16_swin_l_oneformer_ade20k_160k.pth (ADE20K) or "
+                                    "150_16_swin_l_oneformer_coco_100ep.pth (COCO)"))
+    MODELS = {dataset: _oneformer_model(dataset) for dataset in ("ade20k", "coco")}
+    RUN = "oneformer_segmentation"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "dataset": (list(MODELS), {"default": "ade20k", "tooltip": (
+            "ade20k: 150 classes of indoor and outdoor scenes, ADE20K colours (v1.1's default seg preprocessor). "
+            "coco: COCO panoptic's 80 things and 53 stuff classes, detectron2's COCO colours.")}),
+    }
+
+    def model_for(self, options):
+        return self.MODELS[options["dataset"]]
+
+
 # MistoLine's MTEED: the TEED network with MTEED.pth.
 MTEED = LearnedModel("teed", ("MTEED_WEIGHTS",), "load_teed", (("mteed", True),))
 # AnyLine's line-art choices -> the line-art node's own model, so both use one cached network
@@ -368,4 +393,5 @@ NODES = {
     "CNS_LeReSDepth": (CNS_LeReSDepth, "LeReS Depth"),
     "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
+    "CNS_OneFormerSegmentation": (CNS_OneFormerSegmentation, "OneFormer Segmentation"),
 }

@@ -426,11 +426,12 @@ def label_map(frame: np.ndarray, reduce_zero_label: bool) -> np.ndarray:
 
 
 class CNS_ColorizeSegmentation(AnnotatorNode):
-    DESCRIPTION = "Colours a segmentation label map with the ADE20K or COCO-Stuff palette, as seg ControlNets were trained on."
+    DESCRIPTION = "Colours a segmentation label map with the ADE20K, COCO-Stuff or COCO panoptic palette, as seg ControlNets were trained on."
     OPTIONS = {
         "palette": (list(PALETTES), {"default": "ade20k", "tooltip": (
             "ade20k: 150 classes (mmseg order, 0 = wall). coco_stuff: 171 classes by mmseg train id. "
-            "coco_stuff_raw: COCO-Stuff's own label ids 0..181. Labels off the palette are drawn black.")}),
+            "coco_stuff_raw: COCO-Stuff's own label ids 0..181. coco_panoptic: the 133 classes of COCO panoptic "
+            "(OneFormer COCO's ids, detectron2 order). Labels off the palette are drawn black.")}),
         "reduce_zero_label": _bool(False, (
             "The labels count from 1 with 0 = unlabeled (ADE20K annotation files): subtract 1, and draw 0 black.")),
     }

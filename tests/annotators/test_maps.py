@@ -9,7 +9,7 @@ from skimage import data
 
 from annotators import (PALETTES, color_grid, colorize_labels, content_shuffle, inpaint_hint,
                         normal_from_depth, shuffle_flow, tile)
-from annotators.palettes import ADE20K_PALETTE, COCO_STUFF_PALETTE, COCO_STUFF_UNUSED_IDS
+from annotators.palettes import ADE20K_PALETTE, COCO_PANOPTIC_PALETTE, COCO_STUFF_PALETTE, COCO_STUFF_UNUSED_IDS
 
 
 def exact(message: str) -> str:
@@ -216,6 +216,7 @@ def test_normal_refuses_colour_depth():
 def test_palette_sizes():
     assert len(ADE20K_PALETTE) == 150
     assert len(COCO_STUFF_PALETTE) == 182 - len(COCO_STUFF_UNUSED_IDS) == 171
+    assert len(COCO_PANOPTIC_PALETTE) == 80 + 53  # COCO panoptic: 80 things, 53 stuff classes
     for table in PALETTES.values():
         assert table.dtype == np.uint8 and table.shape[1] == 3
 
@@ -228,8 +229,16 @@ def test_ade20k_well_known_colours():
     assert ADE20K_PALETTE[12] == (150, 5, 61)
 
 
+def test_coco_panoptic_well_known_colours():
+    # detectron2 COCO_CATEGORIES: person (0) crimson, car (2) dark blue, rug-merged (132) last
+    assert COCO_PANOPTIC_PALETTE[0] == (220, 20, 60)
+    assert COCO_PANOPTIC_PALETTE[2] == (0, 0, 142)
+    assert COCO_PANOPTIC_PALETTE[132] == (250, 141, 255)
+
+
 @pytest.mark.parametrize("name, table", [("ade20k", ADE20K_PALETTE),
-                                         ("coco_stuff", COCO_STUFF_PALETTE)])
+                                         ("coco_stuff", COCO_STUFF_PALETTE),
+                                         ("coco_panoptic", COCO_PANOPTIC_PALETTE)])
 def test_colorize_is_a_per_pixel_table_lookup(name, table):
     rng = np.random.default_rng(0)
     labels = rng.integers(-3, len(table) + 3, size=(37, 23)).astype(np.int32)

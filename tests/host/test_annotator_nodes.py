@@ -9,6 +9,7 @@ raises the annotators' own message unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -31,7 +32,8 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_TTPlanetTileGuidedFilter",
                "CNS_TTPlanetTileSimple"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
-           "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth"]
+           "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth",
+           "CNS_OneFormerSegmentation"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
@@ -465,7 +467,20 @@ NETWORKS = [
     ("zoe", "ZOE_WEIGHTS", "ZoeDepthNetwork", lambda zoe: zoe.ZoeSize(**ZOE_TEST_WIDTHS)),
     # last, so the networks above keep their seeds; V2's layout, which the V1 loader reads
     ("depth_anything", "DEPTH_ANYTHING_V1_SMALL", "DepthAnythingV2Network", "vits"),
+    # OneFormer's Swin-L (220 M parameters) narrowed, with each dataset's class count
+    ("oneformer", "ONEFORMER_ADE20K_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 150)),
+    ("oneformer", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 133)),
 ]
+
+
+def oneformer_test_config(oneformer, classes: int):
+    """A narrow OneFormer (annotators.oneformer_network.OneFormerConfig) with `classes` classes."""
+    network = importlib.import_module(oneformer.__package__ + ".oneformer_network")
+    swin = importlib.import_module(oneformer.__package__ + ".swin_backbone")
+    return network.OneFormerConfig(
+        swin=swin.SwinConfig(32, (2, 2, 2, 2), (1, 2, 4, 8), 3), classes=classes, queries=6, hidden=32,
+        task_tokens=oneformer.TASK_SEQUENCE_LENGTH, encoder_layers=1, encoder_feedforward=32, query_layers=1,
+        decoder_layers=3, decoder_feedforward=32)
 
 
 @pytest.fixture(scope="module")
@@ -520,6 +535,8 @@ LEARNED_CASES = [
      dict(background_threshold=0.2, z_component=3.0)),
     ("CNS_NormalBAE", {}, "normalbae", "load_normalbae", {}, "normalbae", {}),
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
+    *[("CNS_OneFormerSegmentation", dict(dataset=dataset), "oneformer", "load_oneformer", dict(dataset=dataset),
+       "oneformer_segmentation", dict(dataset=dataset)) for dataset in ("ade20k", "coco")],
     ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
      "depth_anything", {}),
     ("CNS_DepthAnything", dict(model="small"), "depth_anything", "load_depth_anything_v1", dict(size="small"),
@@ -545,6 +562,11 @@ def shrink_fixed_network_inputs(pack, module_name: str, monkeypatch) -> None:
         monkeypatch.setattr(pack.module("annotators.depth_anything"), "INPUT_SIZE", DEPTH_ANYTHING_TEST_INPUT_SIZE)
     if module_name == "zoe":
         monkeypatch.setattr(pack.module("annotators.zoe"), "NETWORK_INPUT_SIZE", ZOE_TEST_INPUT_SIZE)
+    if module_name == "oneformer":  # a 640- or 800-pixel short side
+        models = pack.module("annotators.oneformer").ONEFORMER_MODELS
+        for dataset, model in list(models.items()):
+            monkeypatch.setitem(models, dataset, dataclasses.replace(
+                model, short_side=LEARNED_RESOLUTION, long_side_limit=4 * LEARNED_RESOLUTION))
 
 
 @pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
@@ -1007,4 +1029,21 @@ def test_any_preprocessor_refuses_an_unknown_name(pack):
         pack.run(ANY, image=PHOTOS, preprocessor="cany", resolution=ANY_RESOLUTION)
     message = str(error.value)
     assert message.startswith("unknown preprocessor 'cany'; choose one of: none, binary, canny, ")
-    assert message.endswith(", normalbae, uniformer")
+    assert message.endswith(", normalbae, uniformer, oneformer_ade20k, oneformer_coco")
+
+
+# --- OneFormer --------------------------------------------------------------------------------------
+
+def test_oneformer_task_tokens_are_clips_bpe_of_the_task(pack):
+    """OneFormer feeds "The task is semantic" through CLIP's BPE tokenizer (its SimpleTokenizer,
+    lower-cased). ComfyUI ships CLIP's vocabulary (comfy/sd1_tokenizer); transformers'
+    CLIPTokenizer on it gives the ids the annotator hard-codes."""
+    import os
+
+    from transformers import CLIPTokenizer
+
+    comfy = pack.host.comfy
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(os.path.dirname(comfy.model_management.__file__), "sd1_tokenizer"))
+    oneformer = pack.module("annotators.oneformer")
+    assert tokenizer("The task is semantic")["input_ids"] == list(oneformer.SEMANTIC_TASK_TOKEN_IDS)
+    assert tokenizer(oneformer.SEMANTIC_TASK)["input_ids"] == list(oneformer.SEMANTIC_TASK_TOKEN_IDS)
