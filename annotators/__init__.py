@@ -34,6 +34,8 @@ from .midas import (MIDAS_WEIGHTS, MiDaSNetwork, load_midas, midas_depth, midas_
                     midas_normal)
 from .mlsd import MLSD_WEIGHTS, MLSDNetwork, decode_segments, load_mlsd, mlsd
 from .normalbae import NORMALBAE_WEIGHTS, NormalBaeNetwork, load_normalbae, normalbae
+from .oneformer import (ONEFORMER_ADE20K_WEIGHTS, ONEFORMER_COCO_WEIGHTS, OneFormerNetwork, load_oneformer,
+                        oneformer_segmentation)
 from .pidinet import PIDINET_WEIGHTS, PiDiNetNetwork, load_pidinet, pidinet
 from .scribble import scribble
 from .segmentation import PALETTES, colorize_labels
@@ -54,7 +56,9 @@ __all__ = [
     "LineartNetwork", "lineart", "load_lineart", "LINEART_ANIME_WEIGHTS", "AnimeLineartNetwork",
     "lineart_anime", "load_lineart_anime", "MLSD_WEIGHTS", "MLSDNetwork", "decode_segments", "load_mlsd",
     "mlsd", "MANGA_LINE_WEIGHTS", "MangaLineNetwork", "load_manga_line", "manga_line",
-    "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork", "load_uniformer", "uniformer_segmentation", "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
+    "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork", "load_uniformer", "uniformer_segmentation",
+    "ONEFORMER_ADE20K_WEIGHTS", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", "load_oneformer", "oneformer_segmentation",
+    "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
     "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
