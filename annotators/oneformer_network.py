@@ -11,8 +11,9 @@ code is ControlNet-v1-1-nightly `annotator/oneformer/oneformer/`):
 * `sem_seg_head.pixel_decoder` (`MSDeformAttnPixelDecoder`, Mask2Former's): the three coarse
   maps are projected (1x1 conv + GroupNorm) to `hidden` channels and refined together by six
   deformable-attention encoder layers (Zhu et al., "Deformable DETR", ICLR 2021: each token
-  reads `POINTS` bilinear samples per head and level around its own position); an FPN step adds
-  the stride-4 map (`adapter_1`, `layer_1`); a 1x1 conv makes the per-pixel mask features.
+  reads `DEFORMABLE_POINTS` bilinear samples per head and level around its own position); an
+  FPN step adds the stride-4 map (`adapter_1`, `layer_1`); a 1x1 conv makes the per-pixel mask
+  features.
 * `sem_seg_head.predictor` (`ContrastiveMultiScaleMaskedTransformerDecoder`): the task
   ("the task is semantic", tokenised and fed as 77 numbers to `task_mlp`) becomes a task token;
   a two-layer DETR decoder (`class_transformer`) turns it and the learned query positions into
