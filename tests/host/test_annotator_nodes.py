@@ -1047,3 +1047,9 @@ def test_oneformer_task_tokens_are_clips_bpe_of_the_task(pack):
     oneformer = pack.module("annotators.oneformer")
     assert tokenizer("The task is semantic")["input_ids"] == list(oneformer.SEMANTIC_TASK_TOKEN_IDS)
     assert tokenizer(oneformer.SEMANTIC_TASK)["input_ids"] == list(oneformer.SEMANTIC_TASK_TOKEN_IDS)
+
+
+def test_oneformer_node_defaults_to_the_annotators_dataset(pack):
+    oneformer = pack.module("annotators.oneformer")
+    assert pack.defaults("CNS_OneFormerSegmentation")["dataset"] == oneformer.DEFAULT_DATASET == "ade20k"
+    assert list(pack.node_class("CNS_OneFormerSegmentation").MODELS) == list(oneformer.ONEFORMER_MODELS)
