@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dpt_blocks import HEAD_HIDDEN, DPTFusion
+from .networks_common import TokenMlp
 
 # --- DINOv2 (depth_anything_v2/dinov2.py DINOv2(): img_size=518, patch_size=14, init_values=1.0,
 # ffn_layer "mlp" except vitg "swiglufused", block_chunks=0, num_register_tokens=0,
@@ -140,16 +141,6 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, width))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, MLP_RATIO * dim)
-        self.fc2 = nn.Linear(MLP_RATIO * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, nn.GELU()
-
-
 def swiglu_hidden(dim: int) -> int:
     two_thirds = int(MLP_RATIO * dim * 2 / 3)  # this order of operations, as swiglu_ffn.py
     return (two_thirds + SWIGLU_MULTIPLE - 1) // SWIGLU_MULTIPLE * SWIGLU_MULTIPLE
@@ -190,7 +181,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(dim, size.heads)
         self.ls1 = LayerScale(dim)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = SwiGLUFeedForward(dim) if size.swiglu else Mlp(dim)
+        self.mlp = SwiGLUFeedForward(dim) if size.swiglu else TokenMlp(dim, MLP_RATIO * dim)
         self.ls2 = LayerScale(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dpt_blocks import CLASS_TOKENS, DPTDecoder, Reassemble
+from .networks_common import TokenMlp
 
 # --- BiT ResNetV2 trunk (timm vision_transformer_hybrid._resnetv2(layers=(3, 4, 9))) ----------
 STEM_CHANNELS = 64
@@ -209,16 +210,6 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, width))
 
 
-class Mlp(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(EMBED_DIM, MLP_RATIO * EMBED_DIM)
-        self.fc2 = nn.Linear(MLP_RATIO * EMBED_DIM, EMBED_DIM)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as timm's nn.GELU
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -227,7 +218,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(EMBED_DIM, eps=LAYER_NORM_EPS)
         self.attn = Attention()
         self.norm2 = nn.LayerNorm(EMBED_DIM, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp()
+        self.mlp = TokenMlp(EMBED_DIM, MLP_RATIO * EMBED_DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

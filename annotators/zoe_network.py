@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depth_anything_network import Mlp, PatchEmbedding
+from .depth_anything_network import MLP_RATIO, PatchEmbedding
 from .dpt_blocks import HEAD_HIDDEN, DecodedLevels, DPTDecoder, Reassemble
+from .networks_common import TokenMlp
 
 # --- BEiT-L/16 (timm beit.py beit_large_patch16_384 and Beit defaults) --------------------------
 PATCH_SIZE = 16
@@ -168,7 +169,7 @@ class BeitBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = BeitAttention(size)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp(dim)
+        self.mlp = TokenMlp(dim, MLP_RATIO * dim)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor, grid_height: int, grid_width: int) -> torch.Tensor:
         x = x + self.gamma_1 * self.attn(self.norm1(x), index, grid_height, grid_width)
