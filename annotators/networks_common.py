@@ -67,7 +67,17 @@ def load_network_from_weights(
     widths are read from the weights' shapes (or are fixed and large): built on the meta device and
     given empty storage, so no time goes into a random initialisation (seconds for 100 M+
     parameters) that the file overwrites; the strict load fills every parameter or fails."""
-    state_dict = read_weights(file_name, folders, repo)
+    return network_from_weights(build, read_weights(file_name, folders, repo), device, dtype)
+
+
+def network_from_weights(
+    build: Callable[[dict[str, torch.Tensor]], NetworkT],
+    state_dict: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> NetworkT:
+    """`build(state_dict)` built on the meta device (no random initialisation) and filled with
+    `state_dict`, strictly: load_network_from_weights for weights already read (and trimmed)."""
     with torch.device("meta"):
         network = build(state_dict)
     return _filled(network.to_empty(device="cpu"), state_dict, device, dtype)

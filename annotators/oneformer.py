@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import read_weights
+from .networks_common import network_from_weights, read_weights
 from .oneformer_network import (BACKBONE_PREFIX, PREDICTOR_PREFIX, OneFormerNetwork, build_oneformer,
                                 network_state_dict)
 from .segmentation import colorize_labels
@@ -81,6 +81,13 @@ ONEFORMER_MODELS = {
 DEFAULT_DATASET = "ade20k"  # v1.1 gradio_seg.py's default preprocessor, Seg_OFADE20K
 
 
+def oneformer_model(dataset: str) -> OneFormerModel:
+    """The published OneFormer of `dataset`; a clear error for any other name."""
+    if dataset not in ONEFORMER_MODELS:
+        raise ValueError(f"OneFormer model must be one of {', '.join(ONEFORMER_MODELS)}, got '{dataset}'")
+    return ONEFORMER_MODELS[dataset]
+
+
 def semantic_task_tokens(device: torch.device | str = "cpu") -> torch.Tensor:
     """1x77 int64: the semantic task's token ids, zero-padded."""
     tokens = torch.zeros(1, TASK_SEQUENCE_LENGTH, dtype=torch.int64, device=device)
@@ -97,9 +104,7 @@ def load_oneformer(
     """OneFormerNetwork with the published weights of `dataset` ("coco" or "ade20k") from the
     annotators models folders. The network's shape is read from the weights; every key but the
     training-only text encoder's must match."""
-    if dataset not in ONEFORMER_MODELS:
-        raise ValueError(f"OneFormer model must be one of {', '.join(ONEFORMER_MODELS)}, got '{dataset}'")
-    model = ONEFORMER_MODELS[dataset]
+    model = oneformer_model(dataset)
     state_dict = network_state_dict(read_weights(model.weights, folders))
     for key in (BACKBONE_PREFIX + "patch_embed.proj.weight", PREDICTOR_PREFIX + "class_embed.weight"):
         if key not in state_dict:
@@ -111,11 +116,7 @@ def load_oneformer(
         raise BadWeightsError(
             f"'{model.weights}' predicts {classes} classes, but OneFormer {dataset} has {model.classes}; the file "
             f"under this name is another model: download {model.weights} again from {PUBLISHED_AT}")
-    with torch.device("meta"):  # Swin-L: about 200 M parameters, filled by the load below
-        network = build_oneformer(state_dict)
-    network = network.to_empty(device="cpu")
-    network.load_state_dict(state_dict, strict=True)
-    return network.to(device=device, dtype=dtype).eval()
+    return network_from_weights(build_oneformer, state_dict, device, dtype)  # 219 M parameters (Swin-L)
 
 
 def resized_size(height: int, width: int, short_side: int, long_side_limit: int) -> tuple[int, int]:
@@ -182,9 +183,7 @@ def oneformer_segmentation(
 ) -> np.ndarray:
     """Segmentation map (uint8 HxWx3, the dataset's palette) at the image's size, from the
     OneFormer `network` trained on `dataset` ("coco" or "ade20k")."""
-    if dataset not in ONEFORMER_MODELS:
-        raise ValueError(f"OneFormer model must be one of {', '.join(ONEFORMER_MODELS)}, got '{dataset}'")
-    model = ONEFORMER_MODELS[dataset]
+    model = oneformer_model(dataset)
     if network.config.classes != model.classes:
         raise ValueError(f"this OneFormer network predicts {network.config.classes} classes, but OneFormer "
                          f"{dataset} has {model.classes}: load it with load_oneformer(..., dataset='{dataset}')")

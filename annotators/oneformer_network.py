@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .swin_backbone import SwinBackbone, SwinConfig, swin_config_from_state_dict
+from .weights import drop_prefixes
 
 TRAINING_ONLY_PREFIXES = ("text_encoder.", "text_projector.", "prompt_ctx.", "criterion.")
 
@@ -105,7 +106,7 @@ class OneFormerConfig:
 
 def network_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A checkpoint's weights without the training-only text encoder."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    return drop_prefixes(state_dict, TRAINING_ONLY_PREFIXES)
 
 
 # --- shared pieces -------------------------------------------------------------------------------

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import image_batch, read_weights
+from .networks_common import image_batch, network_from_weights, read_weights
 from .segmentation import colorize_labels
 from .uniformer_backbone import EMBED_DIMS, UniFormerBackbone
+from .weights import drop_prefixes
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/upernet_global_small.pth
 UNIFORMER_WEIGHTS = "upernet_global_small.pth"
@@ -128,8 +129,7 @@ class UniFormerSegmentationNetwork(nn.Module):
 def uniformer_state_dict(folders: Sequence[str]) -> dict[str, torch.Tensor]:
     """The published checkpoint's network weights (under 'state_dict'), the training-only
     auxiliary head left out."""
-    state_dict = read_weights(UNIFORMER_WEIGHTS, folders)
-    return {k: v for k, v in state_dict.items() if not k.startswith(AUXILIARY_HEAD_PREFIX)}
+    return drop_prefixes(read_weights(UNIFORMER_WEIGHTS, folders), (AUXILIARY_HEAD_PREFIX,))
 
 
 def load_uniformer(
@@ -138,9 +138,7 @@ def load_uniformer(
     """UniFormerSegmentationNetwork with the published `upernet_global_small.pth` (an mmseg
     checkpoint) from the annotators models folders; every key but the auxiliary head's must
     match."""
-    network = UniFormerSegmentationNetwork()
-    network.load_state_dict(uniformer_state_dict(folders), strict=True)
-    return network.to(device=device, dtype=dtype).eval()
+    return network_from_weights(lambda _: UniFormerSegmentationNetwork(), uniformer_state_dict(folders), device, dtype)
 
 
 def rescaled_size(height: int, width: int) -> tuple[int, int]:

@@ -103,3 +103,9 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove a prefix such as `module.` (DataParallel saves) from every key that has it."""
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def drop_prefixes(state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """`state_dict` without the keys that start with any of `prefixes` (a checkpoint's
+    training-only parts, which the inference network does not build)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}

@@ -467,7 +467,7 @@ NETWORKS = [
     ("zoe", "ZOE_WEIGHTS", "ZoeDepthNetwork", lambda zoe: zoe.ZoeSize(**ZOE_TEST_WIDTHS)),
     # last, so the networks above keep their seeds; V2's layout, which the V1 loader reads
     ("depth_anything", "DEPTH_ANYTHING_V1_SMALL", "DepthAnythingV2Network", "vits"),
-    # OneFormer's Swin-L (220 M parameters) narrowed, with each dataset's class count
+    # OneFormer's Swin-L (219 M parameters) narrowed, with each dataset's class count
     ("oneformer", "ONEFORMER_ADE20K_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 150)),
     ("oneformer", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 133)),
 ]
