@@ -13,8 +13,6 @@ short side of 512, so the end-to-end tests use a narrow decode head (a tiny conf
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import cv2
 import numpy as np
@@ -31,6 +29,7 @@ from annotators.uniformer import (UNIFORMER_WEIGHTS, UniFormerSegmentationNetwor
 from annotators.uniformer_backbone import (AttentionBlock, ConvBlock, PatchEmbed,
                                            UniFormerBackbone)
 
+from .openmmlab import import_openmmlab
 from .random_learned import assert_loaded
 
 PHOTO = data.astronaut()  # 512x512 RGB, shipped with scikit-image
@@ -300,26 +299,8 @@ def test_backbone_equals_functional_composition(backbone):
 # --- decode head and pipeline against mmsegmentation --------------------------------------------
 
 def import_mmseg():
-    """mmseg with mmcv-lite: mmseg's package imports reach mmcv.ops (compiled, absent in the
-    lite build) for heads and losses we do not use; a stand-in module whose names raise if
-    called lets the imports finish."""
-    pytest.importorskip("mmcv")
-    try:
-        import mmcv.ops  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("mmcv.ops")
-
-        def unavailable(*args, **kwargs):
-            raise RuntimeError("mmcv's compiled ops are not installed (mmcv-lite)")
-
-        def stub_attribute(name: str):
-            if name.startswith("_"):
-                raise AttributeError(name)
-            return unavailable
-
-        stub.__getattr__ = stub_attribute
-        sys.modules["mmcv.ops"] = stub
-    return pytest.importorskip("mmseg.models")
+    """mmseg with mmcv-lite (see tests/annotators/openmmlab.py)."""
+    return import_openmmlab("mmseg.models")
 
 
 BN = dict(type="BN", requires_grad=True)
