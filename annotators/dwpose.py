@@ -1,0 +1,106 @@
+"""DWPose's top-down steps around the keypoint network (work in progress: no node yet).
+
+DWPose finds people with a detector (YOLOX-L, `yolox_network`), then, for each person's box:
+
+1. `person_crop_box`: the box's centre, and its size padded by 1.25 and widened or heightened
+   to the network's 288:384 aspect (mmpose's bbox_xyxy2cs and TopdownAffine._fix_aspect_ratio);
+2. `crop_person`: that region warped to 288×384 with bilinear sampling and normalised with
+   ImageNet's mean and deviation (mmpose's TopdownAffine, PoseDataPreprocessor);
+3. RTMPose (`rtmpose_network`) and `simcc_maximum`: 133 keypoints in crop pixels;
+4. `keypoints_to_image`: back to image pixels (mmpose's TopdownPoseEstimator);
+5. `wholebody_to_pose`: the 133 COCO-WholeBody keypoints as the OpenPose skeleton ControlNet's
+   pose models read (18 body points with a neck between the shoulders, 21 per hand, 68 face
+   points), keeping points scored above 0.3, as DWPose's own `DWposeDetector` does.
+
+When the detector finds nobody, the whole image is one box (mmpose's inference_topdown and
+DWPose's ONNX pipeline both do that).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .openpose.body import BODY_PARTS
+from .openpose.pose import HAND_POINTS, Point, Pose
+
+# mmpose bbox_xyxy2cs(padding=1.25) as DWPose's pipelines call it: context around the person.
+PERSON_BOX_PADDING = 1.25
+# PoseDataPreprocessor in dwpose-l_384x288.py: ImageNet statistics of RGB pixels 0..255.
+POSE_MEAN = np.array([123.675, 116.28, 103.53])
+POSE_STD = np.array([58.395, 57.12, 57.375])
+# DWposeDetector: body points are drawn above this score, hand and face points at or above it.
+KEYPOINT_SCORE_THRESHOLD = 0.3
+
+# COCO-WholeBody's keypoint order: 17 body points, 6 feet, 68 face, left hand, right hand.
+COCO_BODY_PARTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+                   "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+                   "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
+FOOT_POINTS = 6
+WHOLEBODY_FACE_POINTS = 68
+FACE_START = len(COCO_BODY_PARTS) + FOOT_POINTS
+LEFT_HAND_START = FACE_START + WHOLEBODY_FACE_POINTS
+RIGHT_HAND_START = LEFT_HAND_START + HAND_POINTS
+
+
+def person_crop_box(box_xyxy: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, size) of the image region cropped for one person: the box padded by 1.25, then
+    grown along one side to the network input's aspect ratio (never shrunk)."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+    width, height = (x2 - x1) * PERSON_BOX_PADDING, (y2 - y1) * PERSON_BOX_PADDING
+    aspect = input_size[0] / input_size[1]
+    size = np.array([width, width / aspect]) if width > height * aspect else np.array([height * aspect, height])
+    return centre, size
+
+
+def crop_matrix(centre: np.ndarray, size: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """The 2×3 affine map from image to crop pixels: the region's centre to the crop's centre,
+    scaled uniformly (the region already has the crop's aspect)."""
+    scale = input_size[0] / size[0]
+    return np.array([[scale, 0.0, input_size[0] / 2 - scale * centre[0]],
+                     [0.0, scale, input_size[1] / 2 - scale * centre[1]]])
+
+
+def crop_person(image_rgb: np.ndarray, centre: np.ndarray, size: np.ndarray,
+                input_size: tuple[int, int]) -> np.ndarray:
+    """uint8 HxWx3 RGB image -> the person's normalised crop, float32 3×height×width."""
+    crop = cv2.warpAffine(image_rgb, crop_matrix(centre, size, input_size), tuple(input_size),
+                          flags=cv2.INTER_LINEAR)
+    return ((crop - POSE_MEAN) / POSE_STD).astype(np.float32).transpose(2, 0, 1)
+
+
+def keypoints_to_image(keypoints: np.ndarray, centre: np.ndarray, size: np.ndarray,
+                       input_size: tuple[int, int]) -> np.ndarray:
+    """Crop pixels (..., 2) -> image pixels: the inverse of `crop_matrix`."""
+    return keypoints / np.asarray(input_size) * size + centre - size / 2
+
+
+def _point(xy: np.ndarray, width: int, height: int) -> Point:
+    return float(xy[0]) / width, float(xy[1]) / height
+
+
+def _points_at_or_above(keypoints: np.ndarray, scores: np.ndarray, width: int, height: int) -> list[Point | None]:
+    return [_point(xy, width, height) if score >= KEYPOINT_SCORE_THRESHOLD else None
+            for xy, score in zip(keypoints, scores)]
+
+
+def wholebody_to_pose(keypoints: np.ndarray, scores: np.ndarray, width: int, height: int) -> Pose:
+    """One person's 133 keypoints (image pixels) and scores -> an OpenPose `Pose` (fractions of
+    the image). The neck, which COCO lacks, is the shoulders' midpoint when both are kept."""
+    coco = {name: index for index, name in enumerate(COCO_BODY_PARTS)}
+    shoulders = [coco["left_shoulder"], coco["right_shoulder"]]
+    body: list[Point | None] = []
+    for name in BODY_PARTS:
+        if name == "neck":
+            both = all(scores[index] > KEYPOINT_SCORE_THRESHOLD for index in shoulders)
+            body.append(_point(keypoints[shoulders].mean(axis=0), width, height) if both else None)
+        else:
+            index = coco[name]
+            body.append(_point(keypoints[index], width, height) if scores[index] > KEYPOINT_SCORE_THRESHOLD else None)
+    face = slice(FACE_START, FACE_START + WHOLEBODY_FACE_POINTS)
+    left, right = (slice(start, start + HAND_POINTS) for start in (LEFT_HAND_START, RIGHT_HAND_START))
+    return Pose(body=body,
+                left_hand=_points_at_or_above(keypoints[left], scores[left], width, height),
+                right_hand=_points_at_or_above(keypoints[right], scores[right], width, height),
+                face=_points_at_or_above(keypoints[face], scores[face], width, height))

@@ -1,0 +1,173 @@
+"""DWPose's top-down steps (annotators/dwpose.py) against their references.
+
+- The crop region, warp and normalisation against mmpose 1.3.2 (bbox_xyxy2cs, TopdownAffine,
+  get_warp_matrix, PoseDataPreprocessor's statistics), which DWPose's pipelines run.
+- Keypoints back to the image: the exact inverse of the crop's warp.
+- The 133 keypoints as an OpenPose pose map: against controlnet-aux 0.0.10's DWposeDetector
+  (its Wholebody conversion and drawing) with mmdet's and mmpose's inference replaced by the
+  keypoints the test chooses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
+                               POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
+                               crop_matrix, crop_person, keypoints_to_image, person_crop_box,
+                               wholebody_to_pose)
+from annotators.openpose.drawing import draw_poses
+from annotators.rtmpose_network import DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS
+
+from .openmmlab import import_openmmlab
+
+PHOTO = data.astronaut()  # 512x512 RGB
+WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
+TALL_BOX = np.array([150.0, 20.0, 260.5, 480.0])   # taller
+MATRIX_TOLERANCE = 1e-5  # mmpose builds the matrix from float32 points
+
+
+def mmpose_crop(box: np.ndarray) -> dict:
+    import_openmmlab("mmpose.datasets.transforms")
+    from mmpose.datasets.transforms import TopdownAffine
+    from mmpose.structures.bbox import bbox_xyxy2cs
+    centre, scale = bbox_xyxy2cs(box[None], padding=1.25)
+    results = dict(img=PHOTO.copy(), bbox_center=centre, bbox_scale=scale)
+    return TopdownAffine(input_size=DWPOSE_INPUT_SIZE).transform(results)
+
+
+@pytest.mark.parametrize("box", [WIDE_BOX, TALL_BOX], ids=["wide", "tall"])
+def test_crop_region_equals_mmpose(box):
+    expected = mmpose_crop(box)
+    centre, size = person_crop_box(box, DWPOSE_INPUT_SIZE)
+    np.testing.assert_allclose(centre, expected["bbox_center"][0], rtol=1e-12)
+    np.testing.assert_allclose(size, expected["bbox_scale"][0], rtol=1e-6)  # mmpose keeps float32
+    assert size[0] / size[1] == pytest.approx(DWPOSE_INPUT_SIZE[0] / DWPOSE_INPUT_SIZE[1])
+
+
+@pytest.mark.parametrize("box", [WIDE_BOX, TALL_BOX], ids=["wide", "tall"])
+def test_crop_warp_equals_mmpose(box):
+    import_openmmlab("mmpose.structures.bbox")
+    from mmpose.structures.bbox import get_warp_matrix
+    expected = mmpose_crop(box)
+    centre, size = person_crop_box(box, DWPOSE_INPUT_SIZE)
+    reference_matrix = get_warp_matrix(centre, size, 0.0, output_size=DWPOSE_INPUT_SIZE)
+    matrix = crop_matrix(centre, size, DWPOSE_INPUT_SIZE)
+    assert np.abs(matrix - reference_matrix).max() <= MATRIX_TOLERANCE * np.abs(reference_matrix).max()
+    crop = crop_person(PHOTO, centre, size, DWPOSE_INPUT_SIZE)
+    assert crop.shape == (3, DWPOSE_INPUT_SIZE[1], DWPOSE_INPUT_SIZE[0]) and crop.dtype == np.float32
+    expected_crop = ((expected["img"] - POSE_MEAN) / POSE_STD).transpose(2, 0, 1)
+    # Bilinear sampling in OpenCV's 1/32-pixel fixed point: a matrix differing in the 7th digit
+    # moves a few samples by one step.
+    difference = np.abs(crop - expected_crop)
+    assert difference.mean() < 1e-3 and difference.max() <= 2 / POSE_STD.min()
+
+
+def test_constants_are_dwposes_config():
+    """Input size, statistics and SimCC split ratio as DWPose's own config (shipped in
+    controlnet-aux) sets them, read with mmengine."""
+    import_openmmlab("mmengine.config")
+    from mmengine.config import Config
+    dwpose = pytest.importorskip("controlnet_aux.dwpose")
+    config = Config.fromfile(Path(dwpose.__file__).parent / "dwpose_config" / "dwpose-l_384x288.py")
+    assert tuple(config.codec.input_size) == DWPOSE_INPUT_SIZE
+    assert config.codec.simcc_split_ratio == SIMCC_SPLIT_RATIO
+    assert config.model.head.out_channels == WHOLEBODY_KEYPOINTS
+    assert config.model.data_preprocessor.bgr_to_rgb  # the network reads RGB
+    np.testing.assert_array_equal(config.model.data_preprocessor.mean, POSE_MEAN)
+    np.testing.assert_array_equal(config.model.data_preprocessor.std, POSE_STD)
+
+
+@pytest.mark.parametrize("box", [WIDE_BOX, TALL_BOX], ids=["wide", "tall"])
+def test_keypoints_to_image_inverts_the_crop(box):
+    centre, size = person_crop_box(box, DWPOSE_INPUT_SIZE)
+    image_points = np.random.default_rng(0).uniform(0, 512, size=(20, 2))
+    matrix = crop_matrix(centre, size, DWPOSE_INPUT_SIZE)
+    crop_points = image_points @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(keypoints_to_image(crop_points, centre, size, DWPOSE_INPUT_SIZE), image_points,
+                               rtol=1e-12, atol=1e-9)
+
+
+def random_people(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (count, 133, 2) inside 512×512, scores in [0, 1] with some exactly at 0.3."""
+    rng = np.random.default_rng(seed)
+    keypoints = rng.uniform(8, 504, size=(count, WHOLEBODY_KEYPOINTS, 2))
+    keypoints[1:, :, 0] = keypoints[1:, :, 0] / 3 + 340  # later people on the right: no overlap
+    keypoints[0, :, 0] = keypoints[0, :, 0] / 3
+    scores = rng.uniform(0, 1, size=(count, WHOLEBODY_KEYPOINTS))
+    scores[:, ::9] = KEYPOINT_SCORE_THRESHOLD
+    return keypoints, scores
+
+
+def controlnet_aux_dwpose_map(monkeypatch, keypoints: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """controlnet-aux's DWposeDetector on a 512×512 image (no resizing), its detector and pose
+    estimator replaced by these keypoints."""
+    import_openmmlab("mmengine.structures")
+    from mmengine.structures import InstanceData
+    wholebody = pytest.importorskip("controlnet_aux.dwpose.wholebody")
+    from controlnet_aux.dwpose import DWposeDetector
+
+    class Found:
+        pred_instances = InstanceData(bboxes=torch.zeros(len(keypoints), 4), scores=torch.ones(len(keypoints)),
+                                      labels=torch.zeros(len(keypoints), dtype=torch.long))
+
+    class Merged:
+        pred_instances = InstanceData(keypoints=keypoints.copy(), keypoint_scores=scores.copy())
+
+    monkeypatch.setattr(wholebody, "inference_detector", lambda model, image: Found(), raising=False)
+    monkeypatch.setattr(wholebody, "nms", lambda boxes, threshold: np.arange(len(boxes)), raising=False)
+    monkeypatch.setattr(wholebody, "inference_topdown", lambda model, image, boxes=None: [], raising=False)
+    monkeypatch.setattr(wholebody, "merge_data_samples", lambda results: Merged(), raising=False)
+    estimator = wholebody.Wholebody.__new__(wholebody.Wholebody)
+    estimator.detector = estimator.pose_estimator = None
+    detector = DWposeDetector.__new__(DWposeDetector)
+    detector.pose_estimation = estimator
+    return np.asarray(detector(PHOTO, detect_resolution=512, image_resolution=512, output_type="np"))
+
+
+@pytest.mark.parametrize("people", [1, 2])
+def test_pose_map_equals_controlnet_aux_dwpose(monkeypatch, people):
+    keypoints, scores = random_people(people, seed=people)
+    expected = controlnet_aux_dwpose_map(monkeypatch, keypoints, scores)
+    poses = [wholebody_to_pose(k, s, 512, 512) for k, s in zip(keypoints, scores)]
+    actual = draw_poses(poses, 512, 512)
+    assert (expected > 0).mean() > 0.01  # something was drawn
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_neck_needs_both_shoulders():
+    keypoints, scores = random_people(1, seed=3)
+    keypoints, scores = keypoints[0], scores[0]
+    left, right = COCO_BODY_PARTS.index("left_shoulder"), COCO_BODY_PARTS.index("right_shoulder")
+    scores[[left, right]] = 0.9
+    pose = wholebody_to_pose(keypoints, scores, 512, 512)
+    np.testing.assert_allclose(np.array(pose.body[1]) * 512, (keypoints[left] + keypoints[right]) / 2)
+    scores[right] = KEYPOINT_SCORE_THRESHOLD
+    assert wholebody_to_pose(keypoints, scores, 512, 512).body[1] is None
+
+
+def test_wholebody_layout_is_mmposes_dataset_definition():
+    """Body names, face, and which hand comes first, from mmpose's COCO-WholeBody metainfo."""
+    mmpose = import_openmmlab("mmpose")
+    from mmengine.config import Config
+    path = Path(mmpose.__file__).parent / ".mim" / "configs" / "_base_" / "datasets" / "coco_wholebody.py"
+    names = [point["name"] for _, point in sorted(Config.fromfile(path).dataset_info.keypoint_info.items())]
+    assert len(names) == WHOLEBODY_KEYPOINTS
+    assert tuple(names[:len(COCO_BODY_PARTS)]) == COCO_BODY_PARTS
+    assert names[FACE_START] == "face-0" and names[FACE_START + WHOLEBODY_FACE_POINTS - 1] == "face-67"
+    assert names[LEFT_HAND_START] == "left_hand_root" and names[RIGHT_HAND_START] == "right_hand_root"
+    assert names[RIGHT_HAND_START - 1] == "left_pinky_finger4" and names[-1] == "right_pinky_finger4"
+
+
+def test_hands_and_face_come_from_their_slices():
+    keypoints, scores = random_people(1, seed=4)
+    keypoints, scores = keypoints[0], np.ones(WHOLEBODY_KEYPOINTS)
+    pose = wholebody_to_pose(keypoints, scores, 512, 512)
+    for points, start in ((pose.face, FACE_START), (pose.left_hand, LEFT_HAND_START),
+                          (pose.right_hand, RIGHT_HAND_START)):
+        np.testing.assert_allclose(np.array(points) * 512, keypoints[start:start + len(points)])
