@@ -12,17 +12,20 @@ DWPose finds people with a detector (YOLOX-L, `yolox_network`), then, for each p
    pose models read (18 body points with a neck between the shoulders, 21 per hand, 68 face
    points), keeping points scored above 0.3, as DWPose's own `DWposeDetector` does.
 
-When the detector finds nobody, the whole image is one box (mmpose's inference_topdown and
-DWPose's ONNX pipeline both do that).
+Where the detector finds nobody, no pose is drawn, as in comfyui_controlnet_aux (mmpose and
+DWPose's first release would run the keypoint network on the whole image instead, which draws
+a skeleton on any picture).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from .openpose.body import BODY_PARTS
 from .openpose.pose import HAND_POINTS, Point, Pose
+from .rtmpose_network import Rtmpose, simcc_maximum
 
 # mmpose bbox_xyxy2cs(padding=1.25) as DWPose's pipelines call it: context around the person.
 PERSON_BOX_PADDING = 1.25
@@ -74,6 +77,21 @@ def keypoints_to_image(keypoints: np.ndarray, centre: np.ndarray, size: np.ndarr
                        input_size: tuple[int, int]) -> np.ndarray:
     """Crop pixels (..., 2) -> image pixels: the inverse of `crop_matrix`."""
     return keypoints / np.asarray(input_size) * size + centre - size / 2
+
+
+def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpose) -> tuple[np.ndarray, np.ndarray]:
+    """Each person's 133 keypoints in image pixels (n, 133, 2) and their scores (n, 133), from
+    uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; all crops run as one batch."""
+    input_size = network.config.input_size
+    regions = [person_crop_box(box, input_size) for box in boxes]
+    crops = np.stack([crop_person(image_rgb, centre, size, input_size) for centre, size in regions])
+    parameter = next(network.parameters())
+    with torch.no_grad():
+        x_logits, y_logits = network(torch.from_numpy(crops).to(parameter.device, parameter.dtype))
+    crop_keypoints, scores = (t.float().cpu().numpy() for t in simcc_maximum(x_logits.float(), y_logits.float()))
+    keypoints = np.stack([keypoints_to_image(points, centre, size, input_size)
+                          for points, (centre, size) in zip(crop_keypoints, regions)])
+    return keypoints, scores
 
 
 def _point(xy: np.ndarray, width: int, height: int) -> Point:

@@ -3,6 +3,9 @@
 - The crop region, warp and normalisation against mmpose 1.3.2 (bbox_xyxy2cs, TopdownAffine,
   get_warp_matrix, PoseDataPreprocessor's statistics), which DWPose's pipelines run.
 - Keypoints back to the image: the exact inverse of the crop's warp.
+- The keypoint stage (crops, network, decoding, back to the image) against DWPose's ONNX
+  pipeline as comfyui_controlnet_aux runs it (`dw_onnx/cv_ox_pose.py`, shipped identically in
+  the `dwpose` 1.0.1 package and loaded here by path), its ONNX session replaced by our network.
 - The 133 keypoints as an OpenPose pose map: against controlnet-aux 0.0.10's DWposeDetector
   (its Wholebody conversion and drawing) with mmdet's and mmpose's inference replaced by the
   keypoints the test chooses.
@@ -10,19 +13,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
-from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
+from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, estimate_keypoints, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
                                crop_matrix, crop_person, keypoints_to_image, person_crop_box,
                                wholebody_to_pose)
 from annotators.openpose.drawing import draw_poses
-from annotators.rtmpose_network import DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS
+from annotators.rtmpose_network import (CSPNEXT_P5, DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
+                                        Rtmpose, RtmposeConfig)
 
 from .openmmlab import import_openmmlab
 
@@ -170,3 +176,58 @@ def test_hands_and_face_come_from_their_slices():
     for points, start in ((pose.face, FACE_START), (pose.left_hand, LEFT_HAND_START),
                           (pose.right_hand, RIGHT_HAND_START)):
         np.testing.assert_allclose(np.array(points) * 512, keypoints[start:start + len(points)])
+
+
+# --- the keypoint stage against DWPose's ONNX pipeline ------------------------------------------
+
+def dwpose_onnx_module(name: str):
+    """`dwpose/dw_onnx/<name>.py` from the dwpose package, without its package __init__ (which
+    imports plotting and scipy modules the functions do not use)."""
+    spec = importlib.util.find_spec("dwpose")
+    if spec is None:
+        pytest.skip("the dwpose package (oracle) is not installed")
+    path = Path(spec.origin).parent / "dw_onnx" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"dwpose_oracle_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+class NetworkInferenceSession:
+    """Stands in for an onnxruntime session (the oracle checks the class name for that)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="input")]
+
+    def run(self, output_names, feeds):
+        with torch.no_grad():
+            return [t.numpy() for t in self.network(torch.from_numpy(feeds["input"]))]
+
+
+def tiny_rtmpose(seed: int) -> Rtmpose:
+    """DWPose's input size and keypoints on a narrow, shallow CSPNeXt with random weights."""
+    stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5)
+    network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, hidden=32, attention_dim=16)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in network.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif tensor.dim() > 1:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5)
+    return network
+
+
+def test_keypoint_stage_equals_dwpose_onnx_pipeline():
+    oracle = dwpose_onnx_module("cv_ox_pose")
+    network = tiny_rtmpose(seed=7)
+    boxes = np.stack([WIDE_BOX, TALL_BOX, np.array([300.0, 300.0, 330.0, 420.0])])
+    expected_keypoints, expected_scores = oracle.inference_pose(NetworkInferenceSession(network), boxes, PHOTO,
+                                                                model_input_size=DWPOSE_INPUT_SIZE)
+    keypoints, scores = estimate_keypoints(PHOTO, boxes, network)
+    assert keypoints.shape == (3, WHOLEBODY_KEYPOINTS, 2) and (scores > 0).mean() > 0.2
+    np.testing.assert_array_equal(scores, expected_scores)
+    np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
