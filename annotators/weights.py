@@ -72,8 +72,33 @@ def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_R
     )
 
 
-def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """{key: tensor} from a .safetensors or pickled torch file (weights_only=True: tensors only)."""
+class OpaqueObject:
+    """What a class or function named in a checkpoint beside its tensors becomes when read with
+    `opaque_objects=True`: it takes any arguments and state and keeps none, so nothing the file
+    names is imported or run (OpenMMLab training checkpoints pickle mmengine's HistoryBuffer and
+    numpy arrays in their metadata)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _torch_load(path: str, opaque_objects: bool):
+    if not opaque_objects:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    # weights_only's allow-list, plus every other global the file names, each read as an
+    # OpaqueObject (listed from the pickle's opcodes without running them).
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with torch.serialization.safe_globals([(OpaqueObject, name) for name in names]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_dict(path: str, opaque_objects: bool = False) -> dict[str, torch.Tensor]:
+    """{key: tensor} from a .safetensors or pickled torch file (weights_only=True: tensors only).
+    `opaque_objects=True` reads any other object in the file as an inert `OpaqueObject` instead
+    of refusing the file; still nothing but tensors is returned."""
     name = os.path.basename(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -83,7 +108,7 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise BadWeightsError(f"'{name}' is not a readable safetensors file ({exc}); download it again") from exc
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _torch_load(path, opaque_objects)
     except pickle.UnpicklingError as exc:
         raise BadWeightsError(
             f"'{name}' contains pickled Python objects other than tensors, which are refused for safety "
