@@ -1,6 +1,15 @@
-"""DWPose's top-down steps around the keypoint network (work in progress: no node yet).
+"""DWPose's steps around its two networks (work in progress: no loader or node yet).
 
-DWPose finds people with a detector (YOLOX-L, `yolox_network`), then, for each person's box:
+DWPose finds people with a detector (YOLOX-L, `yolox_network`), as its ONNX pipeline does
+(comfyui_controlnet_aux's `dw_onnx/cv_ox_det.py`, from Megvii's YOLOX demo):
+
+- `letterbox`: the image scaled to fit 640×640 and padded with grey (114) on the right and
+  bottom, pixels 0..255 in the order given (RGB: DWPose's pipeline hands YOLOX the RGB image,
+  though mmdet trained it on BGR; we keep what users' maps were made with);
+- `detect_people`: per grid point a box and the person score (objectness × person probability);
+  candidates above 0.1, greedy NMS at IoU 0.45, then the people above 0.3.
+
+Then, for each person's box:
 
 1. `person_crop_box`: the box's centre, and its size padded by 1.25 and widened or heightened
    to the network's 288:384 aspect (mmpose's bbox_xyxy2cs and TopdownAffine._fix_aspect_ratio);
@@ -26,6 +35,17 @@ import torch
 from .openpose.body import BODY_PARTS
 from .openpose.pose import HAND_POINTS, Point, Pose
 from .rtmpose_network import Rtmpose, simcc_maximum
+from .yolox_network import Yolox, decode_detections
+
+# cv_ox_det.py (DWPose's detector step): input size, pad value, thresholds; COCO's class 0 is a person.
+DETECTOR_INPUT_SIZE = 640
+LETTERBOX_VALUE = 114
+CANDIDATE_SCORE_THRESHOLD = 0.1
+NMS_IOU_THRESHOLD = 0.45
+PERSON_SCORE_THRESHOLD = 0.3
+PERSON_CLASS = 0
+# Megvii's NMS measures boxes in whole pixels, both ends included: side = x2 - x1 + 1.
+INCLUSIVE_PIXEL = 1.0
 
 # mmpose bbox_xyxy2cs(padding=1.25) as DWPose's pipelines call it: context around the person.
 PERSON_BOX_PADDING = 1.25
@@ -44,6 +64,49 @@ WHOLEBODY_FACE_POINTS = 68
 FACE_START = len(COCO_BODY_PARTS) + FOOT_POINTS
 LEFT_HAND_START = FACE_START + WHOLEBODY_FACE_POINTS
 RIGHT_HAND_START = LEFT_HAND_START + HAND_POINTS
+
+
+def letterbox(image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """uint8 HxWx3 -> (float32 3×640×640 detector input, the scale applied to the image)."""
+    height, width = image_rgb.shape[:2]
+    ratio = min(DETECTOR_INPUT_SIZE / height, DETECTOR_INPUT_SIZE / width)
+    scaled_width, scaled_height = int(width * ratio), int(height * ratio)
+    padded = np.full((DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, 3), LETTERBOX_VALUE, np.uint8)
+    padded[:scaled_height, :scaled_width] = cv2.resize(image_rgb, (scaled_width, scaled_height),
+                                                       interpolation=cv2.INTER_LINEAR)
+    return padded.transpose(2, 0, 1).astype(np.float32), ratio
+
+
+def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """Indices of the boxes kept, best first: each kept box drops the lower-scored ones that
+    overlap it by more than the threshold (intersection over union, inclusive pixels)."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + INCLUSIVE_PIXEL) * (y2 - y1 + INCLUSIVE_PIXEL)
+    order = scores.argsort()[::-1]
+    kept = []
+    while order.size > 0:
+        best, rest = order[0], order[1:]
+        kept.append(int(best))
+        overlap_width = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + INCLUSIVE_PIXEL)
+        overlap_height = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + INCLUSIVE_PIXEL)
+        intersection = overlap_width * overlap_height
+        order = rest[intersection / (areas[best] + areas[rest] - intersection) <= iou_threshold]
+    return kept
+
+
+def detect_people(image_rgb: np.ndarray, detector: Yolox) -> np.ndarray:
+    """Person boxes (n, 4), x1 y1 x2 y2 in image pixels, most confident first."""
+    detector_input, ratio = letterbox(image_rgb)
+    parameter = next(detector.parameters())
+    with torch.no_grad():
+        levels = detector(torch.from_numpy(detector_input)[None].to(parameter.device, parameter.dtype))
+        detections = decode_detections([tuple(t.float() for t in level) for level in levels], detector.strides)
+    boxes = detections.boxes[0].cpu().numpy() / ratio
+    scores = detections.class_scores[0, :, PERSON_CLASS].cpu().numpy()
+    candidates = scores > CANDIDATE_SCORE_THRESHOLD
+    boxes, scores = boxes[candidates], scores[candidates]
+    kept = non_maximum_suppression(boxes, scores, NMS_IOU_THRESHOLD)
+    return boxes[kept][scores[kept] > PERSON_SCORE_THRESHOLD]
 
 
 def person_crop_box(box_xyxy: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

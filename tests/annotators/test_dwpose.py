@@ -3,9 +3,11 @@
 - The crop region, warp and normalisation against mmpose 1.3.2 (bbox_xyxy2cs, TopdownAffine,
   get_warp_matrix, PoseDataPreprocessor's statistics), which DWPose's pipelines run.
 - Keypoints back to the image: the exact inverse of the crop's warp.
-- The keypoint stage (crops, network, decoding, back to the image) against DWPose's ONNX
+- The detector stage (letterbox, decoding, person scores, NMS, thresholds) and the keypoint
+  stage (crops, network, decoding, back to the image) against DWPose's ONNX
   pipeline as comfyui_controlnet_aux runs it (`dw_onnx/cv_ox_pose.py`, shipped identically in
-  the `dwpose` 1.0.1 package and loaded here by path), its ONNX session replaced by our network.
+  the `dwpose` 1.0.1 package and loaded here by path; `cv_ox_det.py` for the detector), their
+  ONNX sessions replaced by our networks.
 - The 133 keypoints as an OpenPose pose map: against controlnet-aux 0.0.10's DWposeDetector
   (its Wholebody conversion and drawing) with mmdet's and mmpose's inference replaced by the
   keypoints the test chooses.
@@ -22,7 +24,7 @@ import pytest
 import torch
 from skimage import data
 
-from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, estimate_keypoints, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
+from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, detect_people, estimate_keypoints, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
                                crop_matrix, crop_person, keypoints_to_image, person_crop_box,
                                wholebody_to_pose)
@@ -30,7 +32,10 @@ from annotators.openpose.drawing import draw_poses
 from annotators.rtmpose_network import (CSPNEXT_P5, DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
                                         Rtmpose, RtmposeConfig)
 
+from annotators.yolox_network import Yolox, YoloxConfig
+
 from .openmmlab import import_openmmlab
+from .random_learned import random_state_dict
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -211,13 +216,7 @@ def tiny_rtmpose(seed: int) -> Rtmpose:
     """DWPose's input size and keypoints on a narrow, shallow CSPNeXt with random weights."""
     stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5)
     network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, hidden=32, attention_dim=16)).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in network.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            elif tensor.dim() > 1:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5)
+    network.load_state_dict(random_state_dict(network.state_dict(), seed))
     return network
 
 
@@ -231,3 +230,57 @@ def test_keypoint_stage_equals_dwpose_onnx_pipeline():
     assert keypoints.shape == (3, WHOLEBODY_KEYPOINTS, 2) and (scores > 0).mean() > 0.2
     np.testing.assert_array_equal(scores, expected_scores)
     np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
+
+
+# Random YOLOX read-outs tuned so that some grid points score as people above 0.3 and their
+# boxes, a few strides wide, overlap for NMS to merge; small box deltas keep exp() finite.
+DETECTOR_INPUT_SCALE = 1 / 64.0  # the stem sees 0..255 pixels
+BOX_READOUT_SCALE = 0.003
+LOG_SIZE_BIAS = 1.5              # boxes about 4.5 strides wide
+PERSON_LOGIT_BIAS = 0.5
+OBJECTNESS_LOGIT_BIAS = 0.0
+
+
+def tiny_yolox(seed: int) -> Yolox:
+    network = Yolox(YoloxConfig.scaled(0.125, 0.33)).eval()
+    state = random_state_dict(network.state_dict(), seed)
+    state["backbone.stem.conv.conv.weight"] *= DETECTOR_INPUT_SCALE
+    for level in range(len(network.strides)):
+        state[f"bbox_head.multi_level_conv_reg.{level}.weight"] *= BOX_READOUT_SCALE
+        state[f"bbox_head.multi_level_conv_reg.{level}.bias"][2:] += LOG_SIZE_BIAS
+        state[f"bbox_head.multi_level_conv_cls.{level}.bias"][0] += PERSON_LOGIT_BIAS
+        state[f"bbox_head.multi_level_conv_obj.{level}.bias"] += OBJECTNESS_LOGIT_BIAS
+    network.load_state_dict(state)
+    return network
+
+
+class MegviiLayoutInferenceSession(NetworkInferenceSession):
+    """YOLOX as Megvii exports it to ONNX (decode_in_inference=False): one (1, points, 5 + C)
+    array, levels finest first, points row by row; box deltas raw, objectness and class
+    probabilities through the sigmoid."""
+
+    def run(self, output_names, feeds):
+        with torch.no_grad():
+            levels = self.network(torch.from_numpy(feeds["input"]))
+        rows = [torch.cat((deltas, objectness.sigmoid(), classes.sigmoid()), dim=1).flatten(2).transpose(1, 2)
+                for classes, deltas, objectness in levels]
+        return [torch.cat(rows, dim=1).numpy()]
+
+
+@pytest.mark.parametrize("image", [PHOTO, PHOTO[40:340, 10:500]], ids=["square", "wide"])
+def test_detector_stage_equals_dwpose_onnx_pipeline(image):
+    oracle = dwpose_onnx_module("cv_ox_det")
+    network = tiny_yolox(seed=8)
+    image = np.ascontiguousarray(image)
+    session = MegviiLayoutInferenceSession(network)
+    expected = oracle.inference_detector(session, image, detect_classes=[0])
+    boxes = detect_people(image, network)
+    # Several people kept, out of more confident candidates: NMS had work to do.
+    detector_input, _ = oracle.preprocess(image, (640, 640))
+    predictions = session.run(None, {"input": detector_input[None]})[0][0]
+    confident = int((predictions[:, 4] * predictions[:, 5] > 0.3).sum())
+    assert 3 <= len(expected) < confident
+    assert boxes.shape == expected.shape
+    assert np.isfinite(expected).all()
+    # float32 both, the box centre summed in another order
+    np.testing.assert_allclose(boxes, expected, rtol=1e-5, atol=1e-3, equal_nan=False)
