@@ -1,4 +1,4 @@
-"""DWPose's steps around its two networks (work in progress: no loader or node yet).
+"""DWPose (Yang et al. 2023): whole-body poses (body, feet, hands, face) drawn as OpenPose maps.
 
 DWPose finds people with a detector (YOLOX-L, `yolox_network`), as its ONNX pipeline does
 (comfyui_controlnet_aux's `dw_onnx/cv_ox_det.py`, from Megvii's YOLOX demo):
@@ -21,6 +21,12 @@ Then, for each person's box:
    pose models read (18 body points with a neck between the shoulders, 21 per hand, 68 face
    points), keeping points scored above 0.3, as DWPose's own `DWposeDetector` does.
 
+Weights: the checkpoints DWPose's mmpose/mmdet pipeline loads (controlnet-aux's `DWposeDetector`):
+`dw-ll_ucoco_384.pth` (huggingface.co/yzd-v/DWPose) for RTMPose and mmdet's
+`yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth` for YOLOX. The ONNX and TorchScript exports
+comfyui_controlnet_aux runs (`yolox_l.onnx`, `dw-ll_ucoco_384.onnx`, `*.torchscript.pt`) are not
+read: they are programs for other runtimes, not weight files.
+
 Where the detector finds nobody, no pose is drawn, as in comfyui_controlnet_aux (mmpose and
 DWPose's first release would run the keypoint network on the whole image instead, which draws
 a skeleton on any picture).
@@ -28,14 +34,36 @@ a skeleton on any picture).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Sequence
+
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
+from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
+from .networks_common import network_from_weights
 from .openpose.body import BODY_PARTS
+from .openpose.drawing import draw_poses
+from .openpose.keypoints_json import poses_to_json
 from .openpose.pose import HAND_POINTS, Point, Pose
-from .rtmpose_network import Rtmpose, simcc_maximum
-from .yolox_network import Yolox, decode_detections
+from .rtmpose_network import Rtmpose, RtmposeConfig, simcc_maximum
+from .weights import BadWeightsError, drop_prefixes, find_weights, load_state_dict, strip_prefix
+from .yolox_network import Yolox, YoloxConfig, decode_detections
+
+POSE_WEIGHTS = "dw-ll_ucoco_384.pth"
+DETECTOR_WEIGHTS = "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth"
+WEIGHTS_REPOS = {
+    POSE_WEIGHTS: "yzd-v/DWPose",
+    DETECTOR_WEIGHTS: "https://download.openmmlab.com/mmdetection/v2.0/yolox/yolox_l_8x8_300e_coco/",
+}
+# Training leftovers beside the weights: mmcv's EMA hook keeps its averages as `ema_*` buffers in
+# mmdet 2 checkpoints (the weights saved are already the averaged ones); DWPose's distillation
+# checkpoints hold the student under `student.` and may hold the teacher.
+DETECTOR_TRAINING_PREFIXES = ("ema_",)
+DISTILLATION_STUDENT_PREFIX = "student."
+DISTILLATION_TEACHER_PREFIXES = ("teacher.",)
 
 # cv_ox_det.py (DWPose's detector step): input size, pad value, thresholds; COCO's class 0 is a person.
 DETECTOR_INPUT_SIZE = 640
@@ -64,6 +92,53 @@ WHOLEBODY_FACE_POINTS = 68
 FACE_START = len(COCO_BODY_PARTS) + FOOT_POINTS
 LEFT_HAND_START = FACE_START + WHOLEBODY_FACE_POINTS
 RIGHT_HAND_START = LEFT_HAND_START + HAND_POINTS
+
+
+@dataclass
+class DWPoseNetworks:
+    """What `dwpose()` runs."""
+    detector: Yolox
+    pose: Rtmpose
+
+
+def _checked(path: str, state_dict: dict[str, torch.Tensor], what: str, layout: str) -> dict[str, torch.Tensor]:
+    if not any(key.startswith("backbone.") for key in state_dict):
+        example = next(iter(state_dict), "(none)")
+        raise BadWeightsError(f"'{path}' does not hold {what} weights ({layout}; its first key is '{example}'): "
+                              "use the file published under this name")
+    return state_dict
+
+
+def _detector_weights(path: str) -> dict[str, torch.Tensor]:
+    state_dict = drop_prefixes(load_state_dict(path, opaque_objects=True), DETECTOR_TRAINING_PREFIXES)
+    return _checked(path, state_dict, "YOLOX", "mmdet's layout: backbone., neck., bbox_head.")
+
+
+def _pose_weights(path: str) -> dict[str, torch.Tensor]:
+    state_dict = load_state_dict(path, opaque_objects=True)
+    if any(key.startswith(DISTILLATION_STUDENT_PREFIX) for key in state_dict):
+        state_dict = strip_prefix(drop_prefixes(state_dict, DISTILLATION_TEACHER_PREFIXES), DISTILLATION_STUDENT_PREFIX)
+    return _checked(path, state_dict, "RTMPose", "mmpose's layout: backbone., head.")
+
+
+def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> DWPoseNetworks:
+    """YOLOX-L and RTMPose-l from their checkpoints, in eval mode. Both files are found before
+    either is read, so a missing one is reported at once."""
+    paths = {name: find_weights(name, folders, WEIGHTS_REPOS[name]) for name in (DETECTOR_WEIGHTS, POSE_WEIGHTS)}
+    return DWPoseNetworks(
+        detector=_built(lambda weights: Yolox(YoloxConfig.from_state_dict(weights)),
+                        _detector_weights(paths[DETECTOR_WEIGHTS]), paths[DETECTOR_WEIGHTS], "YOLOX", device, dtype),
+        pose=_built(lambda weights: Rtmpose(RtmposeConfig.from_state_dict(weights)),
+                    _pose_weights(paths[POSE_WEIGHTS]), paths[POSE_WEIGHTS], "RTMPose", device, dtype))
+
+
+def _built(build, state_dict: dict[str, torch.Tensor], path: str, what: str, device, dtype) -> nn.Module:
+    try:
+        return network_from_weights(build, state_dict, device, dtype).requires_grad_(False)
+    except (KeyError, RuntimeError) as error:  # a key the config reads is absent, or a strict-load mismatch
+        raise BadWeightsError(f"'{path}' does not hold {what} weights as DWPose uses them ({type(error).__name__}: "
+                              f"{str(error)[:300]}): use the file published under this name") from error
 
 
 def letterbox(image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -185,3 +260,40 @@ def wholebody_to_pose(keypoints: np.ndarray, scores: np.ndarray, width: int, hei
                 left_hand=_points_at_or_above(keypoints[left], scores[left], width, height),
                 right_hand=_points_at_or_above(keypoints[right], scores[right], width, height),
                 face=_points_at_or_above(keypoints[face], scores[face], width, height))
+
+
+def wholebody_poses(image_rgb: np.ndarray, networks: DWPoseNetworks) -> list[Pose]:
+    """Everyone DWPose finds in a uint8 RGB image, as OpenPose poses (fractions of its size)."""
+    boxes = detect_people(image_rgb, networks.detector)
+    if len(boxes) == 0:
+        return []
+    keypoints, scores = estimate_keypoints(image_rgb, boxes, networks.pose)
+    height, width = image_rgb.shape[:2]
+    return [wholebody_to_pose(points, point_scores, width, height) for points, point_scores in zip(keypoints, scores)]
+
+
+def dwpose(
+    image: np.ndarray,
+    networks: DWPoseNetworks,
+    resolution: int | None = DEFAULT_DETECT_RESOLUTION,
+    include_body: bool = True,
+    include_hand: bool = True,
+    include_face: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(pose map uint8 HxWx3 at the image's size, OpenPose-format keypoints in its pixels), as
+    `openpose()` returns them. Every part is estimated at once; the include flags choose what is
+    drawn and written (a part left out is absent from the keypoints too)."""
+    rgb = to_rgb_uint8(image)
+    found: list[Pose] = []
+
+    def detect(detect_rgb: np.ndarray) -> np.ndarray:
+        for pose in wholebody_poses(detect_rgb, networks):
+            found.append(Pose(body=pose.body if include_body else [None] * len(pose.body),
+                              left_hand=pose.left_hand if include_hand else None,
+                              right_hand=pose.right_hand if include_hand else None,
+                              face=pose.face if include_face else None))
+        return draw_poses(found, *detect_rgb.shape[:2])
+
+    pose_map = run_at_resolution(rgb, resolution, detect)
+    height, width = rgb.shape[:2]
+    return pose_map, poses_to_json(found, width, height)

@@ -10,6 +10,8 @@ file kept in a folder of the repository (TEED's `7_model.pth` in bdsqlsz/qinglon
 same join finds, and the missing-file message links to the folder. A file kept in a Hugging Face
 Space rather than a model repository is "spaces/owner/name/folder" (Depth Anything V1's checkpoints,
 in the LiheYoung/Depth-Anything Space): its address keeps the prefix, the cache layout does not.
+A file published outside the hub (mmdet's YOLOX checkpoint, on download.openmmlab.com) is named
+by its folder's address; it is looked up directly in the models folders only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ REPO_ID_PARTS = 2  # a Hugging Face repository id is "owner/name"; anything afte
 # hf_hub_download(repo_type="space") files, addressed huggingface.co/spaces/owner/name; controlnet_aux
 # keeps them as ckpts/owner/name/<folder>/<file> (its custom_hf_download: local_dir=ckpts/<repo id>).
 SPACE_PREFIX = "spaces/"
+WEB_ADDRESS_PREFIX = "https://"  # a repo given as an address: a file published outside the hub
 
 
 # Entries that hold a checkpoint's weights, tried in this order. "depth_model" is last, so it only
@@ -45,7 +48,9 @@ class BadWeightsError(ValueError):
 
 def published_url(repo: str) -> str:
     """The address of `repo` ("owner/name") on the hub, or of the folder in it ("owner/name/folder");
-    "spaces/owner/name/folder" is a folder in a Space."""
+    "spaces/owner/name/folder" is a folder in a Space; an address ("https://...") is returned as is."""
+    if repo.startswith(WEB_ADDRESS_PREFIX):
+        return repo
     space = SPACE_PREFIX if repo.startswith(SPACE_PREFIX) else ""
     parts = repo.removeprefix(space).split("/")
     repo_id, folder = "/".join(parts[:REPO_ID_PARTS]), "/".join(parts[REPO_ID_PARTS:])
@@ -56,12 +61,16 @@ def find_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_R
     """Path of `file_name` in the first folder that has it, directly or as ckpts/<repo>/<file>; a
     clear error naming the file, the folders looked in and where the file is published when none
     does. `repo` is "owner/name" or, for a file in a folder of the repository, "owner/name/folder"
-    ("spaces/owner/name/folder" for a Space's)."""
+    ("spaces/owner/name/folder" for a Space's), or the address of the folder of a file published
+    outside the hub (then only the folders themselves are searched)."""
     if os.path.basename(file_name) != file_name:
         raise ValueError(f"annotator weight names are plain file names, got '{file_name}'")
     cached_as = repo.removeprefix(SPACE_PREFIX)
     for folder in folders:
-        for candidate in (os.path.join(folder, file_name), os.path.join(folder, CONTROLNET_AUX_CACHE, cached_as, file_name)):
+        candidates = [os.path.join(folder, file_name)]
+        if not repo.startswith(WEB_ADDRESS_PREFIX):
+            candidates.append(os.path.join(folder, CONTROLNET_AUX_CACHE, cached_as, file_name))
+        for candidate in candidates:
             if os.path.isfile(candidate):
                 return candidate
     looked_in = ", ".join(folders) if folders else "(no annotators folder is registered)"

@@ -24,7 +24,8 @@ import pytest
 import torch
 from skimage import data
 
-from annotators.dwpose import (COCO_BODY_PARTS, FACE_START, detect_people, estimate_keypoints, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
+from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_WEIGHTS, FACE_START, POSE_WEIGHTS, DWPoseNetworks,
+                               detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
                                crop_matrix, crop_person, keypoints_to_image, person_crop_box,
                                wholebody_to_pose)
@@ -35,7 +36,9 @@ from annotators.rtmpose_network import (CSPNEXT_P5, DWPOSE_INPUT_SIZE, SIMCC_SPL
 from annotators.yolox_network import Yolox, YoloxConfig
 
 from .openmmlab import import_openmmlab
-from .random_learned import random_state_dict
+from annotators.weights import BadWeightsError, MissingWeightsError
+
+from .random_learned import assert_loaded, random_state_dict
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -212,11 +215,16 @@ class NetworkInferenceSession:
             return [t.numpy() for t in self.network(torch.from_numpy(feeds["input"]))]
 
 
-def tiny_rtmpose(seed: int) -> Rtmpose:
-    """DWPose's input size and keypoints on a narrow, shallow CSPNeXt with random weights."""
+def tiny_rtmpose(seed: int, input_size: tuple[int, int] = DWPOSE_INPUT_SIZE, readout_scale: float = 1.0) -> Rtmpose:
+    """A narrow, shallow CSPNeXt with random weights (DWPose's input size and keypoints unless
+    told); `readout_scale` sharpens the SimCC logits so that keypoints score above 0.3 and are drawn."""
     stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5)
-    network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, hidden=32, attention_dim=16)).eval()
-    network.load_state_dict(random_state_dict(network.state_dict(), seed))
+    network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, input_size=input_size, hidden=32,
+                                    attention_dim=16)).eval()
+    state = random_state_dict(network.state_dict(), seed)
+    for key in ("head.cls_x.weight", "head.cls_y.weight"):
+        state[key] *= readout_scale
+    network.load_state_dict(state)
     return network
 
 
@@ -241,7 +249,16 @@ PERSON_LOGIT_BIAS = 0.5
 OBJECTNESS_LOGIT_BIAS = 0.0
 
 
-def tiny_yolox(seed: int) -> Yolox:
+# For the whole-annotator tests: fewer people (about a hundred at 512 px instead of ~500), so
+# that the keypoint network runs on fewer crops.
+SPARSE_READOUT_SCALE = 0.05
+SPARSE_OBJECTNESS_BIAS = -4.0
+# The whole-annotator tests' keypoint network: small crops, sharp SimCC logits.
+SMALL_CROP = (64, 96)
+SHARP_READOUT = 20.0
+
+
+def tiny_yolox(seed: int, sparse: bool = False) -> Yolox:
     network = Yolox(YoloxConfig.scaled(0.125, 0.33)).eval()
     state = random_state_dict(network.state_dict(), seed)
     state["backbone.stem.conv.conv.weight"] *= DETECTOR_INPUT_SCALE
@@ -250,8 +267,17 @@ def tiny_yolox(seed: int) -> Yolox:
         state[f"bbox_head.multi_level_conv_reg.{level}.bias"][2:] += LOG_SIZE_BIAS
         state[f"bbox_head.multi_level_conv_cls.{level}.bias"][0] += PERSON_LOGIT_BIAS
         state[f"bbox_head.multi_level_conv_obj.{level}.bias"] += OBJECTNESS_LOGIT_BIAS
+        if sparse:
+            for kind in ("obj", "cls"):
+                state[f"bbox_head.multi_level_conv_{kind}.{level}.weight"] *= SPARSE_READOUT_SCALE
+            state[f"bbox_head.multi_level_conv_obj.{level}.bias"].fill_(SPARSE_OBJECTNESS_BIAS)
     network.load_state_dict(state)
     return network
+
+
+def small_networks() -> DWPoseNetworks:
+    return DWPoseNetworks(detector=tiny_yolox(seed=8, sparse=True),
+                          pose=tiny_rtmpose(seed=7, input_size=SMALL_CROP, readout_scale=SHARP_READOUT))
 
 
 class MegviiLayoutInferenceSession(NetworkInferenceSession):
@@ -284,3 +310,109 @@ def test_detector_stage_equals_dwpose_onnx_pipeline(image):
     assert np.isfinite(expected).all()
     # float32 both, the box centre summed in another order
     np.testing.assert_allclose(boxes, expected, rtol=1e-5, atol=1e-3, equal_nan=False)
+
+
+# --- the whole annotator --------------------------------------------------------------------------
+
+def test_dwpose_equals_the_onnx_pipeline_composed():
+    """Detector stage -> keypoint stage (the oracle's) -> OpenPose poses -> comfyui_controlnet_aux's
+    per-person drawing order; the image at the detect resolution already, so no resizing."""
+    networks = small_networks()
+    image = np.ascontiguousarray(PHOTO)
+    boxes = dwpose_onnx_module("cv_ox_det").inference_detector(MegviiLayoutInferenceSession(networks.detector), image)
+    keypoints, scores = dwpose_onnx_module("cv_ox_pose").inference_pose(
+        NetworkInferenceSession(networks.pose), boxes, image, model_input_size=SMALL_CROP)
+    expected = draw_poses([wholebody_to_pose(k, s, 512, 512) for k, s in zip(keypoints, scores)], 512, 512)
+    pose_map, keypoints_json = dwpose(image, networks, resolution=512)
+    assert len(keypoints_json["people"]) == len(boxes) > 1
+    assert (expected > 0).mean() > 0.01
+    np.testing.assert_array_equal(pose_map, expected)
+
+
+def test_include_flags_leave_parts_out_of_map_and_keypoints():
+    networks = small_networks()
+    image = np.ascontiguousarray(PHOTO[:256, :256])
+    everything, everyone = dwpose(image, networks, resolution=256)
+    body_only, bodies = dwpose(image, networks, resolution=256, include_hand=False, include_face=False)
+    nothing, _ = dwpose(image, networks, resolution=256, include_body=False, include_hand=False, include_face=False)
+    assert not nothing.any()
+    assert (body_only != everything).any() and body_only.any()
+    person = bodies["people"][0]
+    assert person["hand_left_keypoints_2d"] == [] and person["face_keypoints_2d"] == []
+    assert person["pose_keypoints_2d"] == everyone["people"][0]["pose_keypoints_2d"]
+    assert len(everyone["people"][0]["face_keypoints_2d"]) == 3 * WHOLEBODY_FACE_POINTS
+
+
+def test_nobody_found_gives_an_empty_map():
+    networks = small_networks()
+    with torch.no_grad():
+        for level in range(3):  # no objects anywhere
+            networks.detector.bbox_head.multi_level_conv_obj[level].weight.zero_()
+            networks.detector.bbox_head.multi_level_conv_obj[level].bias.fill_(-30.0)
+    pose_map, keypoints_json = dwpose(PHOTO, networks, resolution=256)
+    assert pose_map.shape == PHOTO.shape and not pose_map.any()
+    assert keypoints_json["people"] == []
+
+
+# --- loading the checkpoints ---------------------------------------------------------------------
+
+def save_checkpoints(folder: Path, student_prefix: bool = False) -> tuple[dict, dict]:
+    """The two files as their trainers save them: weights under state_dict beside metadata (numpy
+    arrays, which plain weights_only refuses), mmdet's EMA buffers, DWPose's student prefix."""
+    detector = tiny_yolox(seed=1).state_dict()
+    pose = tiny_rtmpose(seed=2).state_dict()
+    ema = {"ema_" + key.replace(".", "_"): value.clone() for key, value in list(detector.items())[:3]}
+    torch.save({"meta": {"CLASSES": ("person", "bicycle"), "config": "model = dict(type='YOLOX')"},
+                "state_dict": {**detector, **ema}, "optimizer": {"state": {}}}, folder / DETECTOR_WEIGHTS)
+    saved_pose = {("student." + key if student_prefix else key): value for key, value in pose.items()}
+    if student_prefix:
+        saved_pose["teacher.backbone.stem.0.conv.weight"] = torch.zeros(3)
+    torch.save({"meta": {"dataset_meta": {"sigmas": np.linspace(0.02, 0.1, 5)}}, "state_dict": saved_pose},
+               folder / POSE_WEIGHTS)
+    return detector, pose
+
+
+@pytest.mark.parametrize("student_prefix", [False, True], ids=["plain", "distillation"])
+def test_load_dwpose_reads_both_checkpoints(tmp_path, student_prefix):
+    detector, pose = save_checkpoints(tmp_path, student_prefix)
+    networks = load_dwpose([str(tmp_path)])
+    assert_loaded(networks.detector, detector)
+    assert_loaded(networks.pose, pose)
+    assert networks.pose.config.input_size == DWPOSE_INPUT_SIZE
+
+
+def test_missing_detector_names_its_address(tmp_path):
+    save_checkpoints(tmp_path)
+    (tmp_path / DETECTOR_WEIGHTS).unlink()
+    with pytest.raises(MissingWeightsError) as error:
+        load_dwpose([str(tmp_path)])
+    assert str(error.value) == (
+        f"annotator weights '{DETECTOR_WEIGHTS}' not found. Download {DETECTOR_WEIGHTS} from "
+        "https://download.openmmlab.com/mmdetection/v2.0/yolox/yolox_l_8x8_300e_coco/ and put it in "
+        f"{tmp_path} (looked in: {tmp_path}). Nothing is downloaded automatically.")
+
+
+def test_missing_pose_names_its_hub_repository(tmp_path):
+    save_checkpoints(tmp_path)
+    (tmp_path / POSE_WEIGHTS).unlink()
+    with pytest.raises(MissingWeightsError, match=f"Download {POSE_WEIGHTS} from https://huggingface.co/yzd-v/DWPose "):
+        load_dwpose([str(tmp_path)])
+
+
+def test_files_swapped_are_refused_by_name(tmp_path):
+    save_checkpoints(tmp_path)
+    (tmp_path / DETECTOR_WEIGHTS).rename(tmp_path / "detector")
+    (tmp_path / POSE_WEIGHTS).rename(tmp_path / DETECTOR_WEIGHTS)
+    (tmp_path / "detector").rename(tmp_path / POSE_WEIGHTS)
+    with pytest.raises(BadWeightsError, match=f"'{tmp_path / DETECTOR_WEIGHTS}' does not hold YOLOX weights as DWPose uses them"):
+        load_dwpose([str(tmp_path)])
+
+
+def test_not_a_pose_checkpoint_is_refused(tmp_path):
+    save_checkpoints(tmp_path)
+    torch.save({"state_dict": {"model0.conv1_1.weight": torch.zeros(1)}}, tmp_path / POSE_WEIGHTS)
+    with pytest.raises(BadWeightsError) as error:
+        load_dwpose([str(tmp_path)])
+    assert str(error.value) == (
+        f"'{tmp_path / POSE_WEIGHTS}' does not hold RTMPose weights (mmpose's layout: backbone., head.; its first "
+        "key is 'model0.conv1_1.weight'): use the file published under this name")
