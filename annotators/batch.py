@@ -83,6 +83,7 @@ class LearnedAnnotator:
 _OPENPOSE_BODY = "openpose.networks.BODY_WEIGHTS"
 _OPENPOSE_HAND = "openpose.networks.HAND_WEIGHTS"
 _OPENPOSE_FACE = "openpose.networks.FACE_WEIGHTS"
+_DWPOSE_FILES = ("dwpose.DETECTOR_WEIGHTS", "dwpose.POSE_WEIGHTS")
 
 LEARNED: dict[str, LearnedAnnotator] = {
     "hed": LearnedAnnotator("hed", "hed", "load_hed", ("hed.HED_WEIGHTS",)),
@@ -113,6 +114,10 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                       (_OPENPOSE_BODY, _OPENPOSE_HAND, _OPENPOSE_FACE),
                                       fixed={"include_hand": True, "include_face": True},
                                       loader_options={"hands": True, "face": True}),
+    # DWPose: mmdet's YOLOX-L and DWPose's RTMPose checkpoints (dwpose.WEIGHTS_REPOS)
+    "dwpose": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES),
+    "dwpose_body": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES,
+                                    fixed={"include_hand": False, "include_face": False}),
     "midas_depth": LearnedAnnotator("midas", "midas_depth", "load_midas", ("midas.MIDAS_WEIGHTS",)),
     "midas_normal": LearnedAnnotator("midas", "midas_normal", "load_midas",
                                      ("midas.MIDAS_WEIGHTS",)),

@@ -16,9 +16,9 @@ import torch
 
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
 from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnyLine, CNS_DepthAnything, CNS_DepthAnythingV2,
-                                    CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine, CNS_MiDaSDepth,
-                                    CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose, CNS_PiDiNet,
-                                    CNS_UniFormerSegmentation, CNS_ZoeDepth)
+                                    CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
+                                    CNS_MiDaSDepth, CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose,
+                                    CNS_PiDiNet, CNS_UniFormerSegmentation, CNS_ZoeDepth)
 from .preprocessors_weight_free import (CNS_Binary, CNS_Canny, CNS_ColorGrid, CNS_ContentShuffle, CNS_HoughLines,
                                         CNS_ImageIntensity, CNS_ImageLuminance, CNS_LineartStandard,
                                         CNS_NormalFromDepth, CNS_PyraCanny, CNS_Scribble, CNS_ScribbleXDoG, CNS_Tile,
@@ -67,6 +67,8 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "openpose_hand": (CNS_OpenPose, {"include_body": True, "include_hand": True, "include_face": False}),
     "openpose_face": (CNS_OpenPose, {"include_body": True, "include_hand": False, "include_face": True}),
     "openpose_full": (CNS_OpenPose, {"include_body": True, "include_hand": True, "include_face": True}),
+    "dwpose": (CNS_DWPose, {"include_body": True, "include_hand": True, "include_face": True}),
+    "dwpose_body": (CNS_DWPose, {"include_body": True, "include_hand": False, "include_face": False}),
     "midas_depth": (CNS_MiDaSDepth, {}),
     "midas_normal": (CNS_MiDaSNormal, {}),
     "leres": (CNS_LeReSDepth, {}),

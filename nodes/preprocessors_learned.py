@@ -342,11 +342,10 @@ def openpose_model(include_hand: bool, include_face: bool) -> LearnedModel:
     return LearnedModel("openpose.networks", weights, "load_openpose", (("hands", include_hand), ("face", include_face)))
 
 
-class CNS_OpenPose(AnnotatorNode):
-    DESCRIPTION = (
-        "OpenPose body, hand and face keypoints, drawn as v1.1 openpose / openpose_full maps; also returns the "
-        "keypoints in OpenPose's JSON format. " + WEIGHTS_NOTE.format(
-            files="body_pose_model.pth (and hand_pose_model.pth, facenet.pth for hands and faces)"))
+class PoseAnnotatorNode(AnnotatorNode):
+    """A pose node: per image a pose map, the keypoints in OpenPose's format, and those as JSON.
+    `run_function()` gives the annotator, called as run(frame, networks, resolution,
+    include_body, include_hand, include_face)."""
     RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT", "STRING")
     RETURN_NAMES = ("image", "pose_keypoint", "keypoints_json")
     OUTPUT_TOOLTIPS = (
@@ -355,6 +354,30 @@ class CNS_OpenPose(AnnotatorNode):
         "hand_right_keypoints_2d}], canvas_width, canvas_height}; x, y in pixels), as comfyui_controlnet_aux's POSE_KEYPOINT.",
         "The same list as JSON text, one entry per image.",
     )
+
+    def model_for(self, include_hand: bool, include_face: bool) -> LearnedModel:
+        raise NotImplementedError
+
+    def run_function(self):
+        raise NotImplementedError
+
+    def annotate(self, image, resolution, include_body, include_hand, include_face):
+        model = self.model_for(include_hand, include_face)
+        model.import_module()  # the annotator's modules are imported only here
+        run = self.run_function()
+        frames = image_frames(image)
+        with learned_network(model) as networks:
+            results = per_image(frames, lambda frame: run(
+                frame, networks, detect_resolution(resolution), include_body, include_hand, include_face))
+        keypoints = [people for _, people in results]
+        return (maps_to_image([pose_map for pose_map, _ in results]), keypoints, json.dumps(keypoints))
+
+
+class CNS_OpenPose(PoseAnnotatorNode):
+    DESCRIPTION = (
+        "OpenPose body, hand and face keypoints, drawn as v1.1 openpose / openpose_full maps; also returns the "
+        "keypoints in OpenPose's JSON format. " + WEIGHTS_NOTE.format(
+            files="body_pose_model.pth (and hand_pose_model.pth, facenet.pth for hands and faces)"))
     OPTIONS = {
         "resolution": resolution_input(),
         "include_body": ("BOOLEAN", {"default": True, "tooltip": "Draw the body skeletons (bodies are always detected: hand and face boxes come from them)."}),
@@ -362,17 +385,40 @@ class CNS_OpenPose(AnnotatorNode):
         "include_face": ("BOOLEAN", {"default": False, "tooltip": "Detect and draw face landmarks (needs facenet.pth; slower)."}),
     }
 
-    def annotate(self, image, resolution, include_body, include_hand, include_face):
-        model = openpose_model(include_hand, include_face)
-        model.import_module()  # the subpackage (scipy) is imported only here
-        from ..annotators.openpose import openpose
+    def model_for(self, include_hand, include_face):
+        return openpose_model(include_hand, include_face)
 
-        frames = image_frames(image)
-        with learned_network(model) as networks:
-            results = per_image(frames, lambda frame: openpose(
-                frame, networks, detect_resolution(resolution), include_body, include_hand, include_face))
-        keypoints = [people for _, people in results]
-        return (maps_to_image([pose_map for pose_map, _ in results]), keypoints, json.dumps(keypoints))
+    def run_function(self):
+        from ..annotators.openpose import openpose  # needs scipy, imported only when the node runs
+        return openpose
+
+
+# DWPose's two checkpoints: mmdet's YOLOX-L finds people, RTMPose-l places their keypoints.
+DWPOSE = LearnedModel("dwpose", ("DETECTOR_WEIGHTS", "POSE_WEIGHTS"), "load_dwpose")
+
+
+class CNS_DWPose(PoseAnnotatorNode):
+    DESCRIPTION = (
+        "DWPose whole-body poses (body, hands, face), drawn as OpenPose maps for openpose ControlNets, as "
+        "comfyui_controlnet_aux's 'DWPose Estimator'; also returns the keypoints in OpenPose's JSON format. "
+        "YOLOX-L finds the people, DWPose's RTMPose-l places 133 keypoints on each: sharper hands and faces than "
+        "OpenPose. Needs dw-ll_ucoco_384.pth from huggingface.co/yzd-v/DWPose and "
+        "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth from download.openmmlab.com/mmdetection/v2.0/yolox/"
+        "yolox_l_8x8_300e_coco/ in models/annotators (never downloaded); the .onnx and .torchscript.pt files "
+        "comfyui_controlnet_aux runs are not read. " + NETWORK_NOTE)
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "include_body": ("BOOLEAN", {"default": True, "tooltip": "Draw the body skeletons."}),
+        "include_hand": ("BOOLEAN", {"default": True, "tooltip": "Draw the hands (21 points each)."}),
+        "include_face": ("BOOLEAN", {"default": True, "tooltip": "Draw the face landmarks (68 points)."}),
+    }
+
+    def model_for(self, include_hand, include_face):
+        return DWPOSE  # every part comes from the same two networks
+
+    def run_function(self):
+        from ..annotators.dwpose import dwpose
+        return dwpose
 
 
 NODES = {
@@ -381,6 +427,7 @@ NODES = {
     "CNS_TEED": (CNS_TEED, "TEED Soft Edges"),
     "CNS_MLSD": (CNS_MLSD, "M-LSD Lines"),
     "CNS_OpenPose": (CNS_OpenPose, "OpenPose"),
+    "CNS_DWPose": (CNS_DWPose, "DWPose"),
     "CNS_Lineart": (CNS_Lineart, "Line Art"),
     "CNS_LineartAnime": (CNS_LineartAnime, "Anime Line Art"),
     "CNS_MangaLine": (CNS_MangaLine, "Manga Line Art"),

@@ -35,6 +35,19 @@ ZOE_TEST_WIDTHS = dict(embed_dim=32, heads=2, window=24, reassemble_channels=(8,
 DEPTH_ANYTHING_TEST_WIDTHS = dict(embed_dim=32, depth=6, heads=2, swiglu=False, layers=(1, 2, 4, 5), features=16,
                                   out_channels=(8, 16, 24, 32))
 DEPTH_ANYTHING_TEST_GRID = 4
+# DWPose's two networks (tests/annotators/test_dwpose.py): YOLOX's stem brought to 0..255 input;
+# its box deltas kept small (exp stays finite) with boxes a few strides wide, so that they overlap
+# for NMS; its person and objectness read-outs damped and the objectness biased down, so that tens
+# rather than thousands of grid points score as people; RTMPose's SimCC read-outs sharpened, so
+# that keypoints score above the 0.3 that DWPose draws.
+DWPOSE_DETECTOR_INPUT_SCALE = 1 / 64.0
+DWPOSE_BOX_READOUT_SCALE = 0.003
+DWPOSE_LOG_SIZE_BIAS = 1.5
+DWPOSE_SCORE_READOUT_SCALE = 0.05
+DWPOSE_PERSON_BIAS = 0.5
+DWPOSE_OBJECTNESS_BIAS = -4.0
+DWPOSE_SIMCC_READOUT_SCALE = 20.0
+DWPOSE_DETECTOR_LEVELS = 3
 
 
 def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -70,6 +83,19 @@ def adjust(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         state["block_1.conv1.weight"] = state["block_1.conv1.weight"] / TEED_INPUT_SCALE
         for key in TEED_READOUTS:
             state[key] = state[key] * TEED_READOUT_SCALE
+    if name == "dwpose" and "backbone.stem.conv.conv.weight" in state:  # YOLOX
+        state["backbone.stem.conv.conv.weight"] = state["backbone.stem.conv.conv.weight"] * DWPOSE_DETECTOR_INPUT_SCALE
+        for level in range(DWPOSE_DETECTOR_LEVELS):
+            head = "bbox_head.multi_level_conv_"
+            state[f"{head}reg.{level}.weight"] = state[f"{head}reg.{level}.weight"] * DWPOSE_BOX_READOUT_SCALE
+            state[f"{head}reg.{level}.bias"][2:] += DWPOSE_LOG_SIZE_BIAS
+            for kind in ("cls", "obj"):
+                state[f"{head}{kind}.{level}.weight"] = state[f"{head}{kind}.{level}.weight"] * DWPOSE_SCORE_READOUT_SCALE
+            state[f"{head}cls.{level}.bias"][0] += DWPOSE_PERSON_BIAS
+            state[f"{head}obj.{level}.bias"].fill_(DWPOSE_OBJECTNESS_BIAS)
+    if name == "dwpose" and "head.cls_x.weight" in state:  # RTMPose
+        for key in ("head.cls_x.weight", "head.cls_y.weight"):
+            state[key] = state[key] * DWPOSE_SIMCC_READOUT_SCALE
     if name == "zoe":
         # The binomial's buffers hold constants in the published file (0..K-1 and K-1), which the
         # network reads; random values would make no distribution at all.

@@ -38,7 +38,7 @@ from annotators.yolox_network import Yolox, YoloxConfig
 from .openmmlab import import_openmmlab
 from annotators.weights import BadWeightsError, MissingWeightsError
 
-from .random_learned import assert_loaded, random_state_dict
+from .random_learned import adjust, assert_loaded, random_state_dict
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -215,16 +215,13 @@ class NetworkInferenceSession:
             return [t.numpy() for t in self.network(torch.from_numpy(feeds["input"]))]
 
 
-def tiny_rtmpose(seed: int, input_size: tuple[int, int] = DWPOSE_INPUT_SIZE, readout_scale: float = 1.0) -> Rtmpose:
+def tiny_rtmpose(seed: int, input_size: tuple[int, int] = DWPOSE_INPUT_SIZE) -> Rtmpose:
     """A narrow, shallow CSPNeXt with random weights (DWPose's input size and keypoints unless
-    told); `readout_scale` sharpens the SimCC logits so that keypoints score above 0.3 and are drawn."""
+    told), its SimCC logits sharpened so that keypoints score above 0.3 and are drawn."""
     stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5)
     network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, input_size=input_size, hidden=32,
                                     attention_dim=16)).eval()
-    state = random_state_dict(network.state_dict(), seed)
-    for key in ("head.cls_x.weight", "head.cls_y.weight"):
-        state[key] *= readout_scale
-    network.load_state_dict(state)
+    network.load_state_dict(adjust("dwpose", random_state_dict(network.state_dict(), seed)))
     return network
 
 
@@ -240,44 +237,19 @@ def test_keypoint_stage_equals_dwpose_onnx_pipeline():
     np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
 
 
-# Random YOLOX read-outs tuned so that some grid points score as people above 0.3 and their
-# boxes, a few strides wide, overlap for NMS to merge; small box deltas keep exp() finite.
-DETECTOR_INPUT_SCALE = 1 / 64.0  # the stem sees 0..255 pixels
-BOX_READOUT_SCALE = 0.003
-LOG_SIZE_BIAS = 1.5              # boxes about 4.5 strides wide
-PERSON_LOGIT_BIAS = 0.5
-OBJECTNESS_LOGIT_BIAS = 0.0
-
-
-# For the whole-annotator tests: fewer people (about a hundred at 512 px instead of ~500), so
-# that the keypoint network runs on fewer crops.
-SPARSE_READOUT_SCALE = 0.05
-SPARSE_OBJECTNESS_BIAS = -4.0
-# The whole-annotator tests' keypoint network: small crops, sharp SimCC logits.
+# The whole-annotator tests' keypoint network sees small crops.
 SMALL_CROP = (64, 96)
-SHARP_READOUT = 20.0
 
 
-def tiny_yolox(seed: int, sparse: bool = False) -> Yolox:
+def tiny_yolox(seed: int) -> Yolox:
+    """A narrow YOLOX with random weights that finds tens of overlapping "people" (random_learned.adjust)."""
     network = Yolox(YoloxConfig.scaled(0.125, 0.33)).eval()
-    state = random_state_dict(network.state_dict(), seed)
-    state["backbone.stem.conv.conv.weight"] *= DETECTOR_INPUT_SCALE
-    for level in range(len(network.strides)):
-        state[f"bbox_head.multi_level_conv_reg.{level}.weight"] *= BOX_READOUT_SCALE
-        state[f"bbox_head.multi_level_conv_reg.{level}.bias"][2:] += LOG_SIZE_BIAS
-        state[f"bbox_head.multi_level_conv_cls.{level}.bias"][0] += PERSON_LOGIT_BIAS
-        state[f"bbox_head.multi_level_conv_obj.{level}.bias"] += OBJECTNESS_LOGIT_BIAS
-        if sparse:
-            for kind in ("obj", "cls"):
-                state[f"bbox_head.multi_level_conv_{kind}.{level}.weight"] *= SPARSE_READOUT_SCALE
-            state[f"bbox_head.multi_level_conv_obj.{level}.bias"].fill_(SPARSE_OBJECTNESS_BIAS)
-    network.load_state_dict(state)
+    network.load_state_dict(adjust("dwpose", random_state_dict(network.state_dict(), seed)))
     return network
 
 
 def small_networks() -> DWPoseNetworks:
-    return DWPoseNetworks(detector=tiny_yolox(seed=8, sparse=True),
-                          pose=tiny_rtmpose(seed=7, input_size=SMALL_CROP, readout_scale=SHARP_READOUT))
+    return DWPoseNetworks(detector=tiny_yolox(seed=8), pose=tiny_rtmpose(seed=7, input_size=SMALL_CROP))
 
 
 class MegviiLayoutInferenceSession(NetworkInferenceSession):

@@ -31,7 +31,7 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_TTPlanetTileGuidedFilter",
                "CNS_TTPlanetTileSimple"]
-LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_Lineart", "CNS_LineartAnime",
+LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_Lineart", "CNS_LineartAnime",
            "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth",
            "CNS_OneFormerSegmentation"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
@@ -149,6 +149,7 @@ def test_annotator_nodes_take_an_image_batch_and_return_an_image_first(pack):
         assert required["image"][0] == "IMAGE"
         assert cls.RETURN_TYPES[0] == "IMAGE"
     assert pack.node_class("CNS_OpenPose").RETURN_TYPES == ("IMAGE", "POSE_KEYPOINT", "STRING")
+    assert pack.node_class("CNS_DWPose").RETURN_TYPES == ("IMAGE", "POSE_KEYPOINT", "STRING")
     assert pack.node_class("CNS_PixelPerfectResolution").RETURN_TYPES == ("INT",)
 
 
@@ -470,7 +471,16 @@ NETWORKS = [
     # OneFormer's Swin-L (219 M parameters) narrowed, with each dataset's class count
     ("oneformer", "ONEFORMER_ADE20K_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 150)),
     ("oneformer", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 133)),
+    # DWPose's YOLOX-L (54 M parameters) and RTMPose-l (34 M) narrowed; the loader reads the widths
+    ("dwpose", "DETECTOR_WEIGHTS", "Yolox", lambda dwpose: dwpose.YoloxConfig.scaled(0.125, 0.33)),
+    ("dwpose", "POSE_WEIGHTS", "Rtmpose", lambda dwpose: dwpose_test_config(dwpose)),
 ]
+
+
+def dwpose_test_config(dwpose):
+    """A narrow, shallow RTMPose on small crops (annotators.rtmpose_network.RtmposeConfig)."""
+    stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in dwpose.RtmposeConfig().stages)
+    return dwpose.RtmposeConfig(stem_channels=8, stages=stages, input_size=(64, 96), hidden=32, attention_dim=16)
 
 
 def oneformer_test_config(oneformer, classes: int):
@@ -597,6 +607,25 @@ def test_openpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_
     assert sum(len(k["people"]) for k in keypoints) > 0
 
 
+def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_folder):
+    skip_unless_written(pack, "dwpose")
+    flags = dict(include_body=True, include_hand=True, include_face=False)
+    image, keypoints, keypoints_json = pack.run("CNS_DWPose", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **flags)
+    dwpose = pack.module("annotators.dwpose")
+    networks = dwpose.load_dwpose([str(annotators_folder)])
+    direct = [dwpose.dwpose(frame.numpy(), networks, LEARNED_RESOLUTION, **flags) for frame in SMALL_PHOTOS]
+    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert keypoints == [people for _, people in direct]
+    assert json.loads(keypoints_json) == keypoints
+    people = [person for frame in keypoints for person in frame["people"]]
+    assert people and all(person["face_keypoints_2d"] == [] and person["hand_left_keypoints_2d"] for person in people)
+
+
+def test_dwpose_node_defaults_draw_every_part(pack):
+    assert pack.defaults("CNS_DWPose") == {"resolution": 512, "include_body": True, "include_hand": True,
+                                           "include_face": True}
+
+
 def test_drawing_the_openpose_nodes_keypoints_gives_back_its_map(pack, annotators_folder):
     """OpenPose's pose_keypoint into Draw Pose Keypoints redraws OpenPose's own maps (detected at
     the image's own size, resolution 0, so neither is resized): the JSON keeps every point it
@@ -635,13 +664,15 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
     for node_id, (cls, _) in learned.NODES.items():
         if node_id == "CNS_OpenPose":
             models = [learned.openpose_model(True, True)]
+        elif node_id == "CNS_DWPose":
+            models = [learned.DWPOSE]
         elif node_id == "CNS_AnyLine":  # MTEED and the line-art nodes' networks
             models = [model for choice in learned.ANYLINE_LINE_ART_MODELS for model in learned.anyline_models(choice)]
         else:
             models = list(cls.MODELS.values()) if hasattr(cls, "MODELS") else [cls.MODEL]
         if not pack.has(f"annotators.{models[0].module}"):
             continue
-        if node_id not in ("CNS_OpenPose", "CNS_AnyLine"):  # both run a function of their own
+        if node_id not in ("CNS_OpenPose", "CNS_DWPose", "CNS_AnyLine"):  # they run a function of their own
             assert callable(getattr(pack.module(f"annotators.{models[0].module}"), cls.RUN))
         for model in models:
             module = pack.module(f"annotators.{model.module}")
