@@ -52,7 +52,10 @@ def expected_config(widen: float, deepen: float, keypoints: int, input_size: tup
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
-    """Random weights and BatchNorm statistics, so no layer is an identity or a zero."""
+    """Random weights and BatchNorm statistics, so no layer is an identity or a zero. Not
+    random_learned's recipe: there ScaleNorm's gain and the attention unit's γ, β get small noise,
+    which leaves every token with nearly the same q and k (often a negative q·k, so the squared-ReLU
+    attention is all zero and its mistakes invisible); here gains sit near 1."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
