@@ -19,13 +19,15 @@ Then, for each person's box:
 4. `keypoints_to_image`: back to image pixels (mmpose's TopdownPoseEstimator);
 5. `wholebody_to_pose`: the 133 COCO-WholeBody keypoints as the OpenPose skeleton ControlNet's
    pose models read (18 body points with a neck between the shoulders, 21 per hand, 68 face
-   points), keeping points scored above 0.3, as DWPose's own `DWposeDetector` does.
+   points), keeping body points scored above 0.3 and hand and face points at 0.3 or above, as
+   DWPose's own `DWposeDetector` does.
 
 Weights: the checkpoints DWPose's mmpose/mmdet pipeline loads (controlnet-aux's `DWposeDetector`):
 `dw-ll_ucoco_384.pth` (huggingface.co/yzd-v/DWPose) for RTMPose and mmdet's
 `yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth` for YOLOX. The ONNX and TorchScript exports
 comfyui_controlnet_aux runs (`yolox_l.onnx`, `dw-ll_ucoco_384.onnx`, `*.torchscript.pt`) are not
-read: they are programs for other runtimes, not weight files.
+read: their weights sit inside other runtimes' graphs, in layouts no published file here could
+confirm.
 
 Where the detector finds nobody, no pose is drawn, as in comfyui_controlnet_aux (mmpose and
 DWPose's first release would run the keypoint network on the whole image instead, which draws
@@ -136,7 +138,7 @@ def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu",
 def _built(build, state_dict: dict[str, torch.Tensor], path: str, what: str, device, dtype) -> nn.Module:
     try:
         return network_from_weights(build, state_dict, device, dtype).requires_grad_(False)
-    except (KeyError, RuntimeError) as error:  # a key the config reads is absent, or a strict-load mismatch
+    except (KeyError, ValueError, RuntimeError) as error:  # a key or count the config reads is absent; a strict-load mismatch
         raise BadWeightsError(f"'{path}' does not hold {what} weights as DWPose uses them ({type(error).__name__}: "
                               f"{str(error)[:300]}): use the file published under this name") from error
 

@@ -95,11 +95,12 @@ class OpaqueObject:
 
 
 def _torch_load(path: str, opaque_objects: bool):
-    if not opaque_objects:
+    list_globals = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if not opaque_objects or list_globals is None:
         return torch.load(path, map_location="cpu", weights_only=True)
     # weights_only's allow-list, plus every other global the file names, each read as an
     # OpaqueObject (listed from the pickle's opcodes without running them).
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    names = list_globals(path)
     with torch.serialization.safe_globals([(OpaqueObject, name) for name in names]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
