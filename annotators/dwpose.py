@@ -44,11 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
-from .networks_common import network_from_weights
+from .image import DEFAULT_DETECT_RESOLUTION
+from .networks_common import image_batch, network_from_weights, to_numpy
 from .openpose.body import BODY_PARTS
-from .openpose.drawing import draw_poses
-from .openpose.keypoints_json import poses_to_json
+from .openpose.detector import poses_at_resolution
 from .openpose.pose import HAND_POINTS, Point, Pose
 from .rtmpose_network import Rtmpose, RtmposeConfig, simcc_maximum
 from .weights import BadWeightsError, drop_prefixes, find_weights, load_state_dict, strip_prefix
@@ -144,14 +143,14 @@ def _built(build, state_dict: dict[str, torch.Tensor], path: str, what: str, dev
 
 
 def letterbox(image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """uint8 HxWx3 -> (float32 3×640×640 detector input, the scale applied to the image)."""
+    """uint8 HxWx3 -> (uint8 640×640×3 detector input, the scale applied to the image)."""
     height, width = image_rgb.shape[:2]
     ratio = min(DETECTOR_INPUT_SIZE / height, DETECTOR_INPUT_SIZE / width)
     scaled_width, scaled_height = int(width * ratio), int(height * ratio)
     padded = np.full((DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, 3), LETTERBOX_VALUE, np.uint8)
     padded[:scaled_height, :scaled_width] = cv2.resize(image_rgb, (scaled_width, scaled_height),
                                                        interpolation=cv2.INTER_LINEAR)
-    return padded.transpose(2, 0, 1).astype(np.float32), ratio
+    return padded, ratio
 
 
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
@@ -174,12 +173,11 @@ def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold
 def detect_people(image_rgb: np.ndarray, detector: Yolox) -> np.ndarray:
     """Person boxes (n, 4), x1 y1 x2 y2 in image pixels, most confident first."""
     detector_input, ratio = letterbox(image_rgb)
-    parameter = next(detector.parameters())
     with torch.no_grad():
-        levels = detector(torch.from_numpy(detector_input)[None].to(parameter.device, parameter.dtype))
+        levels = detector(image_batch(detector_input, detector))
         detections = decode_detections([tuple(t.float() for t in level) for level in levels], detector.strides)
-    boxes = detections.boxes[0].cpu().numpy() / ratio
-    scores = detections.class_scores[0, :, PERSON_CLASS].cpu().numpy()
+    boxes = to_numpy(detections.boxes[0]) / ratio
+    scores = to_numpy(detections.class_scores[0, :, PERSON_CLASS])
     candidates = scores > CANDIDATE_SCORE_THRESHOLD
     boxes, scores = boxes[candidates], scores[candidates]
     kept = non_maximum_suppression(boxes, scores, NMS_IOU_THRESHOLD)
@@ -228,7 +226,7 @@ def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpos
     parameter = next(network.parameters())
     with torch.no_grad():
         x_logits, y_logits = network(torch.from_numpy(crops).to(parameter.device, parameter.dtype))
-    crop_keypoints, scores = (t.float().cpu().numpy() for t in simcc_maximum(x_logits.float(), y_logits.float()))
+    crop_keypoints, scores = (to_numpy(t) for t in simcc_maximum(x_logits.float(), y_logits.float()))
     keypoints = np.stack([keypoints_to_image(points, centre, size, input_size)
                           for points, (centre, size) in zip(crop_keypoints, regions)])
     return keypoints, scores
@@ -285,17 +283,11 @@ def dwpose(
     """(pose map uint8 HxWx3 at the image's size, OpenPose-format keypoints in its pixels), as
     `openpose()` returns them. Every part is estimated at once; the include flags choose what is
     drawn and written (a part left out is absent from the keypoints too)."""
-    rgb = to_rgb_uint8(image)
-    found: list[Pose] = []
+    def kept_parts(pose: Pose) -> Pose:
+        return Pose(body=pose.body if include_body else [None] * len(pose.body),
+                    left_hand=pose.left_hand if include_hand else None,
+                    right_hand=pose.right_hand if include_hand else None,
+                    face=pose.face if include_face else None)
 
-    def detect(detect_rgb: np.ndarray) -> np.ndarray:
-        for pose in wholebody_poses(detect_rgb, networks):
-            found.append(Pose(body=pose.body if include_body else [None] * len(pose.body),
-                              left_hand=pose.left_hand if include_hand else None,
-                              right_hand=pose.right_hand if include_hand else None,
-                              face=pose.face if include_face else None))
-        return draw_poses(found, *detect_rgb.shape[:2])
-
-    pose_map = run_at_resolution(rgb, resolution, detect)
-    height, width = rgb.shape[:2]
-    return pose_map, poses_to_json(found, width, height)
+    return poses_at_resolution(image, resolution, lambda rgb: [kept_parts(pose) for pose in wholebody_poses(rgb, networks)],
+                               include_body, include_hand, include_face)

@@ -8,7 +8,7 @@ networks; everything is drawn on a black canvas which comes back at the input's 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -83,14 +83,30 @@ def openpose(
         raise ValueError("include_hand needs the hand network; load it with load_openpose(..., hands=True)")
     if include_face and networks.face is None:
         raise ValueError("include_face needs the face network; load it with load_openpose(..., face=True)")
+    return poses_at_resolution(
+        image, resolution,
+        lambda rgb: detect_poses(np.ascontiguousarray(rgb[:, :, ::-1]), networks, include_hand, include_face),
+        include_body, include_hand, include_face)
+
+
+def poses_at_resolution(
+    image: np.ndarray,
+    resolution: int | None,
+    find_poses: Callable[[np.ndarray], list[Pose]],
+    draw_body: bool = True,
+    draw_hands: bool = True,
+    draw_faces: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """What a pose annotator returns: (the map of what `find_poses` found in the uint8 RGB image
+    at the detect resolution, back at the image's size; those poses as OpenPose-format keypoints
+    in the image's pixels). OpenPose and DWPose share it."""
     rgb = to_rgb_uint8(image)
     found: list[Pose] = []
 
     def detect(detect_rgb: np.ndarray) -> np.ndarray:
-        found.extend(detect_poses(np.ascontiguousarray(detect_rgb[:, :, ::-1]), networks,
-                                  include_hand, include_face))
-        return draw_poses(found, *detect_rgb.shape[:2], draw_body_parts=include_body,
-                          draw_hands=include_hand, draw_faces=include_face)
+        found.extend(find_poses(detect_rgb))
+        return draw_poses(found, *detect_rgb.shape[:2], draw_body_parts=draw_body, draw_hands=draw_hands,
+                          draw_faces=draw_faces)
 
     pose_map = run_at_resolution(rgb, resolution, detect)
     height, width = rgb.shape[:2]
