@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 import torch
 
+from annotators.rtmpose_network import CSPNEXT_P5
+
 HED_MEAN_COLOUR = (123.0, 117.0, 104.0)  # a typical photo mean (the ImageNet one, x255)
 HED_INPUT_SCALE = 64.0                   # 0..255 minus the mean is about +-64 on a photo
 PIDINET_READOUT_SCALE = 0.01             # as test_learned_edges.py: keeps the fused sigmoid off 0/1
@@ -48,6 +50,13 @@ DWPOSE_PERSON_BIAS = 0.5
 DWPOSE_OBJECTNESS_BIAS = -4.0
 DWPOSE_SIMCC_READOUT_SCALE = 20.0
 DWPOSE_DETECTOR_LEVELS = 3
+# Narrow DWPose networks for tests: YOLOX at mmdet's widen and deepen factors 0.125 and 0.33
+# (YoloxConfig.scaled), RTMPose (RtmposeConfig fields) at an eighth of RTMPose-l's widths with
+# one block per stage, on small crops for the tests that run the whole annotator.
+YOLOX_TEST_FACTORS = (0.125, 0.33)
+RTMPOSE_TEST_WIDTHS = dict(stem_channels=8, hidden=32, attention_dim=16,
+                           stages=tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5))
+RTMPOSE_TEST_CROP = (64, 96)
 
 
 def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_WEIGHTS, FACE_START, PO
                                crop_matrix, crop_person, keypoints_to_image, person_crop_box,
                                wholebody_to_pose)
 from annotators.openpose.drawing import draw_poses
-from annotators.rtmpose_network import (CSPNEXT_P5, DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
+from annotators.rtmpose_network import (DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
                                         Rtmpose, RtmposeConfig)
 
 from annotators.yolox_network import Yolox, YoloxConfig
@@ -38,7 +38,8 @@ from annotators.yolox_network import Yolox, YoloxConfig
 from .openmmlab import import_openmmlab
 from annotators.weights import BadWeightsError, MissingWeightsError
 
-from .random_learned import adjust, assert_loaded, random_state_dict
+from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, adjust, assert_loaded,
+                             random_state_dict)
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -218,9 +219,7 @@ class NetworkInferenceSession:
 def tiny_rtmpose(seed: int, input_size: tuple[int, int] = DWPOSE_INPUT_SIZE) -> Rtmpose:
     """A narrow, shallow CSPNeXt with random weights (DWPose's input size and keypoints unless
     told), its SimCC logits sharpened so that keypoints score above 0.3 and are drawn."""
-    stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5)
-    network = Rtmpose(RtmposeConfig(stem_channels=8, stages=stages, input_size=input_size, hidden=32,
-                                    attention_dim=16)).eval()
+    network = Rtmpose(RtmposeConfig(**RTMPOSE_TEST_WIDTHS, input_size=input_size)).eval()
     network.load_state_dict(adjust("dwpose", random_state_dict(network.state_dict(), seed)))
     return network
 
@@ -237,19 +236,15 @@ def test_keypoint_stage_equals_dwpose_onnx_pipeline():
     np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
 
 
-# The whole-annotator tests' keypoint network sees small crops.
-SMALL_CROP = (64, 96)
-
-
 def tiny_yolox(seed: int) -> Yolox:
     """A narrow YOLOX with random weights that finds tens of overlapping "people" (random_learned.adjust)."""
-    network = Yolox(YoloxConfig.scaled(0.125, 0.33)).eval()
+    network = Yolox(YoloxConfig.scaled(*YOLOX_TEST_FACTORS)).eval()
     network.load_state_dict(adjust("dwpose", random_state_dict(network.state_dict(), seed)))
     return network
 
 
 def small_networks() -> DWPoseNetworks:
-    return DWPoseNetworks(detector=tiny_yolox(seed=8), pose=tiny_rtmpose(seed=7, input_size=SMALL_CROP))
+    return DWPoseNetworks(detector=tiny_yolox(seed=8), pose=tiny_rtmpose(seed=7, input_size=RTMPOSE_TEST_CROP))
 
 
 class MegviiLayoutInferenceSession(NetworkInferenceSession):
@@ -293,7 +288,7 @@ def test_dwpose_equals_the_onnx_pipeline_composed():
     image = np.ascontiguousarray(PHOTO)
     boxes = dwpose_onnx_module("cv_ox_det").inference_detector(MegviiLayoutInferenceSession(networks.detector), image)
     keypoints, scores = dwpose_onnx_module("cv_ox_pose").inference_pose(
-        NetworkInferenceSession(networks.pose), boxes, image, model_input_size=SMALL_CROP)
+        NetworkInferenceSession(networks.pose), boxes, image, model_input_size=RTMPOSE_TEST_CROP)
     expected = draw_poses([wholebody_to_pose(k, s, 512, 512) for k, s in zip(keypoints, scores)], 512, 512)
     pose_map, keypoints_json = dwpose(image, networks, resolution=512)
     assert len(keypoints_json["people"]) == len(boxes) > 1

@@ -21,9 +21,9 @@ import torch
 from annotators.yolox_network import Yolox, YoloxConfig, decode_detections, level_priors
 
 from .openmmlab import import_openmmlab
-from .random_learned import random_state_dict
+from .random_learned import YOLOX_TEST_FACTORS, random_state_dict
 
-WIDEN, DEEPEN = 0.125, 0.33       # stem 8 channels; 1, 3, 3, 1 bottlenecks per stage
+WIDEN, DEEPEN = YOLOX_TEST_FACTORS  # stem 8 channels; 1, 3, 3, 1 bottlenecks per stage
 TINY_NECK_BLOCKS = 2              # unlike any stage's count
 TINY_HEAD_CHANNELS = 24           # unlike the neck's 32
 TINY_CLASSES = 5                  # unlike the 4 box deltas and the 1 objectness

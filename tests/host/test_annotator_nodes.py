@@ -24,7 +24,8 @@ import torch
 from skimage import data
 
 from annotators import batch as batch_cli  # the names only: the runs use the pack's own copy
-from tests.annotators.random_learned import ZOE_TEST_WIDTHS, adjust, random_state_dict  # the annotator tests' recipe
+from tests.annotators.random_learned import (  # the annotator tests' recipe
+    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust, random_state_dict)
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
@@ -472,15 +473,10 @@ NETWORKS = [
     ("oneformer", "ONEFORMER_ADE20K_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 150)),
     ("oneformer", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", lambda oneformer: oneformer_test_config(oneformer, 133)),
     # DWPose's YOLOX-L (54 M parameters) and RTMPose-l (34 M) narrowed; the loader reads the widths
-    ("dwpose", "DETECTOR_WEIGHTS", "Yolox", lambda dwpose: dwpose.YoloxConfig.scaled(0.125, 0.33)),
-    ("dwpose", "POSE_WEIGHTS", "Rtmpose", lambda dwpose: dwpose_test_config(dwpose)),
+    ("dwpose", "DETECTOR_WEIGHTS", "Yolox", lambda dwpose: dwpose.YoloxConfig.scaled(*YOLOX_TEST_FACTORS)),
+    ("dwpose", "POSE_WEIGHTS", "Rtmpose",
+     lambda dwpose: dwpose.RtmposeConfig(**RTMPOSE_TEST_WIDTHS, input_size=RTMPOSE_TEST_CROP)),
 ]
-
-
-def dwpose_test_config(dwpose):
-    """A narrow, shallow RTMPose on small crops (annotators.rtmpose_network.RtmposeConfig)."""
-    stages = tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in dwpose.RtmposeConfig().stages)
-    return dwpose.RtmposeConfig(stem_channels=8, stages=stages, input_size=(64, 96), hidden=32, attention_dim=16)
 
 
 def oneformer_test_config(oneformer, classes: int):
