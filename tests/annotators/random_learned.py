@@ -168,3 +168,40 @@ def assert_loaded(network: torch.nn.Module, weights: dict[str, torch.Tensor]) ->
     for key, value in weights.items():
         assert torch.equal(loaded[key], value), key
     assert not network.training
+
+
+# The operator set the published DWPose exports were written with (Megvii's export_onnx.py and
+# mmdeploy's onnxruntime configs both default to 11).
+PUBLISHED_ONNX_OPSET = 11
+
+
+class MegviiYoloxExport(torch.nn.Module):
+    """YOLOX with the single output Megvii's `tools/export_onnx.py` gives (DWPose's `yolox_l.onnx`,
+    decode_in_inference=False): (1, points, 5 + classes), levels finest first, points row by row;
+    box deltas raw, objectness and class probabilities through the sigmoid."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image_batch: torch.Tensor) -> torch.Tensor:
+        rows = [torch.cat((deltas, objectness.sigmoid(), classes.sigmoid()), dim=1).flatten(2).transpose(1, 2)
+                for classes, deltas, objectness in self.network(image_batch)]
+        return torch.cat(rows, dim=1)
+
+
+def save_onnx(network: torch.nn.Module, input_shape: tuple[int, ...], path: Path, batch_axis: bool,
+              opset: int = PUBLISHED_ONNX_OPSET) -> Path:
+    """`network` exported with torch's TorchScript exporter, as the published files were (BatchNorm
+    folded into the convolutions); `batch_axis` leaves the input's batch size free, as mmdeploy's
+    dynamic configs do, otherwise it is fixed at `input_shape`'s."""
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network.eval()  # the exporter restores the top module's mode on every submodule afterwards
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notices
+        torch.onnx.export(network, (torch.zeros(input_shape),), str(path), dynamo=False,
+                          opset_version=opset, input_names=["input"],
+                          dynamic_axes={"input": {0: "batch"}} if batch_axis else None)
+    return path
