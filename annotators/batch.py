@@ -83,7 +83,7 @@ class LearnedAnnotator:
 _OPENPOSE_BODY = "openpose.networks.BODY_WEIGHTS"
 _OPENPOSE_HAND = "openpose.networks.HAND_WEIGHTS"
 _OPENPOSE_FACE = "openpose.networks.FACE_WEIGHTS"
-_DWPOSE_FILES = ("dwpose.DETECTOR_WEIGHTS", "dwpose.POSE_WEIGHTS")
+_DWPOSE_FILES = ("dwpose.DETECTOR_ONNX", "dwpose.POSE_ONNX")  # load_dwpose's defaults
 
 LEARNED: dict[str, LearnedAnnotator] = {
     "hed": LearnedAnnotator("hed", "hed", "load_hed", ("hed.HED_WEIGHTS",)),
@@ -114,7 +114,7 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                       (_OPENPOSE_BODY, _OPENPOSE_HAND, _OPENPOSE_FACE),
                                       fixed={"include_hand": True, "include_face": True},
                                       loader_options={"hands": True, "face": True}),
-    # DWPose: mmdet's YOLOX-L and DWPose's RTMPose checkpoints (dwpose.WEIGHTS_REPOS)
+    # DWPose: its YOLOX-L and RTMPose ONNX exports (dwpose.WEIGHTS_REPOS)
     "dwpose": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES),
     "dwpose_body": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES,
                                     fixed={"include_hand": False, "include_face": False}),

@@ -22,12 +22,18 @@ Then, for each person's box:
    points), keeping body points scored above 0.3 and hand and face points at 0.3 or above, as
    DWPose's own `DWposeDetector` does.
 
-Weights: the checkpoints DWPose's mmpose/mmdet pipeline loads (controlnet-aux's `DWposeDetector`):
-`dw-ll_ucoco_384.pth` (huggingface.co/yzd-v/DWPose) for RTMPose and mmdet's
-`yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth` for YOLOX. The ONNX and TorchScript exports
-comfyui_controlnet_aux runs (`yolox_l.onnx`, `dw-ll_ucoco_384.onnx`, `*.torchscript.pt`) are not
-read: their weights sit inside other runtimes' graphs, in layouts no published file here could
-confirm.
+Weights, one file per network, either kind:
+
+- the ONNX exports DWPose publishes (huggingface.co/yzd-v/DWPose), which comfyui_controlnet_aux
+  and sd-webui-controlnet run with onnxruntime: `yolox_l.onnx` (Megvii's YOLOX-L export) and
+  `dw-ll_ucoco_384.onnx` (RTMPose-l). Their graphs run here with torch operations
+  (`onnx_graph.OnnxGraph`), on ComfyUI's device, with no onnxruntime;
+- the checkpoints DWPose's mmpose/mmdet pipeline loads (controlnet-aux's `DWposeDetector`):
+  `dw-ll_ucoco_384.pth` (yzd-v/DWPose) for RTMPose and mmdet's
+  `yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth` for YOLOX, into our own networks.
+
+comfyui_controlnet_aux's TorchScript files (`*.torchscript.pt`) are not read: loading one runs
+the code it holds.
 
 Where the detector finds nobody, no pose is drawn, as in comfyui_controlnet_aux (mmpose and
 DWPose's first release would run the keypoint network on the whole image instead, which draws
@@ -36,6 +42,7 @@ a skeleton on any picture).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -46,19 +53,31 @@ from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION
 from .networks_common import image_batch, network_from_weights, to_numpy
+from .onnx_file import load_onnx
+from .onnx_graph import OnnxGraph, UnsupportedOnnxOperator
 from .openpose.body import BODY_PARTS
 from .openpose.detector import poses_at_resolution
 from .openpose.pose import HAND_POINTS, Point, Pose
 from .rtmpose_network import Rtmpose, RtmposeConfig, simcc_maximum
 from .weights import BadWeightsError, drop_prefixes, find_weights, load_state_dict, strip_prefix
-from .yolox_network import Yolox, YoloxConfig, decode_detections
+from .yolox_network import Detections, Yolox, YoloxConfig, decode_detections, decode_exported
 
+POSE_ONNX = "dw-ll_ucoco_384.onnx"
+DETECTOR_ONNX = "yolox_l.onnx"
 POSE_WEIGHTS = "dw-ll_ucoco_384.pth"
 DETECTOR_WEIGHTS = "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth"
 WEIGHTS_REPOS = {
+    POSE_ONNX: "yzd-v/DWPose",
+    DETECTOR_ONNX: "yzd-v/DWPose",
     POSE_WEIGHTS: "yzd-v/DWPose",
     DETECTOR_WEIGHTS: "https://download.openmmlab.com/mmdetection/v2.0/yolox/yolox_l_8x8_300e_coco/",
 }
+# The files each network can be read from, the default first.
+DETECTOR_FILES = (DETECTOR_ONNX, DETECTOR_WEIGHTS)
+POSE_FILES = (POSE_ONNX, POSE_WEIGHTS)
+ONNX_SUFFIX = ".onnx"
+# Megvii's YOLOX-L export: the P5 levels' strides (its demo_postprocess, p6=False).
+EXPORTED_DETECTOR_STRIDES = (8, 16, 32)
 # Training leftovers beside the weights: mmcv's EMA hook keeps its averages as `ema_*` buffers in
 # mmdet 2 checkpoints (the weights saved are already the averaged ones); DWPose's distillation
 # checkpoints hold the student under `student.` and may hold the teacher.
@@ -95,11 +114,41 @@ LEFT_HAND_START = FACE_START + WHOLEBODY_FACE_POINTS
 RIGHT_HAND_START = LEFT_HAND_START + HAND_POINTS
 
 
+class ExportedDetector(nn.Module):
+    """YOLOX as `yolox_l.onnx` holds it: forward(Bx3xHxW pixels) -> Detections."""
+    strides = EXPORTED_DETECTOR_STRIDES
+
+    def __init__(self, graph: OnnxGraph):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, image_batch: torch.Tensor) -> Detections:
+        (rows,) = self.graph(image_batch)
+        return decode_exported(rows.float(), self.strides, tuple(image_batch.shape[-2:]))
+
+
+class ExportedPose(nn.Module):
+    """RTMPose as `dw-ll_ucoco_384.onnx` holds it: forward(normalised crops Bx3xHxW) -> (x logits,
+    y logits), like `Rtmpose`; a graph exported for one crop at a time runs the crops one by one."""
+
+    def __init__(self, graph: OnnxGraph, input_size: tuple[int, int], one_at_a_time: bool):
+        super().__init__()
+        self.graph = graph
+        self.input_size = input_size  # (width, height), as RtmposeConfig.input_size
+        self.one_at_a_time = one_at_a_time
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.one_at_a_time:
+            return self.graph(crops)
+        outputs = [self.graph(crop[None]) for crop in crops]
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
 @dataclass
 class DWPoseNetworks:
     """What `dwpose()` runs."""
-    detector: Yolox
-    pose: Rtmpose
+    detector: Yolox | ExportedDetector
+    pose: Rtmpose | ExportedPose
 
 
 def _checked(path: str, state_dict: dict[str, torch.Tensor], what: str, layout: str) -> dict[str, torch.Tensor]:
@@ -122,21 +171,58 @@ def _pose_weights(path: str) -> dict[str, torch.Tensor]:
     return _checked(path, state_dict, "RTMPose", "mmpose's layout: backbone., head.")
 
 
-def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> DWPoseNetworks:
-    """YOLOX-L and RTMPose-l from their checkpoints, in eval mode. Both files are found before
-    either is read, so a missing one is reported at once."""
-    paths = {name: find_weights(name, folders, WEIGHTS_REPOS[name]) for name in (DETECTOR_WEIGHTS, POSE_WEIGHTS)}
-    return DWPoseNetworks(
-        detector=_built(lambda weights: Yolox(YoloxConfig.from_state_dict(weights)),
-                        _detector_weights(paths[DETECTOR_WEIGHTS]), paths[DETECTOR_WEIGHTS], "YOLOX", device, dtype),
-        pose=_built(lambda weights: Rtmpose(RtmposeConfig.from_state_dict(weights)),
-                    _pose_weights(paths[POSE_WEIGHTS]), paths[POSE_WEIGHTS], "RTMPose", device, dtype))
+def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                detector_file: str = DETECTOR_ONNX, pose_file: str = POSE_ONNX) -> DWPoseNetworks:
+    """YOLOX-L and RTMPose-l from the files named (one of DETECTOR_FILES and of POSE_FILES), in
+    eval mode. Both files are found before either is read, so a missing one is reported at once."""
+    for name, choices in ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)):
+        if name not in choices:
+            raise ValueError(f"DWPose reads {' or '.join(choices)}, not '{name}'")
+    paths = {name: find_weights(name, folders, WEIGHTS_REPOS[name]) for name in (detector_file, pose_file)}
+    if detector_file.endswith(ONNX_SUFFIX):
+        detector = _exported_detector(paths[detector_file])
+    else:
+        detector = _built(lambda weights: Yolox(YoloxConfig.from_state_dict(weights)),
+                          _detector_weights(paths[detector_file]), paths[detector_file], "YOLOX")
+    if pose_file.endswith(ONNX_SUFFIX):
+        pose = _exported_pose(paths[pose_file])
+    else:
+        pose = _built(lambda weights: Rtmpose(RtmposeConfig.from_state_dict(weights)),
+                      _pose_weights(paths[pose_file]), paths[pose_file], "RTMPose")
+    return DWPoseNetworks(detector=detector.to(device=device, dtype=dtype).eval().requires_grad_(False),
+                          pose=pose.to(device=device, dtype=dtype).eval().requires_grad_(False))
 
 
-def _built(build, state_dict: dict[str, torch.Tensor], path: str, what: str, device, dtype) -> nn.Module:
+def _graph(path: str, what: str, inputs: int, outputs: int) -> tuple[OnnxGraph, tuple]:
+    """The ONNX graph in `path` and its input's shape, checked to take `inputs` and give `outputs` tensors."""
+    name = os.path.basename(path)
     try:
-        return network_from_weights(build, state_dict, device, dtype).requires_grad_(False)
+        graph = OnnxGraph(load_onnx(path))
+    except UnsupportedOnnxOperator as error:
+        raise BadWeightsError(f"'{name}' cannot run here: {error}. Use the {what} file published under this name") from error
+    if len(graph.input_names) != inputs or len(graph.output_names) != outputs or len(graph.input_shapes[0]) != 4:
+        raise BadWeightsError(f"'{name}' is not {what} as DWPose exports it (its graph takes {len(graph.input_names)} "
+                              f"input(s) and gives {len(graph.output_names)} output(s)): use the file published "
+                              "under this name")
+    return graph, graph.input_shapes[0]
+
+
+def _exported_detector(path: str) -> ExportedDetector:
+    graph, _ = _graph(path, "YOLOX", inputs=1, outputs=1)
+    return ExportedDetector(graph)
+
+
+def _exported_pose(path: str) -> ExportedPose:
+    graph, (batch, _, height, width) = _graph(path, "RTMPose", inputs=1, outputs=2)
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise BadWeightsError(f"'{os.path.basename(path)}' does not fix its input size (height {height}, "
+                              f"width {width}): use the RTMPose file published under this name")
+    return ExportedPose(graph, input_size=(width, height), one_at_a_time=batch == 1)
+
+
+def _built(build, state_dict: dict[str, torch.Tensor], path: str, what: str) -> nn.Module:
+    try:
+        return network_from_weights(build, state_dict)
     except (KeyError, ValueError, RuntimeError) as error:  # a key or count the config reads is absent; a strict-load mismatch
         raise BadWeightsError(f"'{path}' does not hold {what} weights as DWPose uses them ({type(error).__name__}: "
                               f"{str(error)[:300]}): use the file published under this name") from error
@@ -170,12 +256,18 @@ def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold
     return kept
 
 
-def detect_people(image_rgb: np.ndarray, detector: Yolox) -> np.ndarray:
+def _detections(detector: Yolox | ExportedDetector, batch: torch.Tensor) -> Detections:
+    if isinstance(detector, ExportedDetector):
+        return detector(batch)
+    levels = detector(batch)
+    return decode_detections([tuple(t.float() for t in level) for level in levels], detector.strides)
+
+
+def detect_people(image_rgb: np.ndarray, detector: Yolox | ExportedDetector) -> np.ndarray:
     """Person boxes (n, 4), x1 y1 x2 y2 in image pixels, most confident first."""
     detector_input, ratio = letterbox(image_rgb)
     with torch.no_grad():
-        levels = detector(image_batch(detector_input, detector))
-        detections = decode_detections([tuple(t.float() for t in level) for level in levels], detector.strides)
+        detections = _detections(detector, image_batch(detector_input, detector))
     boxes = to_numpy(detections.boxes[0]) / ratio
     scores = to_numpy(detections.class_scores[0, :, PERSON_CLASS])
     candidates = scores > CANDIDATE_SCORE_THRESHOLD
@@ -217,10 +309,11 @@ def keypoints_to_image(keypoints: np.ndarray, centre: np.ndarray, size: np.ndarr
     return keypoints / np.asarray(input_size) * size + centre - size / 2
 
 
-def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpose) -> tuple[np.ndarray, np.ndarray]:
+def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpose | ExportedPose
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Each person's 133 keypoints in image pixels (n, 133, 2) and their scores (n, 133), from
     uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; all crops run as one batch."""
-    input_size = network.config.input_size
+    input_size = network.input_size if isinstance(network, ExportedPose) else network.config.input_size
     regions = [person_crop_box(box, input_size) for box in boxes]
     crops = np.stack([crop_person(image_rgb, centre, size, input_size) for centre, size in regions])
     parameter = next(network.parameters())

@@ -324,22 +324,39 @@ def decode_detections(levels: Sequence[LevelOutput], strides: Sequence[int]) -> 
     Points are ordered level by level (finest first), row by row within a level."""
     if len(levels) != len(strides):
         raise ValueError(f"{len(levels)} levels but {len(strides)} strides")
-    class_logits, deltas, objectness, priors, prior_strides = [], [], [], [], []
-    for (level_classes, level_deltas, level_objectness), stride in zip(levels, strides):
-        batch, num_classes, height, width = level_classes.shape
+    class_logits, deltas, objectness = [], [], []
+    for level_classes, level_deltas, level_objectness in levels:
+        batch, num_classes = level_classes.shape[:2]
         class_logits.append(level_classes.permute(0, 2, 3, 1).reshape(batch, -1, num_classes))
         deltas.append(level_deltas.permute(0, 2, 3, 1).reshape(batch, -1, BOX_DELTAS))
         objectness.append(level_objectness.permute(0, 2, 3, 1).reshape(batch, -1))
-        points = level_priors(height, width, stride, level_classes.dtype, level_classes.device)
-        priors.append(points)
-        prior_strides.append(torch.full_like(points, stride))
-    class_probabilities = torch.cat(class_logits, dim=1).sigmoid()
-    object_probabilities = torch.cat(objectness, dim=1).sigmoid()
-    deltas_all = torch.cat(deltas, dim=1)
-    priors_all, strides_all = torch.cat(priors), torch.cat(prior_strides)
+    sizes = [tuple(level_classes.shape[-2:]) for level_classes, _, _ in levels]
+    return _detections(torch.cat(deltas, dim=1), torch.cat(objectness, dim=1).sigmoid(),
+                       torch.cat(class_logits, dim=1).sigmoid(), sizes, strides)
 
-    centres = deltas_all[..., :2] * strides_all + priors_all
-    sizes = deltas_all[..., 2:].exp() * strides_all
+
+def decode_exported(rows: torch.Tensor, strides: Sequence[int], input_size: tuple[int, int]) -> Detections:
+    """`decode_detections` for YOLOX as Megvii's `tools/export_onnx.py` exports it (DWPose's
+    `yolox_l.onnx`): one Bx(points)x(5 + classes) output, points as above, each row the four box
+    deltas, then the objectness and class probabilities (already through the sigmoid).
+    `input_size` is the network input's (height, width)."""
+    sizes = [(input_size[0] // stride, input_size[1] // stride) for stride in strides]
+    points = sum(height * width for height, width in sizes)
+    if rows.dim() != 3 or rows.shape[1] != points or rows.shape[2] <= BOX_DELTAS + 1:
+        raise ValueError(f"expected YOLOX's exported output of shape (batch, {points}, 5 + classes) for a "
+                         f"{input_size[0]}x{input_size[1]} input, got {tuple(rows.shape)}")
+    return _detections(rows[..., :BOX_DELTAS], rows[..., BOX_DELTAS], rows[..., BOX_DELTAS + 1:], sizes, strides)
+
+
+def _detections(deltas: torch.Tensor, object_probabilities: torch.Tensor, class_probabilities: torch.Tensor,
+                level_sizes: Sequence[tuple[int, int]], strides: Sequence[int]) -> Detections:
+    """Boxes and scores from every point's deltas (BxNx4) and probabilities (BxN, BxNxC)."""
+    priors = torch.cat([level_priors(height, width, stride, deltas.dtype, deltas.device)
+                        for (height, width), stride in zip(level_sizes, strides)])
+    prior_strides = torch.cat([torch.full((height * width, 2), stride, dtype=deltas.dtype, device=deltas.device)
+                               for (height, width), stride in zip(level_sizes, strides)])
+    centres = deltas[..., :2] * prior_strides + priors
+    sizes = deltas[..., 2:].exp() * prior_strides
     boxes = torch.cat((centres - sizes / 2, centres + sizes / 2), dim=-1)
     best, labels = class_probabilities.max(dim=-1)
     return Detections(boxes=boxes, scores=best * object_probabilities, labels=labels,

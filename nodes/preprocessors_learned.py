@@ -355,14 +355,15 @@ class PoseAnnotatorNode(AnnotatorNode):
         "The same list as JSON text, one entry per image.",
     )
 
-    def model_for(self, include_hand: bool, include_face: bool) -> LearnedModel:
+    def model_for(self, include_hand: bool, include_face: bool, **files: str) -> LearnedModel:
+        """The networks to load; `files` are the node's file choices, if it has any."""
         raise NotImplementedError
 
     def run_function(self):
         raise NotImplementedError
 
-    def annotate(self, image, resolution, include_body, include_hand, include_face):
-        model = self.model_for(include_hand, include_face)
+    def annotate(self, image, resolution, include_body, include_hand, include_face, **files):
+        model = self.model_for(include_hand, include_face, **files)
         model.import_module()  # the annotator's modules are imported only here
         run = self.run_function()
         frames = image_frames(image)
@@ -393,8 +394,16 @@ class CNS_OpenPose(PoseAnnotatorNode):
         return openpose
 
 
-# DWPose's two checkpoints: mmdet's YOLOX-L finds people, RTMPose-l places their keypoints.
-DWPOSE = LearnedModel("dwpose", ("DETECTOR_WEIGHTS", "POSE_WEIGHTS"), "load_dwpose")
+# DWPose's two networks: YOLOX-L finds people, RTMPose-l places their keypoints. Each comes from
+# DWPose's ONNX export (the default) or from a checkpoint: the choice -> its file-name constant.
+DWPOSE_DETECTOR_FILES = {"yolox_l.onnx": "DETECTOR_ONNX",
+                         "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth": "DETECTOR_WEIGHTS"}
+DWPOSE_POSE_FILES = {"dw-ll_ucoco_384.onnx": "POSE_ONNX", "dw-ll_ucoco_384.pth": "POSE_WEIGHTS"}
+
+
+def dwpose_model(bbox_detector: str, pose_estimator: str) -> LearnedModel:
+    return LearnedModel("dwpose", (DWPOSE_DETECTOR_FILES[bbox_detector], DWPOSE_POSE_FILES[pose_estimator]),
+                        "load_dwpose", (("detector_file", bbox_detector), ("pose_file", pose_estimator)))
 
 
 class CNS_DWPose(PoseAnnotatorNode):
@@ -402,19 +411,29 @@ class CNS_DWPose(PoseAnnotatorNode):
         "DWPose whole-body poses (body, hands, face), drawn as OpenPose maps for openpose ControlNets, as "
         "comfyui_controlnet_aux's 'DWPose Estimator'; also returns the keypoints in OpenPose's JSON format. "
         "YOLOX-L finds the people, DWPose's RTMPose-l places 133 keypoints on each: sharper hands and faces than "
-        "OpenPose. Needs dw-ll_ucoco_384.pth from huggingface.co/yzd-v/DWPose and "
-        "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth from download.openmmlab.com/mmdetection/v2.0/yolox/"
-        "yolox_l_8x8_300e_coco/ in models/annotators (never downloaded); the .onnx and .torchscript.pt files "
-        "comfyui_controlnet_aux runs are not read. " + NETWORK_NOTE)
+        "OpenPose. Needs yolox_l.onnx and dw-ll_ucoco_384.onnx from huggingface.co/yzd-v/DWPose (the files "
+        "comfyui_controlnet_aux and sd-webui-controlnet use; run here with torch, no onnxruntime) in "
+        "models/annotators or its ckpts/yzd-v/DWPose folder, never downloaded. Checkpoints instead: "
+        "dw-ll_ucoco_384.pth (same repository) and mmdet's yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth "
+        "(download.openmmlab.com/mmdetection/v2.0/yolox/yolox_l_8x8_300e_coco/). TorchScript files "
+        "(.torchscript.pt) are not read. " + NETWORK_NOTE)
     OPTIONS = {
         "resolution": resolution_input(),
         "include_body": ("BOOLEAN", {"default": True, "tooltip": "Draw the body skeletons."}),
         "include_hand": ("BOOLEAN", {"default": True, "tooltip": "Draw the hands (21 points each)."}),
         "include_face": ("BOOLEAN", {"default": True, "tooltip": "Draw the face landmarks (68 points)."}),
+        "bbox_detector": (list(DWPOSE_DETECTOR_FILES), {
+            "default": next(iter(DWPOSE_DETECTOR_FILES)),
+            "tooltip": "The file YOLOX-L, which finds the people, is read from: DWPose's ONNX export "
+                       "(huggingface.co/yzd-v/DWPose) or mmdet's checkpoint."}),
+        "pose_estimator": (list(DWPOSE_POSE_FILES), {
+            "default": next(iter(DWPOSE_POSE_FILES)),
+            "tooltip": "The file DWPose's RTMPose-l, which places the keypoints, is read from: its ONNX export "
+                       "or its checkpoint (both huggingface.co/yzd-v/DWPose)."}),
     }
 
-    def model_for(self, include_hand, include_face):
-        return DWPOSE  # every part comes from the same two networks
+    def model_for(self, include_hand, include_face, bbox_detector, pose_estimator):
+        return dwpose_model(bbox_detector, pose_estimator)  # every part comes from the same two networks
 
     def run_function(self):
         from ..annotators.dwpose import dwpose

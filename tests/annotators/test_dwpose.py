@@ -24,7 +24,8 @@ import pytest
 import torch
 from skimage import data
 
-from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_WEIGHTS, FACE_START, POSE_WEIGHTS, DWPoseNetworks,
+from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS, FACE_START, POSE_ONNX, POSE_WEIGHTS,
+                               DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
                                crop_matrix, crop_person, keypoints_to_image, person_crop_box,
@@ -38,8 +39,8 @@ from annotators.yolox_network import Yolox, YoloxConfig
 from .openmmlab import import_openmmlab
 from annotators.weights import BadWeightsError, MissingWeightsError
 
-from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, adjust, assert_loaded,
-                             random_state_dict)
+from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, MegviiYoloxExport, adjust,
+                             assert_loaded, random_state_dict, save_onnx)
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -248,16 +249,11 @@ def small_networks() -> DWPoseNetworks:
 
 
 class MegviiLayoutInferenceSession(NetworkInferenceSession):
-    """YOLOX as Megvii exports it to ONNX (decode_in_inference=False): one (1, points, 5 + C)
-    array, levels finest first, points row by row; box deltas raw, objectness and class
-    probabilities through the sigmoid."""
+    """YOLOX as Megvii exports it to ONNX (random_learned.MegviiYoloxExport)."""
 
     def run(self, output_names, feeds):
         with torch.no_grad():
-            levels = self.network(torch.from_numpy(feeds["input"]))
-        rows = [torch.cat((deltas, objectness.sigmoid(), classes.sigmoid()), dim=1).flatten(2).transpose(1, 2)
-                for classes, deltas, objectness in levels]
-        return [torch.cat(rows, dim=1).numpy()]
+            return [MegviiYoloxExport(self.network)(torch.from_numpy(feeds["input"])).numpy()]
 
 
 @pytest.mark.parametrize("image", [PHOTO, PHOTO[40:340, 10:500]], ids=["square", "wide"])
@@ -339,10 +335,14 @@ def save_checkpoints(folder: Path, student_prefix: bool = False) -> tuple[dict, 
     return detector, pose
 
 
+def load_checkpoints(folder: Path) -> DWPoseNetworks:
+    return load_dwpose([str(folder)], detector_file=DETECTOR_WEIGHTS, pose_file=POSE_WEIGHTS)
+
+
 @pytest.mark.parametrize("student_prefix", [False, True], ids=["plain", "distillation"])
 def test_load_dwpose_reads_both_checkpoints(tmp_path, student_prefix):
     detector, pose = save_checkpoints(tmp_path, student_prefix)
-    networks = load_dwpose([str(tmp_path)])
+    networks = load_checkpoints(tmp_path)
     assert_loaded(networks.detector, detector)
     assert_loaded(networks.pose, pose)
     assert networks.pose.config.input_size == DWPOSE_INPUT_SIZE
@@ -352,7 +352,7 @@ def test_missing_detector_names_its_address(tmp_path):
     save_checkpoints(tmp_path)
     (tmp_path / DETECTOR_WEIGHTS).unlink()
     with pytest.raises(MissingWeightsError) as error:
-        load_dwpose([str(tmp_path)])
+        load_checkpoints(tmp_path)
     assert str(error.value) == (
         f"annotator weights '{DETECTOR_WEIGHTS}' not found. Download {DETECTOR_WEIGHTS} from "
         "https://download.openmmlab.com/mmdetection/v2.0/yolox/yolox_l_8x8_300e_coco/ and put it in "
@@ -363,7 +363,7 @@ def test_missing_pose_names_its_hub_repository(tmp_path):
     save_checkpoints(tmp_path)
     (tmp_path / POSE_WEIGHTS).unlink()
     with pytest.raises(MissingWeightsError, match=f"Download {POSE_WEIGHTS} from https://huggingface.co/yzd-v/DWPose "):
-        load_dwpose([str(tmp_path)])
+        load_checkpoints(tmp_path)
 
 
 def test_files_swapped_are_refused_by_name(tmp_path):
@@ -372,14 +372,145 @@ def test_files_swapped_are_refused_by_name(tmp_path):
     (tmp_path / POSE_WEIGHTS).rename(tmp_path / DETECTOR_WEIGHTS)
     (tmp_path / "detector").rename(tmp_path / POSE_WEIGHTS)
     with pytest.raises(BadWeightsError, match=f"'{tmp_path / DETECTOR_WEIGHTS}' does not hold YOLOX weights as DWPose uses them"):
-        load_dwpose([str(tmp_path)])
+        load_checkpoints(tmp_path)
 
 
 def test_not_a_pose_checkpoint_is_refused(tmp_path):
     save_checkpoints(tmp_path)
     torch.save({"state_dict": {"model0.conv1_1.weight": torch.zeros(1)}}, tmp_path / POSE_WEIGHTS)
     with pytest.raises(BadWeightsError) as error:
-        load_dwpose([str(tmp_path)])
+        load_checkpoints(tmp_path)
     assert str(error.value) == (
         f"'{tmp_path / POSE_WEIGHTS}' does not hold RTMPose weights (mmpose's layout: backbone., head.; its first "
         "key is 'model0.conv1_1.weight'): use the file published under this name")
+
+
+# --- the published ONNX files, against onnxruntime running DWPose's ONNX pipeline ----------------
+
+DETECTOR_INPUT_SHAPE = (1, 3, 640, 640)
+
+
+def save_onnx_files(folder: Path, pose_batch_axis: bool = True) -> DWPoseNetworks:
+    """`small_networks()` exported as `yolox_l.onnx` (Megvii's layout, fixed 1x3x640x640 input) and
+    `dw-ll_ucoco_384.onnx` (free batch, or fixed at 1); returns the networks exported."""
+    pytest.importorskip("onnx")  # torch's exporter writes through it
+    networks = small_networks()
+    save_onnx(MegviiYoloxExport(networks.detector), DETECTOR_INPUT_SHAPE, folder / DETECTOR_ONNX, batch_axis=False)
+    crop_width, crop_height = RTMPOSE_TEST_CROP
+    save_onnx(networks.pose, (1, 3, crop_height, crop_width), folder / POSE_ONNX, batch_axis=pose_batch_axis)
+    return networks
+
+
+def onnxruntime_session(path: Path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("dwpose_onnx")
+    save_onnx_files(folder)
+    return folder
+
+
+def test_onnx_files_load_by_default_as_graphs(onnx_folder):
+    networks = load_dwpose([str(onnx_folder)])
+    assert isinstance(networks.detector, ExportedDetector) and isinstance(networks.pose, ExportedPose)
+    assert networks.pose.input_size == RTMPOSE_TEST_CROP and not networks.pose.one_at_a_time
+    assert not networks.detector.training and not networks.pose.training
+
+
+def test_onnx_detector_equals_dwpose_pipeline_on_onnxruntime(onnx_folder):
+    """yolox_l.onnx through our graph runner and decoding = through onnxruntime and cv_ox_det.py."""
+    image = np.ascontiguousarray(PHOTO[40:340, 10:500])
+    expected = dwpose_onnx_module("cv_ox_det").inference_detector(
+        onnxruntime_session(onnx_folder / DETECTOR_ONNX), image, detect_classes=[0])
+    boxes = detect_people(image, load_dwpose([str(onnx_folder)]).detector)
+    assert len(expected) >= 3 and np.isfinite(expected).all()
+    assert boxes.shape == expected.shape
+    np.testing.assert_allclose(boxes, expected, rtol=1e-5, atol=1e-3)  # float32, sums in other orders
+
+
+def test_onnx_pose_equals_dwpose_pipeline_on_onnxruntime(onnx_folder):
+    boxes = np.stack([WIDE_BOX, TALL_BOX, np.array([300.0, 300.0, 330.0, 420.0])])
+    expected_keypoints, expected_scores = dwpose_onnx_module("cv_ox_pose").inference_pose(
+        onnxruntime_session(onnx_folder / POSE_ONNX), boxes, PHOTO, model_input_size=RTMPOSE_TEST_CROP)
+    keypoints, scores = estimate_keypoints(PHOTO, boxes, load_dwpose([str(onnx_folder)]).pose)
+    assert (scores > 0).mean() > 0.2 and (scores > KEYPOINT_SCORE_THRESHOLD).any()
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(keypoints, expected_keypoints)  # the same SimCC bins
+
+
+def test_dwpose_with_onnx_files_equals_the_onnxruntime_pipeline_composed(onnx_folder):
+    image = np.ascontiguousarray(PHOTO)
+    boxes = dwpose_onnx_module("cv_ox_det").inference_detector(onnxruntime_session(onnx_folder / DETECTOR_ONNX), image)
+    keypoints, scores = dwpose_onnx_module("cv_ox_pose").inference_pose(
+        onnxruntime_session(onnx_folder / POSE_ONNX), boxes, image, model_input_size=RTMPOSE_TEST_CROP)
+    expected = draw_poses([wholebody_to_pose(k, s, 512, 512) for k, s in zip(keypoints, scores)], 512, 512)
+    pose_map, keypoints_json = dwpose(image, load_dwpose([str(onnx_folder)]), resolution=512)
+    assert len(keypoints_json["people"]) == len(boxes) > 1
+    np.testing.assert_array_equal(pose_map, expected)
+
+
+def test_pose_graph_for_one_crop_runs_crops_one_by_one(tmp_path, onnx_folder):
+    save_onnx_files(tmp_path, pose_batch_axis=False)
+    one_by_one = load_dwpose([str(tmp_path)]).pose
+    assert one_by_one.one_at_a_time
+    boxes = np.stack([WIDE_BOX, TALL_BOX])
+    keypoints, scores = estimate_keypoints(PHOTO, boxes, one_by_one)
+    batched_keypoints, batched_scores = estimate_keypoints(PHOTO, boxes, load_dwpose([str(onnx_folder)]).pose)
+    np.testing.assert_allclose(scores, batched_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(keypoints, batched_keypoints)
+
+
+def test_onnx_detector_with_checkpoint_pose(tmp_path):
+    _, pose = save_checkpoints(tmp_path)
+    save_onnx_files(tmp_path)
+    networks = load_dwpose([str(tmp_path)], pose_file=POSE_WEIGHTS)
+    assert isinstance(networks.detector, ExportedDetector)
+    assert_loaded(networks.pose, pose)
+
+
+def test_missing_onnx_file_names_dwposes_repository(tmp_path):
+    save_onnx_files(tmp_path)
+    (tmp_path / DETECTOR_ONNX).unlink()
+    with pytest.raises(MissingWeightsError) as error:
+        load_dwpose([str(tmp_path)])
+    assert str(error.value) == (
+        f"annotator weights '{DETECTOR_ONNX}' not found. Download {DETECTOR_ONNX} from https://huggingface.co/yzd-v/DWPose "
+        f"and put it in {tmp_path} (looked in: {tmp_path}). Nothing is downloaded automatically.")
+
+
+def test_truncated_onnx_file_is_refused_by_name(tmp_path):
+    save_onnx_files(tmp_path)
+    data = (tmp_path / POSE_ONNX).read_bytes()
+    (tmp_path / POSE_ONNX).write_bytes(data[:len(data) // 2])
+    with pytest.raises(BadWeightsError) as error:
+        load_dwpose([str(tmp_path)])
+    assert str(error.value) == (f"'{POSE_ONNX}' is not a readable ONNX file (a field runs past the end of its "
+                                "message): download the file published under this name again")
+
+
+def test_onnx_files_swapped_are_refused_by_name(tmp_path):
+    save_onnx_files(tmp_path)
+    (tmp_path / DETECTOR_ONNX).rename(tmp_path / "detector")
+    (tmp_path / POSE_ONNX).rename(tmp_path / DETECTOR_ONNX)
+    (tmp_path / "detector").rename(tmp_path / POSE_ONNX)
+    with pytest.raises(BadWeightsError) as error:
+        load_dwpose([str(tmp_path)])
+    assert str(error.value) == (f"'{DETECTOR_ONNX}' is not YOLOX as DWPose exports it (its graph takes 1 input(s) and "
+                                "gives 2 output(s)): use the file published under this name")
+
+
+def test_checkpoint_renamed_to_onnx_is_refused(tmp_path):
+    save_onnx_files(tmp_path)
+    save_checkpoints(tmp_path)
+    (tmp_path / POSE_WEIGHTS).rename(tmp_path / POSE_ONNX)
+    with pytest.raises(BadWeightsError, match=f"^'{POSE_ONNX}' is not a readable ONNX file"):
+        load_dwpose([str(tmp_path)])
+
+
+def test_unknown_file_choice_is_refused(tmp_path):
+    with pytest.raises(ValueError) as error:
+        load_dwpose([str(tmp_path)], pose_file="dw-ll_ucoco_384_bs5.torchscript.pt")
+    assert str(error.value) == (f"DWPose reads {POSE_ONNX} or {POSE_WEIGHTS}, not 'dw-ll_ucoco_384_bs5.torchscript.pt'")

@@ -25,7 +25,8 @@ from skimage import data
 
 from annotators import batch as batch_cli  # the names only: the runs use the pack's own copy
 from tests.annotators.random_learned import (  # the annotator tests' recipe
-    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust, random_state_dict)
+    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, MegviiYoloxExport, adjust,
+    random_state_dict, save_onnx)
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
@@ -500,7 +501,19 @@ def weights_folder(pack, tmp_path_factory):
         with torch.device("meta"):  # shapes only: no time spent on a random initialisation
             template = getattr(module, class_name)(*[a(module) if callable(a) else a for a in arguments]).state_dict()
         torch.save(random_weights(template, seed, module_name), folder / getattr(module, constant))
+    if pack.has("annotators.dwpose"):
+        save_dwpose_onnx_files(pack.module("annotators.dwpose"), folder)
     return folder
+
+
+def save_dwpose_onnx_files(dwpose, folder) -> None:
+    """DWPose's default files, yolox_l.onnx and dw-ll_ucoco_384.onnx: the random checkpoints above
+    exported as the published ONNX files were (random_learned.save_onnx)."""
+    networks = dwpose.load_dwpose([str(folder)], detector_file=dwpose.DETECTOR_WEIGHTS, pose_file=dwpose.POSE_WEIGHTS)
+    save_onnx(MegviiYoloxExport(networks.detector), (1, 3, dwpose.DETECTOR_INPUT_SIZE, dwpose.DETECTOR_INPUT_SIZE),
+              folder / dwpose.DETECTOR_ONNX, batch_axis=False)
+    crop_width, crop_height = networks.pose.config.input_size
+    save_onnx(networks.pose, (1, 3, crop_height, crop_width), folder / dwpose.POSE_ONNX, batch_axis=True)
 
 
 def skip_unless_written(pack, module_name: str) -> None:
@@ -603,12 +616,16 @@ def test_openpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_
     assert sum(len(k["people"]) for k in keypoints) > 0
 
 
-def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_folder):
+@pytest.mark.parametrize("files", ["onnx", "checkpoints"])
+def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_folder, files):
     skip_unless_written(pack, "dwpose")
-    flags = dict(include_body=True, include_hand=True, include_face=False)
-    image, keypoints, keypoints_json = pack.run("CNS_DWPose", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **flags)
     dwpose = pack.module("annotators.dwpose")
-    networks = dwpose.load_dwpose([str(annotators_folder)])
+    detector_file, pose_file = ((dwpose.DETECTOR_ONNX, dwpose.POSE_ONNX) if files == "onnx"
+                                else (dwpose.DETECTOR_WEIGHTS, dwpose.POSE_WEIGHTS))
+    flags = dict(include_body=True, include_hand=True, include_face=False)
+    image, keypoints, keypoints_json = pack.run("CNS_DWPose", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION,
+                                                bbox_detector=detector_file, pose_estimator=pose_file, **flags)
+    networks = dwpose.load_dwpose([str(annotators_folder)], detector_file=detector_file, pose_file=pose_file)
     direct = [dwpose.dwpose(frame.numpy(), networks, LEARNED_RESOLUTION, **flags) for frame in SMALL_PHOTOS]
     assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
     assert keypoints == [people for _, people in direct]
@@ -618,8 +635,21 @@ def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_fo
 
 
 def test_dwpose_node_defaults_draw_every_part(pack):
+    dwpose = pack.module("annotators.dwpose")
     assert pack.defaults("CNS_DWPose") == {"resolution": 512, "include_body": True, "include_hand": True,
-                                           "include_face": True}
+                                           "include_face": True, "bbox_detector": dwpose.DETECTOR_ONNX,
+                                           "pose_estimator": dwpose.POSE_ONNX}
+
+
+def test_dwpose_node_file_choices_are_the_modules(pack):
+    """The node writes its file choices out (so it imports without the annotator): they are the
+    module's, default first, each mapped to the constant that names it."""
+    learned = pack.module("nodes.preprocessors_learned")
+    dwpose = pack.module("annotators.dwpose")
+    for choices, files in ((learned.DWPOSE_DETECTOR_FILES, dwpose.DETECTOR_FILES),
+                           (learned.DWPOSE_POSE_FILES, dwpose.POSE_FILES)):
+        assert tuple(choices) == files
+        assert all(getattr(dwpose, constant) == name for name, constant in choices.items())
 
 
 def test_drawing_the_openpose_nodes_keypoints_gives_back_its_map(pack, annotators_folder):
@@ -661,7 +691,8 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
         if node_id == "CNS_OpenPose":
             models = [learned.openpose_model(True, True)]
         elif node_id == "CNS_DWPose":
-            models = [learned.DWPOSE]
+            models = [learned.dwpose_model(detector, pose)
+                      for detector in learned.DWPOSE_DETECTOR_FILES for pose in learned.DWPOSE_POSE_FILES]
         elif node_id == "CNS_AnyLine":  # MTEED and the line-art nodes' networks
             models = [model for choice in learned.ANYLINE_LINE_ART_MODELS for model in learned.anyline_models(choice)]
         else:
