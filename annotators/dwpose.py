@@ -197,7 +197,7 @@ def _graph(path: str, what: str, inputs: int, outputs: int) -> tuple[OnnxGraph, 
     """The ONNX graph in `path` and its input's shape, checked to take `inputs` and give `outputs` tensors."""
     name = os.path.basename(path)
     try:
-        graph = OnnxGraph(load_onnx(path))
+        graph = OnnxGraph(load_onnx(path), source=name)
     except UnsupportedOnnxOperator as error:
         raise BadWeightsError(f"'{name}' cannot run here: {error}. Use the {what} file published under this name") from error
     if len(graph.input_names) != inputs or len(graph.output_names) != outputs or len(graph.input_shapes[0]) != 4:

@@ -473,8 +473,10 @@ def intermediates_released(nodes: Sequence[Node], kept: set[str]) -> list[list[s
 class OnnxGraph(nn.Module):
     """An ONNX graph as a torch module: forward(*inputs) -> tuple of the graph's outputs."""
 
-    def __init__(self, model: OnnxModel):
+    def __init__(self, model: OnnxModel, source: str = ""):
+        """`source` (the file's name) prefixes the refusal of a setting found only when run."""
         super().__init__()
+        self.source = source
         unsupported = sorted({node.op_type if node.domain in DEFAULT_DOMAIN else f"{node.domain}.{node.op_type}"
                               for node in model.nodes
                               if (node.op_type not in OPERATORS and node.op_type != "Constant")
@@ -510,10 +512,16 @@ class OnnxGraph(nn.Module):
             values[name] = x.to(context.float_dtype) if x.is_floating_point() else x
         for node, released in zip(self.nodes, self.released_after):
             arguments = [values[name] if name else None for name in node.inputs]
-            if node.op_type == "Split":
-                results = split(node.attributes, arguments, context, outputs=len(node.outputs))
-            else:
-                results = OPERATORS[node.op_type](node.attributes, arguments, context)
+            try:
+                if node.op_type == "Split":
+                    results = split(node.attributes, arguments, context, outputs=len(node.outputs))
+                else:
+                    results = OPERATORS[node.op_type](node.attributes, arguments, context)
+            except UnsupportedOnnxOperator as error:
+                if not self.source:
+                    raise
+                raise UnsupportedOnnxOperator(f"'{self.source}' cannot run here: its {node.op_type} node "
+                                              f"'{node.name}' uses a setting not implemented ({error})") from error
             if isinstance(results, Tensor):
                 results = (results,)
             for name, result in zip(node.outputs, results):

@@ -158,3 +158,19 @@ def test_a_file_without_a_graph_is_refused(tmp_path):
     with pytest.raises(BadWeightsError) as error:
         load_onnx(str(path))
     assert str(error.value) == "'empty.onnx' holds no ONNX graph: download the file published under this name again"
+
+
+def test_a_setting_refused_when_run_names_the_file_and_node():
+    """Settings are only known when a node runs (a Resize's scales may be computed): the refusal
+    then names the file and the node, so a user can report which file and where."""
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+    node = onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], name="downscale", mode="linear", antialias=1)
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1, 1, 4, 4))],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1, 1, 2, 2))],
+                                   initializer=[scales])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    runner = OnnxGraph(parse_model(model.SerializeToString()), source="model.onnx")
+    with pytest.raises(ValueError) as error:
+        runner(torch.zeros(1, 1, 4, 4))
+    assert str(error.value) == ("'model.onnx' cannot run here: its Resize node 'downscale' uses a setting not "
+                                "implemented (Resize with antialias=1 is not supported)")
