@@ -193,8 +193,8 @@ def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu", dtyp
                           pose=pose.to(device=device, dtype=dtype).eval().requires_grad_(False))
 
 
-def _graph(path: str, what: str, inputs: int, outputs: int) -> tuple[OnnxGraph, tuple]:
-    """The ONNX graph in `path` and its input's shape, checked to take `inputs` and give `outputs` tensors."""
+def _graph(path: str, what: str, inputs: int, outputs: int) -> OnnxGraph:
+    """The ONNX graph in `path`, checked to take `inputs` image batches and give `outputs` tensors."""
     name = os.path.basename(path)
     try:
         graph = OnnxGraph(load_onnx(path), source=name)
@@ -204,16 +204,16 @@ def _graph(path: str, what: str, inputs: int, outputs: int) -> tuple[OnnxGraph, 
         raise BadWeightsError(f"'{name}' is not {what} as DWPose exports it (its graph takes {len(graph.input_names)} "
                               f"input(s) and gives {len(graph.output_names)} output(s)): use the file published "
                               "under this name")
-    return graph, graph.input_shapes[0]
+    return graph
 
 
 def _exported_detector(path: str) -> ExportedDetector:
-    graph, _ = _graph(path, "YOLOX", inputs=1, outputs=1)
-    return ExportedDetector(graph)
+    return ExportedDetector(_graph(path, "YOLOX", inputs=1, outputs=1))
 
 
 def _exported_pose(path: str) -> ExportedPose:
-    graph, (batch, _, height, width) = _graph(path, "RTMPose", inputs=1, outputs=2)
+    graph = _graph(path, "RTMPose", inputs=1, outputs=2)
+    batch, _, height, width = graph.input_shapes[0]
     if not isinstance(height, int) or not isinstance(width, int):
         raise BadWeightsError(f"'{os.path.basename(path)}' does not fix its input size (height {height}, "
                               f"width {width}): use the RTMPose file published under this name")
@@ -313,7 +313,7 @@ def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpos
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Each person's 133 keypoints in image pixels (n, 133, 2) and their scores (n, 133), from
     uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; all crops run as one batch."""
-    input_size = network.input_size if isinstance(network, ExportedPose) else network.config.input_size
+    input_size = network.input_size
     regions = [person_crop_box(box, input_size) for box in boxes]
     crops = np.stack([crop_person(image_rgb, centre, size, input_size) for centre, size in regions])
     parameter = next(network.parameters())

@@ -36,6 +36,7 @@ class UnsupportedOnnxOperator(ValueError):
 class Context:
     float_dtype: torch.dtype  # the module's floating dtype
     opset: int
+    outputs: int = 1  # how many outputs the node names (Split's equal parts)
 
 
 Operator = Callable[[dict[str, Any], list[Tensor | None], Context], Any]
@@ -260,12 +261,12 @@ def concat(attributes, inputs, context):
     return torch.cat([x for x in inputs if x is not None], _axis(attributes["axis"], inputs[0].dim()))
 
 
-def split(attributes, inputs, context, outputs: int = 0):
+def split(attributes, inputs, context):
     x = inputs[0]
     axis = _axis(attributes.get("axis", 0), x.dim())
     sizes = _attribute_or_input(attributes, "split", inputs, 1)
     if sizes is None:
-        parts = attributes.get("num_outputs", outputs)
+        parts = attributes.get("num_outputs", context.outputs)
         size = -(-x.shape[axis] // parts)  # equal parts, the last one smaller (opset 18)
         sizes = [min(size, x.shape[axis] - size * i) for i in range(parts)]
     return tuple(torch.split(x, list(sizes), axis))
@@ -512,11 +513,9 @@ class OnnxGraph(nn.Module):
             values[name] = x.to(context.float_dtype) if x.is_floating_point() else x
         for node, released in zip(self.nodes, self.released_after):
             arguments = [values[name] if name else None for name in node.inputs]
+            context.outputs = len(node.outputs)
             try:
-                if node.op_type == "Split":
-                    results = split(node.attributes, arguments, context, outputs=len(node.outputs))
-                else:
-                    results = OPERATORS[node.op_type](node.attributes, arguments, context)
+                results = OPERATORS[node.op_type](node.attributes, arguments, context)
             except UnsupportedOnnxOperator as error:
                 if not self.source:
                     raise

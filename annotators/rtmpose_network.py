@@ -195,6 +195,11 @@ class Rtmpose(nn.Module):
         self.backbone = CSPNeXt(config)
         self.head = SimCCHead(config)
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The crop (width, height) it takes."""
+        return self.config.input_size
+
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.backbone(crops))
 
