@@ -102,6 +102,9 @@ POSE_MEAN = np.array([123.675, 116.28, 103.53])
 POSE_STD = np.array([58.395, 57.12, 57.375])
 # DWposeDetector: body points are drawn above this score, hand and face points at or above it.
 KEYPOINT_SCORE_THRESHOLD = 0.3
+# Crops RTMPose runs in one batch: a crowd costs the memory of this many at a time, not of everyone
+# in it (DWPose's own pipeline runs them one by one).
+POSE_CROPS_PER_BATCH = 8
 
 # COCO-WholeBody's keypoint order: 17 body points, 6 feet, 68 face, left hand, right hand.
 COCO_BODY_PARTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -312,14 +315,18 @@ def keypoints_to_image(keypoints: np.ndarray, centre: np.ndarray, size: np.ndarr
 def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpose | ExportedPose
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Each person's 133 keypoints in image pixels (n, 133, 2) and their scores (n, 133), from
-    uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; all crops run as one batch."""
+    uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; the crops run in batches of POSE_CROPS_PER_BATCH."""
     input_size = network.input_size
     regions = [person_crop_box(box, input_size) for box in boxes]
-    crops = np.stack([crop_person(image_rgb, centre, size, input_size) for centre, size in regions])
     parameter = next(network.parameters())
-    with torch.no_grad():
-        x_logits, y_logits = network(torch.from_numpy(crops).to(parameter.device, parameter.dtype))
-    crop_keypoints, scores = (to_numpy(t) for t in simcc_maximum(x_logits.float(), y_logits.float()))
+    logits = []
+    for start in range(0, len(regions), POSE_CROPS_PER_BATCH):
+        crops = np.stack([crop_person(image_rgb, centre, size, input_size)
+                          for centre, size in regions[start:start + POSE_CROPS_PER_BATCH]])
+        with torch.no_grad():
+            logits.append(network(torch.from_numpy(crops).to(parameter.device, parameter.dtype)))
+    x_logits, y_logits = (torch.cat(parts).float() for parts in zip(*logits))
+    crop_keypoints, scores = (to_numpy(t) for t in simcc_maximum(x_logits, y_logits))
     keypoints = np.stack([keypoints_to_image(points, centre, size, input_size)
                           for points, (centre, size) in zip(crop_keypoints, regions)])
     return keypoints, scores

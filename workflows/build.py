@@ -23,6 +23,8 @@ from .random_models import (
     ANNOTATORS_REPO,
     CONTROLNET_FILES,
     CONTROLNET_REPO,
+    DWPOSE_ONNX_FILES,
+    DWPOSE_REPO,
     SD15_CHECKPOINT,
     SD15_REPO,
     SDXL_CHECKPOINT,
@@ -46,8 +48,10 @@ SCHEDULER = "normal"
 NEGATIVE = "lowres, bad anatomy, worst quality, low quality"  # ControlNet 1.1's default negative prompt
 QUALITY = ", best quality"  # ControlNet 1.1 appends this to the user's prompt
 
-# Learned annotators' weight files (lllyasviel/Annotators), for the note.
+# Learned annotators' weight files, for the note: from lllyasviel/Annotators unless
+# ANNOTATOR_REPOS names another repository.
 ANNOTATOR_FILES = {
+    "CNS_DWPose": DWPOSE_ONNX_FILES,
     "CNS_HED": ("ControlNetHED.pth",),
     "CNS_PiDiNet": ("table5_pidinet.pth",),
     "CNS_MLSD": ("mlsd_large_512_fp32.pth",),
@@ -58,6 +62,7 @@ ANNOTATOR_FILES = {
     "CNS_NormalBAE": ("scannet.pt",),
     "CNS_UniFormerSegmentation": ("upernet_global_small.pth",),
 }
+ANNOTATOR_REPOS = {name: DWPOSE_REPO for name in DWPOSE_ONNX_FILES}
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,10 @@ WORKFLOWS: tuple[Workflow, ...] = (
            "CNS_HED", "softedge", "a cottage in a meadow, oil painting"),
     single("openpose", "Human pose", "The OpenPose skeleton of the people in the photo guides a new image.",
            "CNS_OpenPose", "openpose", "an astronaut standing in a garden"),
+    single("dwpose", "Whole-body pose (DWPose)",
+           "The DWPose skeleton of the people in the photo, with their hands and faces, guides a new image "
+           "(DWPose's own ONNX files, run without onnxruntime).",
+           "CNS_DWPose", "openpose", "an astronaut waving in a garden"),
     single("depth", "Depth", "A MiDaS depth map of the photo guides a new image.",
            "CNS_MiDaSDepth", "depth", "a cottage in a meadow at sunset"),
     single("normal", "Normal map", "A NormalBAE surface-normal map of the photo guides a new image.",
@@ -208,7 +217,8 @@ def note_text(workflow: Workflow) -> str:
     for control in workflow.controls:
         for file_name in ANNOTATOR_FILES.get(control.annotator, ()):
             if file_name not in seen:
-                lines.append(_note_line(file_name, _download(file_name, ANNOTATORS_REPO), "annotators"))
+                repo = ANNOTATOR_REPOS.get(file_name, ANNOTATORS_REPO)
+                lines.append(_note_line(file_name, _download(file_name, repo), "annotators"))
                 seen.add(file_name)
     lines += ["", "Then pick your photo in **Load Image** and queue."]
     return "\n".join(lines)

@@ -88,6 +88,16 @@ def provide_models(
             path = os.path.join(folders["annotators"], entry.file_name)
             if not os.path.exists(path):
                 random_models.write_annotator(entry, folders["annotators"], ANNOTATOR_SEED)
+    for offset, file_name in enumerate(random_models.DWPOSE_ONNX_FILES):
+        if file_name in wanted:
+            if not random_models.dwpose_onnx_available(file_name):
+                report.unavailable.append(file_name)
+                continue
+            if not needed("annotators", file_name):
+                continue
+            path = os.path.join(folders["annotators"], file_name)
+            if not os.path.exists(path):
+                random_models.write_dwpose_onnx(file_name, folders["annotators"], ANNOTATOR_SEED + offset)
 
     for kind, path in folders.items():
         comfy.use_model_folder(kind, path, first=not prefer_real)

@@ -311,6 +311,95 @@ def write_annotator(entry: AnnotatorFile, folder: str, seed: int = 0) -> str | N
     return path
 
 
+# DWPose's two files as comfyui_controlnet_aux and sd-webui-controlnet users have them
+# (huggingface.co/yzd-v/DWPose): ONNX graphs, written here as the published ones were, by torch's
+# TorchScript exporter at opset 11 (Megvii's export_onnx.py and mmdeploy's onnxruntime configs both
+# default to 11). The exporter writes through the onnx package (requirements-dev.txt); the pack
+# reads the files without it.
+DWPOSE_REPO = "https://huggingface.co/yzd-v/DWPose"
+DWPOSE_ONNX_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")  # annotators.dwpose DETECTOR_ONNX, POSE_ONNX
+PUBLISHED_ONNX_OPSET = 11
+# With random weights YOLOX-L "finds" thousands of people, each of whom RTMPose would then be run
+# on; the random detector's objectness read-out is a constant logit instead, so it finds nobody
+# (sigmoid(-30) ~ 1e-13, far below DWPose's 0.1 and 0.3 score thresholds).
+NOBODY_OBJECTNESS_LOGIT = -30.0
+
+
+class MegviiYoloxExport(torch.nn.Module):
+    """YOLOX with the single output Megvii's `tools/export_onnx.py` gives (DWPose's `yolox_l.onnx`,
+    decode_in_inference=False): (1, points, 5 + classes), levels finest first, points row by row;
+    box deltas raw, objectness and class probabilities through the sigmoid."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image_batch: torch.Tensor) -> torch.Tensor:
+        rows = [torch.cat((deltas, objectness.sigmoid(), classes.sigmoid()), dim=1).flatten(2).transpose(1, 2)
+                for classes, deltas, objectness in self.network(image_batch)]
+        return torch.cat(rows, dim=1)
+
+
+def save_onnx(network: torch.nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike, batch_axis: bool,
+              opset: int = PUBLISHED_ONNX_OPSET) -> str | os.PathLike:
+    """`network` exported with torch's TorchScript exporter, as the published files were (BatchNorm
+    folded into the convolutions); `batch_axis` leaves the input's batch size free, as mmdeploy's
+    dynamic configs do, otherwise it is fixed at `input_shape`'s."""
+    import warnings
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    network.eval()  # the exporter restores the top module's mode on every submodule afterwards
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notices
+        torch.onnx.export(network, (torch.zeros(input_shape),), str(path), dynamo=False,
+                          opset_version=opset, input_names=["input"],
+                          dynamic_axes={"input": {0: "batch"}} if batch_axis else None)
+    return path
+
+
+def _random_network(network_class: type, config: Any, seed: int) -> torch.nn.Module:
+    with torch.device("meta"):
+        template = network_class(config).state_dict()
+    network = network_class(config)
+    network.load_state_dict(random_like({k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}, seed))
+    return network.eval()
+
+
+def _dwpose_module() -> Any:
+    try:
+        return importlib.import_module("annotators.dwpose")
+    except ModuleNotFoundError:
+        return None
+
+
+def dwpose_onnx_available(file_name: str) -> bool:
+    """Whether this checkout's annotators.dwpose reads `file_name` as one of its ONNX files."""
+    dwpose = _dwpose_module()
+    return dwpose is not None and file_name in (getattr(dwpose, "DETECTOR_ONNX", None), getattr(dwpose, "POSE_ONNX", None))
+
+
+def write_dwpose_onnx(file_name: str, folder: str, seed: int = 0) -> str:
+    """One of DWPOSE_ONNX_FILES with random weights in `folder`, at the published networks' sizes
+    (YOLOX-L on 640 x 640, fixed batch; RTMPose-l on 288 x 384 crops, free batch)."""
+    if not dwpose_onnx_available(file_name):
+        raise ValueError(f"annotators.dwpose does not read '{file_name}'")
+    dwpose = _dwpose_module()
+    if file_name == dwpose.DETECTOR_ONNX:
+        detector = _random_network(dwpose.Yolox, dwpose.YoloxConfig.large(), seed)
+        for objectness in detector.bbox_head.multi_level_conv_obj:
+            torch.nn.init.zeros_(objectness.weight)
+            torch.nn.init.constant_(objectness.bias, NOBODY_OBJECTNESS_LOGIT)
+        side = dwpose.DETECTOR_INPUT_SIZE
+        network, input_shape, batch_axis = MegviiYoloxExport(detector), (1, 3, side, side), False
+    else:
+        network = _random_network(dwpose.Rtmpose, dwpose.RtmposeConfig(), seed)
+        width, height = network.input_size
+        input_shape, batch_axis = (1, 3, height, width), True
+    path = os.path.join(folder, file_name)
+    _atomic(path, lambda tmp: save_onnx(network, input_shape, tmp, batch_axis))
+    return path
+
+
 def link_or_copy(source: str, target: str) -> None:
     """Hard link (no extra disk), or a copy where links are not possible."""
     if os.path.exists(target):

@@ -24,6 +24,7 @@ import pytest
 import torch
 from skimage import data
 
+from annotators import dwpose as dwpose_module  # for monkeypatching its constants
 from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS, FACE_START, POSE_ONNX, POSE_WEIGHTS,
                                DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
@@ -33,14 +34,13 @@ from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS,
 from annotators.openpose.drawing import draw_poses
 from annotators.rtmpose_network import (DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
                                         Rtmpose, RtmposeConfig)
-
+from annotators.weights import BadWeightsError, MissingWeightsError
 from annotators.yolox_network import Yolox, YoloxConfig
+from workflows.random_models import MegviiYoloxExport, save_onnx
 
 from .openmmlab import import_openmmlab
-from annotators.weights import BadWeightsError, MissingWeightsError
-
-from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, MegviiYoloxExport, adjust,
-                             assert_loaded, random_state_dict, save_onnx)
+from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, adjust, assert_loaded,
+                             random_state_dict)
 
 PHOTO = data.astronaut()  # 512x512 RGB
 WIDE_BOX = np.array([40.0, 100.5, 400.0, 260.0])   # wider than 288:384 after padding
@@ -237,6 +237,34 @@ def test_keypoint_stage_equals_dwpose_onnx_pipeline():
     np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
 
 
+class BatchSizeRecorder(torch.nn.Module):
+    """`network`, noting the batch sizes it is called with."""
+
+    def __init__(self, network: Rtmpose) -> None:
+        super().__init__()
+        self.network, self.input_size, self.batch_sizes = network, network.input_size, []
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batch_sizes.append(len(crops))
+        return self.network(crops)
+
+
+def test_a_crowd_runs_in_bounded_batches_with_the_same_keypoints(monkeypatch):
+    """Crops run POSE_CROPS_PER_BATCH at a time (memory bounded on crowded photos), with the
+    keypoints of DWPose's own pipeline, which runs them one by one."""
+    oracle = dwpose_onnx_module("cv_ox_pose")
+    network = tiny_rtmpose(seed=7, input_size=RTMPOSE_TEST_CROP)
+    boxes = np.stack([WIDE_BOX + shift for shift in range(0, 50, 10)])
+    expected_keypoints, expected_scores = oracle.inference_pose(NetworkInferenceSession(network), boxes, PHOTO,
+                                                                model_input_size=RTMPOSE_TEST_CROP)
+    monkeypatch.setattr(dwpose_module, "POSE_CROPS_PER_BATCH", 2)
+    recorder = BatchSizeRecorder(network)
+    keypoints, scores = estimate_keypoints(PHOTO, boxes, recorder)
+    assert recorder.batch_sizes == [2, 2, 1]
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keypoints, expected_keypoints, rtol=1e-12, atol=1e-9)
+
+
 def tiny_yolox(seed: int) -> Yolox:
     """A narrow YOLOX with random weights that finds tens of overlapping "people" (random_learned.adjust)."""
     network = Yolox(YoloxConfig.scaled(*YOLOX_TEST_FACTORS)).eval()
@@ -249,7 +277,7 @@ def small_networks() -> DWPoseNetworks:
 
 
 class MegviiLayoutInferenceSession(NetworkInferenceSession):
-    """YOLOX as Megvii exports it to ONNX (random_learned.MegviiYoloxExport)."""
+    """YOLOX as Megvii exports it to ONNX (workflows.random_models.MegviiYoloxExport)."""
 
     def run(self, output_names, feeds):
         with torch.no_grad():

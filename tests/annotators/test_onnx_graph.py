@@ -20,8 +20,8 @@ import torch
 from annotators.onnx_file import OnnxFormatError, load_onnx, parse_model
 from annotators.onnx_graph import OnnxGraph
 from annotators.weights import BadWeightsError
+from workflows.random_models import MegviiYoloxExport, save_onnx
 
-from .random_learned import MegviiYoloxExport, save_onnx
 from .test_dwpose import small_networks
 
 onnx = pytest.importorskip("onnx")

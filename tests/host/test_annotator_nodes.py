@@ -25,8 +25,8 @@ from skimage import data
 
 from annotators import batch as batch_cli  # the names only: the runs use the pack's own copy
 from tests.annotators.random_learned import (  # the annotator tests' recipe
-    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, MegviiYoloxExport, adjust,
-    random_state_dict, save_onnx)
+    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust, random_state_dict)
+from workflows.random_models import MegviiYoloxExport, save_onnx
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
@@ -508,7 +508,7 @@ def weights_folder(pack, tmp_path_factory):
 
 def save_dwpose_onnx_files(dwpose, folder) -> None:
     """DWPose's default files, yolox_l.onnx and dw-ll_ucoco_384.onnx: the random checkpoints above
-    exported as the published ONNX files were (random_learned.save_onnx)."""
+    exported as the published ONNX files were (workflows.random_models.save_onnx)."""
     networks = dwpose.load_dwpose([str(folder)], detector_file=dwpose.DETECTOR_WEIGHTS, pose_file=dwpose.POSE_WEIGHTS)
     save_onnx(MegviiYoloxExport(networks.detector), (1, 3, dwpose.DETECTOR_INPUT_SIZE, dwpose.DETECTOR_INPUT_SIZE),
               folder / dwpose.DETECTOR_ONNX, batch_axis=False)

@@ -23,8 +23,9 @@ SHRUNK_SIDE = 64  # latent 8x8: the tiny U-Net's cost per step stays well under 
 SHRUNK_STEPS = 1
 SHRUNK_RESOLUTION = PHOTO_SIDE
 CONTROL_NODES = ("CNS_ApplyControlNet", "CNS_ControlStackEntry", "CNS_ApplyControlNetUnion")
-# With random weights a pose detector legitimately finds nobody, so its map is all black.
-MAY_BE_EMPTY = {"CNS_OpenPose"}
+# With random weights a pose detector legitimately finds nobody, so its map is all black; DWPose's
+# random detector finds nobody by construction (random_models.NOBODY_OBJECTNESS_LOGIT).
+MAY_BE_EMPTY = {"CNS_OpenPose", "CNS_DWPose"}
 
 
 def shrink(prompt: dict) -> dict:
