@@ -378,9 +378,11 @@ def dwpose_onnx_available(file_name: str) -> bool:
     return dwpose is not None and file_name in (getattr(dwpose, "DETECTOR_ONNX", None), getattr(dwpose, "POSE_ONNX", None))
 
 
-def write_dwpose_onnx(file_name: str, folder: str, seed: int = 0) -> str:
-    """One of DWPOSE_ONNX_FILES with random weights in `folder`, at the published networks' sizes
-    (YOLOX-L on 640 x 640, fixed batch; RTMPose-l on 288 x 384 crops, free batch)."""
+def random_dwpose_network(file_name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...], bool]:
+    """The network one of DWPOSE_ONNX_FILES holds, with random weights at the published size, as
+    (module to export, input shape, whether the batch axis is free): YOLOX-L in Megvii's export
+    layout on 640 x 640 with a fixed batch, its objectness at NOBODY_OBJECTNESS_LOGIT; RTMPose-l
+    on 288 x 384 crops with a free batch."""
     if not dwpose_onnx_available(file_name):
         raise ValueError(f"annotators.dwpose does not read '{file_name}'")
     dwpose = _dwpose_module()
@@ -390,11 +392,15 @@ def write_dwpose_onnx(file_name: str, folder: str, seed: int = 0) -> str:
             torch.nn.init.zeros_(objectness.weight)
             torch.nn.init.constant_(objectness.bias, NOBODY_OBJECTNESS_LOGIT)
         side = dwpose.DETECTOR_INPUT_SIZE
-        network, input_shape, batch_axis = MegviiYoloxExport(detector), (1, 3, side, side), False
-    else:
-        network = _random_network(dwpose.Rtmpose, dwpose.RtmposeConfig(), seed)
-        width, height = network.input_size
-        input_shape, batch_axis = (1, 3, height, width), True
+        return MegviiYoloxExport(detector), (1, 3, side, side), False
+    pose = _random_network(dwpose.Rtmpose, dwpose.RtmposeConfig(), seed)
+    width, height = pose.input_size
+    return pose, (1, 3, height, width), True
+
+
+def write_dwpose_onnx(file_name: str, folder: str, seed: int = 0) -> str:
+    """One of DWPOSE_ONNX_FILES with random weights (random_dwpose_network) in `folder`."""
+    network, input_shape, batch_axis = random_dwpose_network(file_name, seed)
     path = os.path.join(folder, file_name)
     _atomic(path, lambda tmp: save_onnx(network, input_shape, tmp, batch_axis))
     return path
