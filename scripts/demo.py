@@ -79,10 +79,14 @@ def annotators_prompt(specs, node_ids: list[str]) -> tuple[dict, dict[str, str]]
     return g.to_api(), saves
 
 
-def sized(prompt: dict, side: int, steps: int) -> dict:
+def sized(prompt: dict, side: int, steps: int, photo_side: int) -> dict:
+    """The prompt sampling images of about `side` pixels (an img2img workflow enlarges the photo,
+    whose longer side is `photo_side`, to it), in `steps` steps."""
     for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"]["width"] = node["inputs"]["height"] = side
+        elif node["class_type"] == "ImageScaleBy":
+            node["inputs"]["scale_by"] = side / photo_side
         elif node["class_type"] == "KSampler":
             node["inputs"]["steps"] = steps
     return prompt
@@ -136,6 +140,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     import torch
+    from PIL import Image
 
     started = time.perf_counter()
     comfy = headless.boot(root, cpu=not torch.cuda.is_available())
@@ -145,8 +150,6 @@ def main() -> int:
     comfy.set_io_folders(str(output / "input"), str(output))
     photo_path = output / "input" / EXAMPLE_IMAGE
     if args.photo:
-        from PIL import Image
-
         Image.open(args.photo).save(photo_path)
         print(f"Photo: {args.photo}")
     else:
@@ -186,7 +189,8 @@ def main() -> int:
     print(f"  all of them on one sheet: {sheet.relative_to(output)}")
 
     api_path = build.paths(workflow.name)[1]
-    workflow_prompt = sized(json.loads(api_path.read_text(encoding="utf-8")), args.size, args.steps)
+    photo_side = max(Image.open(photo_path).size)
+    workflow_prompt = sized(json.loads(api_path.read_text(encoding="utf-8")), args.size, args.steps, photo_side)
     started = time.perf_counter()
     result = comfy.run(workflow_prompt)
     save_nodes = [n for n, node in workflow_prompt.items() if node["class_type"] == "SaveImage"]

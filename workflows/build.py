@@ -46,6 +46,13 @@ SEED = 12345
 SAMPLER = "euler"
 SCHEDULER = "normal"
 NEGATIVE = "lowres, bad anatomy, worst quality, low quality"  # ControlNet 1.1's default negative prompt
+# Tile upscaling (img2img): the photo enlarged 2x with Lanczos, then resampled at this denoise. The
+# tile ControlNet holds the enlarged photo's content, so the sampler re-creates detail rather than
+# composition; ControlNet 1.1's tile readme shows it holding even at denoise 1, A1111 users keep
+# about half of the photo's noise level (0.4-0.6), and 0.6 is the upper end of that.
+TILE_UPSCALE = 2.0
+TILE_UPSCALE_METHOD = "lanczos"
+TILE_DENOISE = 0.6
 QUALITY = ", best quality"  # ControlNet 1.1 appends this to the user's prompt
 
 # Learned annotators' weight files, for the note: from lllyasviel/Annotators unless
@@ -119,6 +126,8 @@ class Workflow:
     strength_schedule: tuple[str, str] | None = None  # (keyframes, interpolation) of a Strength Schedule node
     latent_strengths: tuple[str, float] | None = None  # (index_strengths, other_latents) of a Latent Strengths node
     batch_size: int = 1
+    upscale: float | None = None  # img2img from the photo enlarged by this factor, instead of an empty latent
+    denoise: float = 1.0
 
     @property
     def class_types(self) -> set[str]:
@@ -183,6 +192,11 @@ WORKFLOWS: tuple[Workflow, ...] = (
              "uncontrolled), to compare strengths in one run (ControlNet Latent Strengths into Apply ControlNet).",
              (Control("CNS_Canny", "canny"),), "a cottage in a meadow, a person standing in front, oil painting" + QUALITY,
              latent_strengths=("0=1, 1=0.6, 2=0.3, 3=0", 1.0), batch_size=4),
+    Workflow("tile_upscale", "Tile upscale (img2img, 2x)",
+             "The photo enlarged 2x and resampled at denoise 0.6: the tile ControlNet keeps it the same picture "
+             "while the sampler adds the detail the enlargement lacks (ImageScaleBy, Tile, VAE Encode).",
+             (Control("CNS_Tile", "tile"),), "a cottage in a meadow, a person standing in front, highly detailed" + QUALITY,
+             upscale=TILE_UPSCALE, denoise=TILE_DENOISE),
     Workflow("sdxl_union_depth_canny", "SDXL ControlNet Union: depth + canny in one pass",
              "One ControlNet Union ProMax reads the photo's depth map and its Canny edges, fused in one ControlNet "
              "pass per step (Union Condition nodes into Apply ControlNet Union).",
@@ -235,9 +249,13 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
     checkpoint = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint_name,
                        properties=_models_property(checkpoint_name, "checkpoints"))
     photo = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    source = photo.out("IMAGE")
+    if workflow.upscale:
+        source = g.add("ImageScaleBy", title="Enlarged photo", image=source, upscale_method=TILE_UPSCALE_METHOD,
+                       scale_by=workflow.upscale).out(0)
     maps: list[Output] = []
     for control in workflow.controls:
-        annotator = g.add(control.annotator, image=photo.out("IMAGE"))
+        annotator = g.add(control.annotator, image=source)
         maps.append(annotator.out(0))
         g.add("SaveImage", title=f"Control map: {specs[control.annotator].display_name}", images=annotator.out(0),
               filename_prefix=f"controlnet_suite/{workflow.name}_map")
@@ -277,11 +295,14 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
             stack = entry
         conditioned = g.add("CNS_ApplyControlStack", positive=positive.out(0), negative=negative.out(0),
                             control_stack=stack.out(0))
-    latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side,
-                   batch_size=workflow.batch_size)
+    if workflow.upscale:
+        latent = g.add("VAEEncode", pixels=source, vae=checkpoint.out("VAE"))
+    else:
+        latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side,
+                       batch_size=workflow.batch_size)
     sampler = g.add("KSampler", model=checkpoint.out("MODEL"), positive=conditioned.out(0), negative=conditioned.out(1),
                     latent_image=latent.out(0), seed=SEED, steps=STEPS, cfg=workflow.cfg, sampler_name=SAMPLER,
-                    scheduler=SCHEDULER, denoise=1.0)
+                    scheduler=SCHEDULER, denoise=workflow.denoise)
     decoded = g.add("VAEDecode", samples=sampler.out(0), vae=checkpoint.out("VAE"))
     g.add("SaveImage", title="Result", images=decoded.out(0), filename_prefix=f"controlnet_suite/{workflow.name}")
     g.add_note(note_text(workflow))

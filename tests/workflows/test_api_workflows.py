@@ -159,11 +159,14 @@ def test_api_workflow_validates_and_runs_end_to_end(comfy, name):
     result = comfy.comfy.run(small)
     save_nodes = nodes_of(small, "SaveImage")
     (result_node,) = [n for n in save_nodes if small[n]["inputs"]["images"][0] in nodes_of(small, "VAEDecode")]
-    (latent,) = nodes_of(small, "EmptyLatentImage")
+    workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    # img2img: maps and result at the enlarged photo's size; otherwise maps at the photo's, the result the latent's
+    map_side = round(PHOTO_SIDE * (workflow.upscale or 1))
+    result_side = map_side if workflow.upscale else SHRUNK_SIDE
     for node_id in save_nodes:
         images = saved_images(comfy, result.ui, node_id)
-        side = SHRUNK_SIDE if node_id == result_node else PHOTO_SIDE
-        count = small[latent]["inputs"]["batch_size"] if node_id == result_node else 1
+        side = result_side if node_id == result_node else map_side
+        count = workflow.batch_size if node_id == result_node else 1
         assert [image.shape for image in images] == [(side, side, 3)] * count, f"node {node_id} saved {images}"
     for node_id in save_nodes:
         annotator = small[small[node_id]["inputs"]["images"][0]]["class_type"]
