@@ -145,8 +145,8 @@ def _padded(x: Tensor, begins: list[int], ends: list[int], value: float = 0.0) -
 
 CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 # Devices whose 2-D convolutions are faster on channels-last maps. CPU (oneDNN), DWPose's two graphs
-# on 2 threads: detector 1.03-1.08 s -> 0.98-1.00 s, pose (5 crops) 0.78-0.86 s -> 0.67-0.72 s. Not
-# measured on a GPU, so GPUs keep the layout they are given.
+# on 2 threads (bench/dwpose_onnx.py): detector 1.01 s -> 0.95 s, pose (5 crops) 0.78 s -> 0.71 s.
+# Not measured on a GPU, so GPUs keep the layout they are given.
 CHANNELS_LAST_DEVICES = ("cpu",)
 
 

@@ -52,12 +52,17 @@ def configurations(file_name: str, folder: Path, people: int, device: str, dtype
     from annotators.onnx_file import load_onnx
     from workflows.random_models import random_dwpose_network, save_onnx
 
-    seed = DETECTOR_SEED if file_name.startswith("yolox") else POSE_SEED
+    from annotators.dwpose import DETECTOR_ONNX
+
+    detector = file_name == DETECTOR_ONNX
+    seed = DETECTOR_SEED if detector else POSE_SEED
     network, input_shape, batch_axis = random_dwpose_network(file_name, seed)
     path = save_onnx(network, input_shape, folder / file_name, batch_axis)
-    batch = (people if batch_axis else 1, *input_shape[1:])
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.rand(batch, generator=generator) * PIXEL_MAX if not batch_axis else torch.randn(batch, generator=generator)
+    if detector:  # one letterboxed image
+        inputs = torch.rand(input_shape, generator=generator) * PIXEL_MAX
+    else:  # `people` normalised crops
+        inputs = torch.randn((people, *input_shape[1:]), generator=generator)
     inputs = inputs.to(device, dtype)
     network = network.to(device, dtype)
     graph = onnx_graph.OnnxGraph(load_onnx(str(path)), source=file_name).to(device, dtype).eval()
