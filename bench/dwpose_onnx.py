@@ -23,6 +23,7 @@ nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -35,10 +36,8 @@ from typing import Callable
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a script, bench/ would come first
+from .sampling import DTYPES, synchronize
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DETECTOR_SEED, POSE_SEED = 1, 2
 PIXEL_MAX = 255.0  # YOLOX takes 0..255 pixels; RTMPose normalised crops
 
@@ -76,7 +75,7 @@ def configurations(file_name: str, folder: Path, people: int, device: str, dtype
 
     runs: dict[str, Run] = {"torch network": lambda: network(inputs), "graph, NCHW": graph_in_layout_given,
                             "graph": lambda: graph(inputs)}
-    if device == "cpu" and dtype == torch.float32 and _have("onnxruntime"):
+    if device == "cpu" and dtype == torch.float32 and importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -87,19 +86,8 @@ def configurations(file_name: str, folder: Path, people: int, device: str, dtype
     return runs
 
 
-def _have(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _synchronised(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-
 def measure(runs: dict[str, Run], repeats: int, warmup: int, device: str) -> dict[str, list[float]]:
     """Configuration -> seconds per forward pass, one per repeat, the order rotated each repeat."""
-    synchronise = _synchronised(device)
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
     with torch.no_grad():
@@ -108,10 +96,10 @@ def measure(runs: dict[str, Run], repeats: int, warmup: int, device: str) -> dic
                 runs[name]()
         for repeat in range(repeats):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                synchronise()
+                synchronize(device)
                 start = time.perf_counter()
                 runs[name]()
-                synchronise()
+                synchronize(device)
                 times[name].append(time.perf_counter() - start)
     return times
 
@@ -131,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per configuration (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per configuration first")
     parser.add_argument("--people", type=int, default=5, help="crops in the pose network's batch")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
@@ -147,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = configurations(file_name, Path(folder), args.people, args.device, DTYPES[args.dtype])
             results[label] = measure(runs, args.repeats, args.warmup, args.device)
             print(f"{label} done", file=sys.stderr, flush=True)
-    hardware = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+    hardware = (torch.cuda.get_device_name() if args.device == "cuda"
                 else f"{torch.get_num_threads()} CPU threads, {platform.machine()} {os.cpu_count()} cores")
     print(f"\nDWPose's ONNX files (random weights, full size), {args.dtype} on {hardware}, torch {torch.__version__}; "
           f"median of {args.repeats} rotated repeats after {args.warmup} warm-up\n")

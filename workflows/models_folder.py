@@ -78,26 +78,15 @@ def provide_models(
             random_models.link_or_copy(first_controlnet, path)
 
     wanted = set(annotator_files)
-    for entry in random_models.ANNOTATOR_FILES:
-        if entry.file_name in wanted:
-            if random_models.annotator_network_factory(entry) is None:
-                report.unavailable.append(entry.file_name)
-                continue
-            if not needed("annotators", entry.file_name):
-                continue
-            path = os.path.join(folders["annotators"], entry.file_name)
-            if not os.path.exists(path):
-                random_models.write_annotator(entry, folders["annotators"], ANNOTATOR_SEED)
-    for offset, file_name in enumerate(random_models.DWPOSE_ONNX_FILES):
+    for file_name, write in random_models.annotator_writers().items():
         if file_name in wanted:
-            if not random_models.dwpose_onnx_available(file_name):
+            if write is None:
                 report.unavailable.append(file_name)
                 continue
             if not needed("annotators", file_name):
                 continue
-            path = os.path.join(folders["annotators"], file_name)
-            if not os.path.exists(path):
-                random_models.write_dwpose_onnx(file_name, folders["annotators"], ANNOTATOR_SEED + offset)
+            if not os.path.exists(os.path.join(folders["annotators"], file_name)):
+                write(folders["annotators"], ANNOTATOR_SEED)
 
     for kind, path in folders.items():
         comfy.use_model_folder(kind, path, first=not prefer_real)

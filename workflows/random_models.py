@@ -26,6 +26,7 @@ Weights are stored as float16 to halve the files; ComfyUI computes in float32 on
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
@@ -145,12 +146,23 @@ def _half(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.to(STORED_DTYPE) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
 
 
+def _random_from_template(template: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """random_like for a state dict whose tensors give shapes only (meta tensors)."""
+    return random_like({k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}, seed)
+
+
+def _random_weights_of(build: Callable[[], torch.nn.Module], seed: int) -> dict[str, torch.Tensor]:
+    """Random weights for the module `build()` makes, read off a copy on the meta device."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        template = build().state_dict()
+    return _random_from_template(template, seed)
+
+
 def _random_parts(parts: Mapping[str, tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
     """{prefix: (template state dict, seed)} -> random tensors under prefix + key."""
     out = {}
     for prefix, (template, seed) in parts.items():
-        shaped = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
-        out.update({prefix + k: v for k, v in random_like(shaped, seed).items()})
+        out.update({prefix + k: v for k, v in _random_from_template(template, seed).items()})
     return out
 
 
@@ -304,11 +316,9 @@ def write_annotator(entry: AnnotatorFile, folder: str, seed: int = 0) -> str | N
     factory = annotator_network_factory(entry)
     if factory is None:
         return None
-    with torch.device("meta"):
-        template = factory().state_dict()
-    shaped = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
+    weights = _random_weights_of(factory, seed)
     path = os.path.join(folder, entry.file_name)
-    _atomic(path, lambda tmp: torch.save(random_like(shaped, seed), tmp))
+    _atomic(path, lambda tmp: torch.save(weights, tmp))
     return path
 
 
@@ -359,11 +369,11 @@ def save_onnx(network: torch.nn.Module, input_shape: tuple[int, ...], path: str 
 
 
 def _random_network(network_class: type, config: Any, seed: int) -> torch.nn.Module:
-    with torch.device("meta"):
-        template = network_class(config).state_dict()
-    network = network_class(config)
-    network.load_state_dict(random_like({k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}, seed))
-    return network.eval()
+    """`network_class(config)` holding random weights, built without initialising any first."""
+    from annotators.networks_common import network_from_weights
+
+    weights = _random_weights_of(lambda: network_class(config), seed)
+    return network_from_weights(lambda _: network_class(config), weights).eval()
 
 
 def _dwpose_module() -> Any:
@@ -405,6 +415,20 @@ def write_dwpose_onnx(file_name: str, folder: str, seed: int = 0) -> str:
     path = os.path.join(folder, file_name)
     _atomic(path, lambda tmp: save_onnx(network, input_shape, tmp, batch_axis))
     return path
+
+
+AnnotatorWriter = Callable[[str, int], str]  # (folder, seed) -> the path written
+
+
+def annotator_writers() -> dict[str, AnnotatorWriter | None]:
+    """Every learned annotator file this module can write with random weights, by file name: its
+    writer, or None where this checkout's annotators do not read that file."""
+    writers: dict[str, AnnotatorWriter | None] = {
+        entry.file_name: functools.partial(write_annotator, entry) if annotator_network_factory(entry) else None
+        for entry in ANNOTATOR_FILES}
+    writers.update({name: functools.partial(write_dwpose_onnx, name) if dwpose_onnx_available(name) else None
+                    for name in DWPOSE_ONNX_FILES})
+    return writers
 
 
 def link_or_copy(source: str, target: str) -> None:
