@@ -28,30 +28,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from workflows import build, headless  # noqa: E402
-from workflows.example_image import EXAMPLE_IMAGE, example_photo  # noqa: E402
+from workflows.example_image import EXAMPLE_IMAGE, write_example_photo  # noqa: E402
 from workflows.graph import Graph  # noqa: E402
 from workflows.models_folder import provide_models  # noqa: E402
 
 # On a CPU, full-size SD1.5 sampling takes minutes per image; these defaults keep the demo short.
 DEFAULT_SIDE = 256
 DEFAULT_STEPS = 10
-# The region the generated photo marks as "to inpaint" (transparent), as fractions of its side.
-INPAINT_BOX = (0.60, 0.34, 0.80, 0.82)  # left, top, right, bottom: around the standing figure
 # Annotators that read a gray map rather than a photo get Binary's map: as a label map (labels 0
 # and 255: palette class 0, and off the palette) and as a depth map (two planes).
 FED_BY = {"CNS_ColorizeSegmentation": "CNS_Binary", "CNS_NormalFromDepth": "CNS_Binary"}
-
-
-def write_demo_photo(path: Path, side: int) -> None:
-    """The generated photo as RGBA: alpha 0 over INPAINT_BOX, so Load Image's MASK marks it."""
-    import numpy as np
-    from PIL import Image
-
-    rgb = example_photo(side)
-    alpha = np.full(rgb.shape[:2], 255, np.uint8)
-    left, top, right, bottom = (round(f * side) for f in INPAINT_BOX)
-    alpha[top:bottom, left:right] = 0
-    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
 
 
 def weight_free_annotators(comfy: headless.Comfy) -> list[str]:
@@ -71,7 +57,7 @@ def annotators_prompt(specs, node_ids: list[str]) -> tuple[dict, dict[str, str]]
     for node_id in sorted(node_ids, key=lambda n: n in FED_BY):
         spec = specs[node_id]
         links = {"image": made[FED_BY[node_id]].out(0) if node_id in FED_BY else photo.out("IMAGE")}
-        if any(i.name == "mask" and not i.is_widget for i in spec.inputs):
+        if build.takes_mask(spec):
             links["mask"] = photo.out("MASK")
         annotator = made[node_id] = g.add(node_id, **links)
         save = g.add("SaveImage", images=annotator.out(0), filename_prefix=f"maps/{node_id.removeprefix('CNS_')}")
@@ -129,7 +115,8 @@ def main() -> int:
     parser.add_argument("--workflow", default="canny", choices=[w.name for w in build.WORKFLOWS],
                         help="the shared workflow to run (workflows/api/<name>.json)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "output" / "demo")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=f"image side in pixels (the workflows': {build.SIDE}, SDXL ones {build.SDXL_SIDE})")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=(
+        f"image side in pixels (the workflows': {build.SIDE}, SDXL ones {build.SDXL_SIDE}; inpaint keeps the photo's)"))
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (workflow: {build.STEPS})")
     args = parser.parse_args()
 
@@ -153,7 +140,7 @@ def main() -> int:
         Image.open(args.photo).save(photo_path)
         print(f"Photo: {args.photo}")
     else:
-        write_demo_photo(photo_path, 512)
+        write_example_photo(str(photo_path))
         print(f"Photo: generated (no photo ships with the pack): {photo_path}")
 
     workflow = next(w for w in build.WORKFLOWS if w.name == args.workflow)
@@ -194,7 +181,9 @@ def main() -> int:
     started = time.perf_counter()
     result = comfy.run(workflow_prompt)
     save_nodes = [n for n, node in workflow_prompt.items() if node["class_type"] == "SaveImage"]
-    print(f"\nShared workflow {api_path.relative_to(REPO_ROOT)} ({args.size}x{args.size}, {args.steps} steps, "
+    (result_node,) = [n for n in save_nodes if workflow_prompt[n]["_meta"]["title"] == build.RESULT_TITLE]
+    width, height = Image.open(saved_files(output, result.ui, [result_node])[0]).size  # inpaint keeps the photo's size
+    print(f"\nShared workflow {api_path.relative_to(REPO_ROOT)} ({width}x{height}, {args.steps} steps, "
           f"{time.perf_counter() - started:.1f} s):")
     for path in saved_files(output, result.ui, save_nodes):
         print(f"  {path.relative_to(output)}")

@@ -54,6 +54,12 @@ TILE_UPSCALE = 2.0
 TILE_UPSCALE_METHOD = "lanczos"
 TILE_DENOISE = 0.6
 QUALITY = ", best quality"  # ControlNet 1.1 appends this to the user's prompt
+# Inpainting as ControlNet 1.1's gradio_inpaint.py does it: the mask is softened by a Gaussian
+# blur of sigma 5 (its "Mask Blur" default); the hint (masked where > 0.5), the latent noise mask
+# and the final blend of the result into the photo all read the softened mask.
+INPAINT_MASK_SIGMA = 5.0  # pixels
+INPAINT_BLUR_RADIUS = 25  # pixels: 5 sigma each side, where the Gaussian has fallen below 4e-6 of its peak
+RESULT_TITLE = "Result"  # the Save Image node of the generated image
 
 # Learned annotators' weight files, for the note: from lllyasviel/Annotators unless
 # ANNOTATOR_REPOS names another repository.
@@ -128,6 +134,12 @@ class Workflow:
     batch_size: int = 1
     upscale: float | None = None  # img2img from the photo enlarged by this factor, instead of an empty latent
     denoise: float = 1.0
+    inpaint: bool = False  # repaint the photo where Load Image's MASK is set, and blend the result into the photo
+
+    @property
+    def img2img(self) -> bool:
+        """Sampling starts from the (enlarged) photo, at its size, rather than from an empty latent."""
+        return bool(self.upscale) or self.inpaint
 
     @property
     def class_types(self) -> set[str]:
@@ -197,6 +209,12 @@ WORKFLOWS: tuple[Workflow, ...] = (
              "while the sampler adds the detail the enlargement lacks (ImageScaleBy, Tile, VAE Encode).",
              (Control("CNS_Tile", "tile"),), "a cottage in a meadow, a person standing in front, highly detailed" + QUALITY,
              upscale=TILE_UPSCALE, denoise=TILE_DENOISE),
+    Workflow("inpaint", "Inpaint (the photo's masked region)",
+             "The photo's masked region (its transparent pixels, or a mask painted in Load Image's mask editor) is "
+             "repainted under the v1.1 inpaint ControlNet, which sees the rest of the photo; the result is blended "
+             "into the photo through the softened mask, so nothing outside it changes.",
+             (Control("CNS_InpaintHint", "inpaint"),), "a knight in armour standing in front of a cottage" + QUALITY,
+             inpaint=True),
     Workflow("sdxl_union_depth_canny", "SDXL ControlNet Union: depth + canny in one pass",
              "One ControlNet Union ProMax reads the photo's depth map and its Canny edges, fused in one ControlNet "
              "pass per step (Union Condition nodes into Apply ControlNet Union).",
@@ -234,7 +252,11 @@ def note_text(workflow: Workflow) -> str:
                 repo = ANNOTATOR_REPOS.get(file_name, ANNOTATORS_REPO)
                 lines.append(_note_line(file_name, _download(file_name, repo), "annotators"))
                 seen.add(file_name)
-    lines += ["", "Then pick your photo in **Load Image** and queue."]
+    if workflow.inpaint:
+        lines += ["", "Then pick your photo in **Load Image**, mark what to repaint (its transparent pixels, or paint "
+                  "a mask: right-click the node, **Open in MaskEditor**) and queue."]
+    else:
+        lines += ["", "Then pick your photo in **Load Image** and queue."]
     return "\n".join(lines)
 
 
@@ -243,19 +265,35 @@ def _models_property(file_name: str, directory: str) -> dict:
     return {"models": [{"name": file_name, "url": MODEL_URLS[file_name] + "?download=true", "directory": directory}]}
 
 
+def takes_mask(spec: NodeSpec) -> bool:
+    return any(i.name == "mask" and not i.is_widget for i in spec.inputs)
+
+
+def softened(g: Graph, mask: Output) -> Output:
+    """The mask blurred as ControlNet 1.1's inpaint demo blurs it (ComfyUI blurs images, not masks)."""
+    as_image = g.add("MaskToImage", mask=mask)
+    # Image Blur's sigma is in units of its radius (its kernel spans -1..1), not in pixels.
+    blurred = g.add("ImageBlur", title="Soften the mask", image=as_image.out(0), blur_radius=INPAINT_BLUR_RADIUS,
+                    sigma=INPAINT_MASK_SIGMA / INPAINT_BLUR_RADIUS)
+    return g.add("ImageToMask", image=blurred.out(0), channel="red").out(0)
+
+
 def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
     g = Graph(specs)
     checkpoint_name = workflow.base.checkpoint
     checkpoint = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint_name,
                        properties=_models_property(checkpoint_name, "checkpoints"))
     photo = g.add("LoadImage", image=EXAMPLE_IMAGE)
-    source = photo.out("IMAGE")
+    source, mask = photo.out("IMAGE"), photo.out("MASK")
+    if workflow.inpaint:
+        mask = softened(g, mask)
     if workflow.upscale:
         source = g.add("ImageScaleBy", title="Enlarged photo", image=source, upscale_method=TILE_UPSCALE_METHOD,
                        scale_by=workflow.upscale).out(0)
     maps: list[Output] = []
     for control in workflow.controls:
-        annotator = g.add(control.annotator, image=source)
+        annotator = g.add(control.annotator, image=source,
+                          **({"mask": mask} if takes_mask(specs[control.annotator]) else {}))
         maps.append(annotator.out(0))
         g.add("SaveImage", title=f"Control map: {specs[control.annotator].display_name}", images=annotator.out(0),
               filename_prefix=f"controlnet_suite/{workflow.name}_map")
@@ -295,16 +333,21 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
             stack = entry
         conditioned = g.add("CNS_ApplyControlStack", positive=positive.out(0), negative=negative.out(0),
                             control_stack=stack.out(0))
-    if workflow.upscale:
+    if workflow.img2img:
         latent = g.add("VAEEncode", pixels=source, vae=checkpoint.out("VAE"))
+        if workflow.inpaint:
+            latent = g.add("SetLatentNoiseMask", samples=latent.out(0), mask=mask)
     else:
         latent = g.add("EmptyLatentImage", width=workflow.base.side, height=workflow.base.side,
                        batch_size=workflow.batch_size)
     sampler = g.add("KSampler", model=checkpoint.out("MODEL"), positive=conditioned.out(0), negative=conditioned.out(1),
                     latent_image=latent.out(0), seed=SEED, steps=STEPS, cfg=workflow.cfg, sampler_name=SAMPLER,
                     scheduler=SCHEDULER, denoise=workflow.denoise)
-    decoded = g.add("VAEDecode", samples=sampler.out(0), vae=checkpoint.out("VAE"))
-    g.add("SaveImage", title="Result", images=decoded.out(0), filename_prefix=f"controlnet_suite/{workflow.name}")
+    result = g.add("VAEDecode", samples=sampler.out(0), vae=checkpoint.out("VAE")).out(0)
+    if workflow.inpaint:  # the photo itself outside the mask, not its trip through the VAE
+        result = g.add("ImageCompositeMasked", title="Result blended into the photo", destination=source,
+                       source=result, x=0, y=0, resize_source=False, mask=mask).out(0)
+    g.add("SaveImage", title=RESULT_TITLE, images=result, filename_prefix=f"controlnet_suite/{workflow.name}")
     g.add_note(note_text(workflow))
     return g
 

@@ -1,6 +1,10 @@
 """A generated stand-in photo: a figure in front of a house under a sky, with shading and grain,
 so that every annotator finds edges, lines, regions and depth cues in it. No photo ships with
-the pack; this one is drawn on the spot."""
+the pack; this one is drawn on the spot.
+
+It is written as RGBA, transparent over INPAINT_BOX: Load Image's MASK output is 1 - alpha, so
+that box is what the inpaint workflow and Inpaint Hint repaint (other workflows ignore the MASK).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 
 EXAMPLE_IMAGE = "controlnet_suite_example.png"  # the file name every workflow's Load Image names
 DRAWN_SIDE = 512  # drawn at this size, then resized
+INPAINT_BOX = (0.60, 0.34, 0.80, 0.82)  # left, top, right, bottom as fractions of the side: around the figure
 
 
 def example_photo(side: int = DRAWN_SIDE, seed: int = 0) -> np.ndarray:
@@ -44,6 +49,17 @@ def example_photo(side: int = DRAWN_SIDE, seed: int = 0) -> np.ndarray:
     return image
 
 
+def inpaint_box_pixels(side: int) -> tuple[int, int, int, int]:
+    """INPAINT_BOX in pixels of a side x side photo: (left, top, right, bottom), right and bottom exclusive."""
+    left, top, right, bottom = (round(f * side) for f in INPAINT_BOX)
+    return left, top, right, bottom
+
+
 def write_example_photo(path: str, side: int = DRAWN_SIDE) -> str:
-    cv2.imwrite(path, cv2.cvtColor(example_photo(side), cv2.COLOR_RGB2BGR))
+    """The photo as an RGBA PNG, alpha 0 over INPAINT_BOX."""
+    rgb = example_photo(side)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    left, top, right, bottom = inpaint_box_pixels(side)
+    alpha[top:bottom, left:right] = 0
+    cv2.imwrite(path, cv2.cvtColor(np.dstack([rgb, alpha]), cv2.COLOR_RGBA2BGRA))
     return path

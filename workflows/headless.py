@@ -17,6 +17,12 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_PROBE_NODE = "CNS_ApplyControlNet"  # present once ComfyUI has loaded the pack
+# ComfyUI's built-in extra node modules (comfy_extras/) the shared workflows use, loaded as the
+# server loads them: the inpaint workflow softens, applies and composites its mask with them.
+BUILTIN_EXTRAS = {
+    "nodes_mask.py": "ImageCompositeMasked",  # module: a node it registers
+    "nodes_post_processing.py": "ImageBlur",
+}
 MODEL_FOLDER_KINDS = ("checkpoints", "controlnet", "annotators")
 
 
@@ -87,6 +93,11 @@ class Comfy:
         if not str(getattr(nodes, "__file__", "")).startswith(str(self.root)):
             raise RuntimeError(f"'nodes' resolved to {nodes.__file__}, not ComfyUI's nodes.py in {self.root}")
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
+        for module, probe in BUILTIN_EXTRAS.items():
+            if probe not in nodes.NODE_CLASS_MAPPINGS:
+                path = str(self.root / "comfy_extras" / module)
+                if not asyncio.run(nodes.load_custom_node(path, module_parent="comfy_extras")):
+                    raise RuntimeError(f"ComfyUI could not import its own {path} (see the log above)")
         if PACK_PROBE_NODE not in nodes.NODE_CLASS_MAPPINGS:
             loaded = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))
             if not loaded or PACK_PROBE_NODE not in nodes.NODE_CLASS_MAPPINGS:

@@ -56,6 +56,7 @@ CONTROLNET_FILES = {
     "seg": "control_v11p_sd15_seg_fp16.safetensors",
     "lineart": "control_v11p_sd15_lineart_fp16.safetensors",
     "tile": "control_v11f1e_sd15_tile_fp16.safetensors",
+    "inpaint": "control_v11p_sd15_inpaint_fp16.safetensors",
 }
 CONTROLNET_REPO = "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
 SD15_REPO = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from workflows import build
+from workflows.example_image import example_photo, inpaint_box_pixels
 
 from .conftest import PHOTO_SIDE, WORKFLOW_NAMES, load_json
 
@@ -57,6 +59,11 @@ def saved_images(env, ui: dict, node_id: str) -> list[np.ndarray]:
     entries = ui[node_id]["images"]
     assert all(entry["type"] == "output" for entry in entries)
     return [np.asarray(Image.open(env.output_dir / entry["subfolder"] / entry["filename"])) for entry in entries]
+
+
+def result_save_node(prompt: dict) -> str:
+    (node_id,) = [n for n in nodes_of(prompt, "SaveImage") if prompt[n]["_meta"]["title"] == build.RESULT_TITLE]
+    return node_id
 
 
 def sampled(comfy, prompt: dict) -> torch.Tensor:
@@ -158,11 +165,11 @@ def test_api_workflow_validates_and_runs_end_to_end(comfy, name):
     small = shrink(prompt)
     result = comfy.comfy.run(small)
     save_nodes = nodes_of(small, "SaveImage")
-    (result_node,) = [n for n in save_nodes if small[n]["inputs"]["images"][0] in nodes_of(small, "VAEDecode")]
+    result_node = result_save_node(small)
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
-    # img2img: maps and result at the enlarged photo's size; otherwise maps at the photo's, the result the latent's
+    # img2img: maps and result at the (enlarged) photo's size; otherwise maps at the photo's, the result the latent's
     map_side = round(PHOTO_SIDE * (workflow.upscale or 1))
-    result_side = map_side if workflow.upscale else SHRUNK_SIDE
+    result_side = map_side if workflow.img2img else SHRUNK_SIDE
     for node_id in save_nodes:
         images = saved_images(comfy, result.ui, node_id)
         side = result_side if node_id == result_node else map_side
@@ -203,3 +210,36 @@ def test_the_strength_sweep_gives_each_latent_of_the_batch_its_strength(comfy):
     for index in (1, 2):
         assert not torch.equal(swept[index], full[index]) and not torch.equal(swept[index], plain[index])
     assert not torch.equal(full[3], plain[3])  # the control does reach latent 3 without the node
+
+
+def test_the_inpaint_workflow_repaints_the_softened_mask_and_keeps_the_rest_of_the_photo(comfy):
+    """inpaint, on the photo whose INPAINT_BOX is transparent: the hint is masked exactly where the
+    softened mask (a Gaussian blur of sigma INPAINT_MASK_SIGMA px, recomputed here with OpenCV)
+    exceeds 0.5; the saved result is the photo wherever that mask is zero (farther from the box
+    than the blur's radius) and new pixels inside the box."""
+    small = shrink(load_json(build.paths("inpaint")[1]))
+    (blur,) = nodes_of(small, "ImageBlur")
+    radius = small[blur]["inputs"]["blur_radius"]
+    (hint,) = nodes_of(small, "CNS_InpaintHint")
+    (hint_save,) = [n for n in nodes_of(small, "SaveImage") if small[n]["inputs"]["images"][0] == hint]
+    result = comfy.comfy.run(small)
+    (image,) = saved_images(comfy, result.ui, result_save_node(small))
+    (hint_map,) = saved_images(comfy, result.ui, hint_save)
+    photo = example_photo(PHOTO_SIDE)
+    left, top, right, bottom = inpaint_box_pixels(PHOTO_SIDE)
+    box = np.zeros(photo.shape[:2], np.float32)
+    box[top:bottom, left:right] = 1.0
+    side = 2 * radius + 1
+    softened = cv2.GaussianBlur(box, (side, side), build.INPAINT_MASK_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    clear = np.abs(softened - 0.5) > 1e-4  # away from the threshold, where float rounding cannot tip it
+    masked = softened > 0.5
+    assert np.all(hint_map[masked & clear] == 0)  # -1, saved as black
+    assert np.array_equal(hint_map[~masked & clear], photo[~masked & clear])
+    assert (masked != (box > 0)).any()  # the softening rounds the box's corners off: the test can tell
+
+    outside = np.ones(photo.shape[:2], bool)
+    outside[max(0, top - radius):bottom + radius, max(0, left - radius):right + radius] = False
+    assert outside.sum() > PHOTO_SIDE ** 2 / 4  # the box and its blur leave most of the photo out
+    # Load Image's v / 255 and Save Image's 255 * x round-trip every 8-bit value exactly
+    assert np.array_equal(image[outside], photo[outside])
+    assert np.abs(image[top:bottom, left:right].astype(int) - photo[top:bottom, left:right]).mean() > 1

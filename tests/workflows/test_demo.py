@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from workflows import headless
+from workflows.example_image import DRAWN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = REPO_ROOT / "scripts" / "demo.py"
 SIDE = 64   # the sampled image's side (latent 8x8)
 STEPS = 1
-DEMO_PHOTO_SIDE = 512  # scripts/demo.py draws the generated photo at this size
+DEMO_PHOTO_SIDE = DRAWN_SIDE  # scripts/demo.py writes the generated photo at its default size
 LISTED_ANNOTATORS = re.compile(r"^Weight-free annotators \((\d+) nodes, [\d.]+ s\): (.+)$", re.MULTILINE)
 LISTED_FILE = re.compile(r"^  (\S+\.png)$", re.MULTILINE)
 
