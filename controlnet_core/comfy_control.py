@@ -251,7 +251,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         batch = x_noisy.shape[0]
         chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
         rows = None  # None: every row of the batch
-        if control_modes.is_cond_only(self.control_mode):
+        if self._cond_only():
             rows = control_modes.cond_rows(batch, chunks)
             if rows.numel() == 0:
                 return previous  # an unconditional-only batch gets no control
@@ -332,6 +332,12 @@ class ModedControl(comfy.controlnet.ControlBase):
                 "image into tiles: the mask cannot follow the tiles, so every tile would get the whole mask. Remove the "
                 "mask from this control, or sample without tiles"
             )
+        if tile_hint is not None and self._pools_globally():
+            raise ControlNetError(
+                "this is a global-pooling ControlNet (such as v1.1 shuffle), which runs on the conditional rows only, "
+                "and Tiled Diffusion batches the rows of several tiles together in an order that does not tell them "
+                "apart: sample it without Tiled Diffusion (Ultimate SD Upscale, which samples tile by tile, takes it)"
+            )
         if tile_hint is not None and control_modes.is_cond_only(self.control_mode):
             raise ControlNetError(
                 f"control mode '{self.control_mode}' runs the control on the conditional rows only, and Tiled "
@@ -339,6 +345,17 @@ class ModedControl(comfy.controlnet.ControlBase):
                 "balanced or prompt_more_important with Tiled Diffusion (Ultimate SD Upscale, which samples tile by "
                 "tile, takes every mode)"
             )
+
+    def _cond_only(self) -> bool:
+        """Whether the control goes to the conditional rows of CFG's batch only: in the cond-only
+        modes, and in every mode for a global-pooling ControlNet (v1.1 shuffle), which "must be put
+        only on the conditional side of cfg scale" (ControlNet 1.1's README; A1111 and diffusers
+        do so; ComfyUI's built-in apply node does not)."""
+        return control_modes.is_cond_only(self.control_mode) or self._pools_globally()
+
+    def _pools_globally(self) -> bool:
+        """Whether every residual is its spatial mean (global average pooling)."""
+        return False
 
     def _control(
         self,
@@ -472,6 +489,9 @@ class SuiteControl(LoadedModelControl):
         self.union_conditions: tuple[UnionCondition, ...] = ()  # set by configure_union; then they are the hint
 
     # set up by the apply nodes (configure: ModedControl's)
+
+    def _pools_globally(self) -> bool:
+        return self.model.config.global_average_pooling
 
     def configure(self, image: torch.Tensor, options: ApplyOptions) -> SuiteControl:
         self._control_types()  # a type set on the loader's output is checked before sampling too
@@ -809,15 +829,16 @@ def configured_control(
 ) -> comfy.controlnet.ControlBase:
     """A configured copy of `control_net`. Control objects made by ComfyUI's code (our loader's
     T2I-Adapter files, ComfyUI's built-in loader) are applied exactly as ComfyUI
-    applies them when the options are plain (balanced mode with no other option); SD ControlNets
-    and T2I-Adapters among them get the other options through foreign_control, the rest are
-    refused them."""
+    applies them when the options are plain (balanced mode with no other option) and the model
+    does not pool globally; SD ControlNets and T2I-Adapters among them get the other options (and
+    a global-pooling ControlNet its conditional-rows-only control) through foreign_control, the
+    rest are refused them."""
     if isinstance(control_net, ModedControl):  # ours: SuiteControl, LLLiteControl
         return control_net.copy().configure(image, options)
-    if options.is_plain():
-        return control_net.copy().set_cond_hint(image.movedim(-1, 1), options.strength, options.percent_range)
     from . import foreign_control  # it builds on this module
 
+    if options.is_plain() and not foreign_control.pools_globally(control_net):
+        return control_net.copy().set_cond_hint(image.movedim(-1, 1), options.strength, options.percent_range)
     return foreign_control.wrap(control_net).configure(image, options)
 
 

@@ -65,6 +65,13 @@ def can_wrap(control_net: Any) -> bool:
     return model_fits and control_net.strength_type == comfy.controlnet.StrengthType.CONSTANT
 
 
+def pools_globally(control_net: Any) -> bool:
+    """A ComfyUI SD ControlNet object that averages its residuals (a shuffle file: ComfyUI's loader
+    sets that from the file name). The apply nodes wrap it even in plain balanced mode, so it runs
+    on the conditional rows only, as ours does (ModedControl._cond_only)."""
+    return can_wrap(control_net) and bool(control_net.global_average_pooling)
+
+
 def why_not_wrappable(control_net: Any) -> str:
     """The refusal for options on a control object `can_wrap` rejects, naming what it is."""
     if type(control_net) is comfy.controlnet.T2IAdapter and isinstance(control_net.t2i_model, comfy.ldm.cascade.controlnet.ControlNet):
@@ -199,6 +206,9 @@ class ForeignControl(ModedControl):
 
     def _divisors(self) -> list[int]:
         return resolution_divisors(self.inner.control_model)
+
+    def _pools_globally(self) -> bool:
+        return bool(self.inner.global_average_pooling)  # ComfyUI's object averages the residuals itself
 
     def _family(self) -> str | None:
         return controlnet_family(self.inner.control_model)
