@@ -105,10 +105,11 @@ MODEL_URLS = {
 
 @dataclass(frozen=True)
 class Control:
-    """One control: the annotator node that makes its map and the ControlNet that reads it; for a
-    ControlNet Union, the control type the map is given as."""
+    """One control: the annotator node that makes its map (None: the ControlNet reads the photo
+    itself, as instruct pix2pix does) and the ControlNet that reads it; for a ControlNet Union,
+    the control type the map is given as."""
 
-    annotator: str
+    annotator: str | None
     controlnet: str  # key of CONTROLNET_FILES, or UNION
     strength: float = 1.0  # a Union condition's weight
     union_type: str = ""
@@ -144,14 +145,15 @@ class Workflow:
     @property
     def class_types(self) -> set[str]:
         options = {"CNS_StrengthSchedule": self.strength_schedule, "CNS_LatentStrengths": self.latent_strengths}
-        return {c.annotator for c in self.controls} | {node for node, given in options.items() if given}
+        annotators = {c.annotator for c in self.controls if c.annotator}
+        return annotators | {node for node, given in options.items() if given}
 
     @property
     def controlnet_files(self) -> list[str]:
         return list(dict.fromkeys(c.file_name for c in self.controls))
 
 
-def single(name: str, title: str, summary: str, annotator: str, controlnet: str, prompt: str) -> Workflow:
+def single(name: str, title: str, summary: str, annotator: str | None, controlnet: str, prompt: str) -> Workflow:
     return Workflow(name, title, summary, (Control(annotator, controlnet),), prompt + QUALITY)
 
 
@@ -180,6 +182,14 @@ WORKFLOWS: tuple[Workflow, ...] = (
            "CNS_UniFormerSegmentation", "seg", "a cottage in a meadow, summer day"),
     single("lineart", "Line art", "Line art drawn from the photo guides a new image.",
            "CNS_Lineart", "lineart", "a cottage in a meadow, ink drawing"),
+    single("shuffle", "Content shuffle (the photo's colours and style)",
+           "The photo, shuffled, gives its colours and style to a new picture (v1.1 shuffle, a global-pooling "
+           "ControlNet: its residuals are spatial means, on the conditional branch only).",
+           "CNS_ContentShuffle", "shuffle", "a lighthouse on a cliff by the sea"),
+    single("ip2p", "Instruct pix2pix (edit by instruction)",
+           "The photo itself goes to the v1.1 instruct-pix2pix ControlNet and the prompt says what to change "
+           "(no preprocessor).",
+           None, "ip2p", "make it winter"),
     Workflow("multi_pose_depth", "Pose + depth (multi-control)",
              "Two ControlNets at once: the pose and the depth of the photo, stacked (their residuals add up).",
              (Control("CNS_OpenPose", "openpose", 1.0), Control("CNS_MiDaSDepth", "depth", 0.6)),
@@ -292,6 +302,9 @@ def build_graph(workflow: Workflow, specs: Mapping[str, NodeSpec]) -> Graph:
                        scale_by=workflow.upscale).out(0)
     maps: list[Output] = []
     for control in workflow.controls:
+        if control.annotator is None:
+            maps.append(source)
+            continue
         annotator = g.add(control.annotator, image=source,
                           **({"mask": mask} if takes_mask(specs[control.annotator]) else {}))
         maps.append(annotator.out(0))

@@ -57,6 +57,8 @@ CONTROLNET_FILES = {
     "lineart": "control_v11p_sd15_lineart_fp16.safetensors",
     "tile": "control_v11f1e_sd15_tile_fp16.safetensors",
     "inpaint": "control_v11p_sd15_inpaint_fp16.safetensors",
+    "shuffle": "control_v11e_sd15_shuffle_fp16.safetensors",
+    "ip2p": "control_v11e_sd15_ip2p_fp16.safetensors",
 }
 CONTROLNET_REPO = "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
 SD15_REPO = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
