@@ -276,7 +276,16 @@ def detect_people(image_rgb: np.ndarray, detector: Yolox | ExportedDetector) -> 
     candidates = scores > CANDIDATE_SCORE_THRESHOLD
     boxes, scores = boxes[candidates], scores[candidates]
     kept = non_maximum_suppression(boxes, scores, NMS_IOU_THRESHOLD)
-    return boxes[kept][scores[kept] > PERSON_SCORE_THRESHOLD]
+    people = boxes[kept][scores[kept] > PERSON_SCORE_THRESHOLD]
+    return people[has_area(people)]
+
+
+def has_area(boxes: np.ndarray) -> np.ndarray:
+    """Which boxes (n, 4) have a positive width and height. YOLOX sizes are exp(delta) x stride,
+    which underflows to 0 for a very negative delta (seen with random weights, and possible in
+    fp16); such a box holds nobody, and its crop would divide by its zero size (mmpose and DWPose
+    pass it on and crop garbage)."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def person_crop_box(box_xyxy: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,8 +30,9 @@ from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS,
                                DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
-                               crop_matrix, crop_person, keypoints_to_image, person_crop_box,
-                               wholebody_to_pose)
+                               PERSON_SCORE_THRESHOLD, _detections, crop_matrix, crop_person, has_area,
+                               keypoints_to_image, letterbox, person_crop_box, wholebody_to_pose)
+from annotators.networks_common import image_batch
 from annotators.openpose.drawing import draw_poses
 from annotators.rtmpose_network import (DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WHOLEBODY_KEYPOINTS,
                                         Rtmpose, RtmposeConfig)
@@ -343,6 +345,31 @@ def test_nobody_found_gives_an_empty_map():
     pose_map, keypoints_json = dwpose(PHOTO, networks, resolution=256)
     assert pose_map.shape == PHOTO.shape and not pose_map.any()
     assert keypoints_json["people"] == []
+
+
+def test_boxes_without_area_are_dropped_before_cropping():
+    """Box sizes of exp(-1000) x stride underflow to 0: every confident detection is a point,
+    and DWPose finds nobody rather than dividing by a zero box size."""
+    networks = small_networks()
+    with torch.no_grad():
+        for level in range(3):  # an object at every grid point, each a box of size exp(-1000) x stride = 0
+            for conv in (networks.detector.bbox_head.multi_level_conv_obj[level],
+                         networks.detector.bbox_head.multi_level_conv_cls[level]):
+                conv.weight.zero_()
+                conv.bias.fill_(30.0)
+            reg = networks.detector.bbox_head.multi_level_conv_reg[level]
+            reg.weight.zero_()
+            reg.bias.copy_(torch.tensor([0.0, 0.0, -1000.0, -1000.0]))
+        detections = _detections(networks.detector, image_batch(letterbox(PHOTO)[0], networks.detector))
+    boxes = detections.boxes[0].numpy()
+    assert (detections.class_scores[0, :, 0] > PERSON_SCORE_THRESHOLD).all()  # each one confident...
+    assert (boxes[:, 2] == boxes[:, 0]).all() and (boxes[:, 3] == boxes[:, 1]).all()  # ...and a point
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero on the way
+        pose_map, keypoints_json = dwpose(PHOTO, networks, resolution=256)
+    assert not pose_map.any() and keypoints_json["people"] == []
+    assert has_area(np.array([[0, 0, 1, 1], [2, 2, 2, 5], [2, 2, 5, 2], [3, 3, 3, 3]], float)).tolist() == [
+        True, False, False, False]
 
 
 # --- loading the checkpoints ---------------------------------------------------------------------
