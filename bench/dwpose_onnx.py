@@ -9,7 +9,9 @@ on 640 x 640, RTMPose-l on 288 x 384 crops; torch's exporter at opset 11, BatchN
 a temporary folder. Per network, each repeat times every configuration once, in an order rotated
 from repeat to repeat; the table gives medians:
 
-- `torch network`: the module that was exported (what the .pth checkpoints load into);
+- `torch network, NCHW`: the module that was exported (what the .pth checkpoints load into);
+- `torch network`: that module as `load_dwpose` places it (channels-last weights on the devices in
+  onnx_graph.CHANNELS_LAST_DEVICES);
 - `graph, NCHW`: OnnxGraph with convolutions in the layout they are given;
 - `graph`: OnnxGraph as it runs in the pack (channels-last convolutions on the devices in
   onnx_graph.CHANNELS_LAST_DEVICES);
@@ -23,6 +25,7 @@ nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import platform
@@ -51,6 +54,7 @@ def configurations(file_name: str, folder: Path, people: int, device: str, dtype
     from annotators.onnx_file import load_onnx
     from workflows.random_models import random_dwpose_network, save_onnx
 
+    from annotators import dwpose
     from annotators.dwpose import DETECTOR_ONNX
 
     detector = file_name == DETECTOR_ONNX
@@ -73,8 +77,9 @@ def configurations(file_name: str, folder: Path, people: int, device: str, dtype
         finally:
             onnx_graph.CHANNELS_LAST_DEVICES = shipped
 
-    runs: dict[str, Run] = {"torch network": lambda: network(inputs), "graph, NCHW": graph_in_layout_given,
-                            "graph": lambda: graph(inputs)}
+    placed = dwpose.placed_network(copy.deepcopy(network), device, dtype)  # as load_dwpose places a checkpoint's network
+    runs: dict[str, Run] = {"torch network, NCHW": lambda: network(inputs), "torch network": lambda: placed(inputs),
+                            "graph, NCHW": graph_in_layout_given, "graph": lambda: graph(inputs)}
     if device == "cpu" and dtype == torch.float32 and importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 

@@ -401,6 +401,9 @@ def test_load_dwpose_reads_both_checkpoints(tmp_path, student_prefix):
     assert_loaded(networks.detector, detector)
     assert_loaded(networks.pose, pose)
     assert networks.pose.config.input_size == DWPOSE_INPUT_SIZE
+    for network in (networks.detector, networks.pose):  # on the CPU, convolution weights channels-last (placed_network)
+        kernels = [p for p in network.parameters() if p.dim() == 4]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
 
 
 def test_missing_detector_names_its_address(tmp_path):
