@@ -1,7 +1,7 @@
 """DWPose's two networks run from their ONNX files: our graph runner (annotators/onnx_graph.py)
 against onnxruntime and against our torch networks, on the same random full-size weights.
 
-    .venv/bin/python -m bench.dwpose_onnx --repeats 5            # CPU, fp32: about 1 min on 2 cores
+    .venv/bin/python -m bench.dwpose_onnx --repeats 5            # CPU, fp32: about 1.5 min on 2 cores
     .venv/bin/python -m bench.dwpose_onnx --device cuda --dtype fp16
 
 The files are written as DWPose's are (workflows.random_models: YOLOX-L in Megvii's export layout
@@ -50,14 +50,11 @@ Run = Callable[[], object]
 def configurations(file_name: str, folder: Path, people: int, device: str, dtype: torch.dtype
                    ) -> dict[str, Run]:
     """Configuration name -> one forward pass of the network `file_name` holds."""
-    from annotators import onnx_graph
+    from annotators import dwpose, onnx_graph
     from annotators.onnx_file import load_onnx
     from workflows.random_models import random_dwpose_network, save_onnx
 
-    from annotators import dwpose
-    from annotators.dwpose import DETECTOR_ONNX
-
-    detector = file_name == DETECTOR_ONNX
+    detector = file_name == dwpose.DETECTOR_ONNX
     seed = DETECTOR_SEED if detector else POSE_SEED
     network, input_shape, batch_axis = random_dwpose_network(file_name, seed)
     path = save_onnx(network, input_shape, folder / file_name, batch_axis)
