@@ -12,7 +12,7 @@ from ..annotators.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, ME
 from ..annotators.color_grid import color_grid
 from ..annotators.hough import (DEFAULT_LINE_THICKNESS_PX, DEFAULT_MAX_LINE_GAP_PX, DEFAULT_MIN_LINE_LENGTH_PX,
                                 DEFAULT_RHO_PX, DEFAULT_THETA_DEGREES, DEFAULT_VOTES, hough_lines)
-from ..annotators.inpaint import MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
+from ..annotators.inpaint import MASK_THRESHOLD, MASKED_VALUE, UNION_REPAINT_MASKED_VALUE, inpaint_hint
 from ..annotators.lineart_standard import DEFAULT_GAUSSIAN_SIGMA, DEFAULT_INTENSITY_THRESHOLD, lineart_standard
 from ..annotators.normal_from_depth import DEFAULT_BACKGROUND_THRESHOLD, DEFAULT_Z_COMPONENT, normal_from_depth
 from ..annotators.pyracanny import DEFAULT_HIGH_THRESHOLD as PYRACANNY_DEFAULT_HIGH
@@ -377,6 +377,19 @@ V11_INPAINT = "-1 (ControlNet 1.1 inpaint)"
 INPAINT_MASKED_VALUES = {V11_INPAINT: MASKED_VALUE, "black (ControlNet Union ProMax repaint)": UNION_REPAINT_MASKED_VALUE}
 
 
+EMPTY_INPAINT_MASK = (
+    "the mask is empty (no value above 0.5), so there is nothing to inpaint: paint the region in Load Image's mask "
+    "editor (right-click the image, Open in MaskEditor) or load a PNG whose transparent pixels mark it. Load Image "
+    "gives an empty mask for an image without transparency")
+
+
+def check_mask_marks_a_region(mask) -> None:
+    """Refuse a MASK that marks nothing: the hint would be the bare photo and the inpaint
+    ControlNet would repaint nothing, the usual sign of a photo loaded without its mask."""
+    if not bool((mask > MASK_THRESHOLD).any()):
+        raise ValueError(EMPTY_INPAINT_MASK)
+
+
 class CNS_InpaintHint(AnnotatorNode):
     DESCRIPTION = (
         "Inpaint hint: the image with every masked pixel (mask > 0.5) set to -1, which the v1.1 inpaint ControlNet "
@@ -384,13 +397,14 @@ class CNS_InpaintHint(AnnotatorNode):
         "with 'Resize for Control' is refused), or set to black for a ControlNet Union ProMax's repaint type.")
     OPTIONS = {"mask": ("MASK", {"tooltip": (
         "Where to inpaint (> 0.5). One mask for the batch or one per image; a mask of another size but the same "
-        "aspect ratio is resized to the image, any other size is an error.")})}
+        "aspect ratio is resized to the image, any other size is an error, and so is a mask that marks nothing.")})}
     LATER_OPTIONS = {"masked_pixels": (list(INPAINT_MASKED_VALUES), {"default": V11_INPAINT, "tooltip": (
         "What the masked pixels become: -1 for control_v11p_sd15_inpaint; black for xinsir's ControlNet Union ProMax "
         "with the repaint control type (what it was trained with).")})}
 
     def annotate(self, image, mask, masked_pixels=V11_INPAINT):
         frames = image_frames(image)
+        check_mask_marks_a_region(mask)
         masks = fit_masks(mask, len(frames), frames.shape[1:3])
         value = INPAINT_MASKED_VALUES[masked_pixels]
         hints = per_image(range(len(frames)), lambda index: inpaint_hint(frames[index], masks[index], value))

@@ -35,6 +35,8 @@ from workflows.models_folder import provide_models  # noqa: E402
 # On a CPU, full-size SD1.5 sampling takes minutes per image; these defaults keep the demo short.
 DEFAULT_SIDE = 256
 DEFAULT_STEPS = 10
+LATENT_FACTOR = 8       # pixels per latent cell: an image side the VAE encodes without cropping
+HALF_TRANSPARENT = 128  # alpha below it: Load Image's mask (1 - alpha / 255) is above Inpaint Hint's 0.5
 # Annotators that read a gray map rather than a photo get Binary's map: as a label map (labels 0
 # and 255: palette class 0, and off the palette) and as a depth map (two planes).
 FED_BY = {"CNS_ColorizeSegmentation": "CNS_Binary", "CNS_NormalFromDepth": "CNS_Binary"}
@@ -78,6 +80,35 @@ def sized(prompt: dict, side: int, steps: int, photo_side: int) -> dict:
     return prompt
 
 
+def with_photo_at_side(prompt: dict, photo: Path, side: int) -> dict:
+    """The prompt loading a copy of the photo whose longer side is `side` px (each side a multiple
+    of the VAE's 8), written next to it, transparency included: for inpaint, which samples the
+    photo at its own size."""
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        scale = side / max(image.size)
+        size = tuple(max(LATENT_FACTOR, round(n * scale / LATENT_FACTOR) * LATENT_FACTOR) for n in image.size)
+        scaled = photo.with_name(f"{photo.stem}_{side}px.png")
+        image.resize(size, Image.LANCZOS).save(scaled)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = scaled.name
+    return prompt
+
+
+def marks_a_region(photo: Path) -> bool:
+    """Whether Load Image finds a region to inpaint in the photo: its MASK is 1 - alpha, so a pixel
+    more than half transparent (a photo without transparency gives an empty mask)."""
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        if "A" not in image.getbands() and "transparency" not in image.info:
+            return False
+        lowest_alpha, _ = image.convert("RGBA").getchannel("A").getextrema()
+    return lowest_alpha < HALF_TRANSPARENT
+
+
 def saved_files(output_dir: Path, ui: dict, node_ids) -> list[Path]:
     files = []
     for node_id in node_ids:
@@ -116,9 +147,14 @@ def main() -> int:
                         help="the shared workflow to run (workflows/api/<name>.json)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "output" / "demo")
     parser.add_argument("--size", type=int, default=DEFAULT_SIDE, help=(
-        f"image side in pixels (the workflows': {build.SIDE}, SDXL ones {build.SDXL_SIDE}; inpaint keeps the photo's)"))
+        f"image side in pixels (the workflows': {build.SIDE}, SDXL ones {build.SDXL_SIDE})"))
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (workflow: {build.STEPS})")
     args = parser.parse_args()
+    workflow = next(w for w in build.WORKFLOWS if w.name == args.workflow)
+    if args.photo and workflow.inpaint and not marks_a_region(args.photo):
+        print(f"The inpaint workflow repaints the photo's transparent pixels, and {args.photo} has none.\n"
+              "Pass a PNG whose transparent (alpha) pixels mark the region to repaint.", file=sys.stderr)
+        return 2
 
     root, why_not = headless.find_comfyui()
     if root is None:
@@ -143,7 +179,6 @@ def main() -> int:
         write_example_photo(str(photo_path))
         print(f"Photo: generated (no photo ships with the pack): {photo_path}")
 
-    workflow = next(w for w in build.WORKFLOWS if w.name == args.workflow)
     checkpoints, controlnets = build.model_files((workflow,))
     report = provide_models(comfy, str(output / "models"), prefer_real=True,
                             annotator_files=build.annotator_files((workflow,)),
@@ -160,6 +195,9 @@ def main() -> int:
 
     specs = build.comfy_specs()
     annotators = weight_free_annotators(comfy)
+    if not marks_a_region(photo_path):
+        annotators.remove("CNS_InpaintHint")
+        print("\nInpaint Hint left out: the photo has no transparent pixels to mark the region to inpaint")
     prompt, saves = annotators_prompt(specs, annotators)
     started = time.perf_counter()
     result = comfy.run(prompt)
@@ -178,11 +216,13 @@ def main() -> int:
     api_path = build.paths(workflow.name)[1]
     photo_side = max(Image.open(photo_path).size)
     workflow_prompt = sized(json.loads(api_path.read_text(encoding="utf-8")), args.size, args.steps, photo_side)
+    if workflow.inpaint:
+        workflow_prompt = with_photo_at_side(workflow_prompt, photo_path, args.size)
     started = time.perf_counter()
     result = comfy.run(workflow_prompt)
     save_nodes = [n for n, node in workflow_prompt.items() if node["class_type"] == "SaveImage"]
     (result_node,) = [n for n in save_nodes if workflow_prompt[n]["_meta"]["title"] == build.RESULT_TITLE]
-    width, height = Image.open(saved_files(output, result.ui, [result_node])[0]).size  # inpaint keeps the photo's size
+    width, height = Image.open(saved_files(output, result.ui, [result_node])[0]).size
     print(f"\nShared workflow {api_path.relative_to(REPO_ROOT)} ({width}x{height}, {args.steps} steps, "
           f"{time.perf_counter() - started:.1f} s):")
     for path in saved_files(output, result.ui, save_nodes):

@@ -369,6 +369,23 @@ def test_inpaint_hint_refuses_masks_that_do_not_fit(pack):
     assert str(error.value) == "3 masks for 2 images; pass one mask for the whole batch or one per image"
 
 
+def test_inpaint_hint_refuses_a_mask_that_marks_nothing(pack):
+    """Load Image gives a 64x64 mask of zeros for a photo without transparency: refused by what it
+    is (not by its aspect ratio), as is a mask at the threshold, while a batch's one empty frame is
+    not (that frame's hint is the bare photo)."""
+    message = pack.module("nodes.preprocessors_weight_free").EMPTY_INPAINT_MASK
+    assert message.startswith("the mask is empty (no value above 0.5), so there is nothing to inpaint")
+    for empty in (torch.zeros(1, 64, 64), torch.full((2, HEIGHT, WIDTH), 0.5)):
+        with pytest.raises(ValueError) as error:
+            pack.run("CNS_InpaintHint", image=PHOTOS, mask=empty)
+        assert str(error.value) == message
+    masks = torch.zeros(2, HEIGHT, WIDTH)
+    masks[0, 10:30, 20:70] = 0.51
+    (result,) = pack.run("CNS_InpaintHint", image=PHOTOS, mask=masks)
+    assert (result[0] == -1).sum() == 3 * 20 * 50
+    assert torch.allclose(result[1], PHOTOS[1], rtol=0, atol=1e-6)  # through uint8: the photos are 8-bit
+
+
 def test_colorize_refuses_a_coloured_image(pack):
     with pytest.raises(ValueError, match="the label map has differing colour channels"):
         pack.run("CNS_ColorizeSegmentation", image=PHOTOS, palette="ade20k", reduce_zero_label=False)

@@ -27,19 +27,31 @@ LISTED_ANNOTATORS = re.compile(r"^Weight-free annotators \((\d+) nodes, [\d.]+ s
 LISTED_FILE = re.compile(r"^  (\S+\.png)$", re.MULTILINE)
 
 
-def test_demo_runs_every_weight_free_annotator_and_the_workflow(tmp_path):
+def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     comfyui, why_not = headless.find_comfyui()
     if comfyui is None:
         pytest.skip(why_not)
-    output = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, str(DEMO), "--size", str(SIDE), "--steps", str(STEPS), "--output", str(output)],
+    return subprocess.run(
+        [sys.executable, str(DEMO), "--size", str(SIDE), "--steps", str(STEPS), "--output", str(tmp_path / "demo"), *args],
         env={**os.environ, "COMFYUI_PATH": str(comfyui)}, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    count, node_ids = LISTED_ANNOTATORS.search(done.stdout).groups()
+
+def listed_annotators(stdout: str) -> list[str]:
+    count, node_ids = LISTED_ANNOTATORS.search(stdout).groups()
     node_ids = node_ids.split(", ")
     assert len(node_ids) == int(count) and all(n.startswith("CNS_") for n in node_ids)
+    return node_ids
+
+
+# inpaint samples the photo itself (no empty latent): the demo scales the photo to --size for it
+@pytest.mark.parametrize("workflow", ["canny", "inpaint"])
+def test_demo_runs_every_weight_free_annotator_and_the_workflow(tmp_path, workflow):
+    done = run_demo(tmp_path, "--workflow", workflow)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = tmp_path / "demo"
+
+    node_ids = listed_annotators(done.stdout)
+    assert "CNS_InpaintHint" in node_ids  # the generated photo is transparent where it is to be repainted
     listed = LISTED_FILE.findall(done.stdout)
     maps = sorted(p.relative_to(output).as_posix() for p in (output / "maps").glob("*.png"))
     # one map per annotator, named after it, each listed in the output
@@ -55,3 +67,27 @@ def test_demo_runs_every_weight_free_annotator_and_the_workflow(tmp_path):
     assert results and all((output / m).is_file() for m in results)
     sampled = [m for m in results if "_map_" not in m]
     assert [Image.open(output / m).size for m in sampled] == [(SIDE, SIDE)]
+    assert re.search(rf"^Shared workflow workflows/api/{workflow}\.json \({SIDE}x{SIDE}, {STEPS} steps, ", done.stdout, re.M)
+
+
+def test_demo_with_a_photo_without_transparency_leaves_inpaint_out(tmp_path):
+    """Load Image's mask of such a photo is empty, which Inpaint Hint refuses: the annotator sheet
+    goes on without it, and the inpaint workflow is refused before ComfyUI starts."""
+    photo = tmp_path / "photo.jpg"
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photo)
+
+    refused = run_demo(tmp_path, "--photo", str(photo), "--workflow", "inpaint")
+    assert refused.returncode == 2
+    assert refused.stderr == (f"The inpaint workflow repaints the photo's transparent pixels, and {photo} has none.\n"
+                              "Pass a PNG whose transparent (alpha) pixels mark the region to repaint.\n")
+    assert not (tmp_path / "demo").exists()
+
+    done = run_demo(tmp_path, "--photo", str(photo))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "\nInpaint Hint left out: the photo has no transparent pixels to mark the region to inpaint\n" in done.stdout
+    node_ids = listed_annotators(done.stdout)
+    assert "CNS_InpaintHint" not in node_ids and "CNS_Canny" in node_ids
+    maps = list((tmp_path / "demo" / "maps").glob("*.png"))
+    assert len(maps) == len(node_ids)
+    assert {Image.open(m).size for m in maps} == {(80, 48)}
