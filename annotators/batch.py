@@ -6,12 +6,12 @@
         --weights-dir ComfyUI/models/annotators --resolution 768 --device cuda
 
 Each readable image becomes `<output>/<name>.png` at the image's own size (OpenPose also writes
-its keypoints as `<output>/<name>.json`); other files are skipped with a message. Files are
+its keypoints as `<output>/<name>.json`, as DWPose and Animal Pose do); other files are skipped with a message. Files are
 taken in name order. Images are read with their alpha channel and bit depth
 (cv2.IMREAD_UNCHANGED), so the shared input rules apply (alpha on white, 16-bit scaled to 8-bit).
 A learned annotator's network is loaded once, before the first image, from the weight files
 lllyasviel/Annotators publishes (and a few published elsewhere: Depth Anything V1 and V2, TEED,
-AnyLine's MTEED); an unknown --annotator lists every name with its files. AnyLine's float maps
+AnyLine's MTEED, DWPose's and Animal Pose's ONNX files); an unknown --annotator lists every name with its files. AnyLine's float maps
 are written as 16-bit PNGs.
 """
 
@@ -118,6 +118,9 @@ LEARNED: dict[str, LearnedAnnotator] = {
     "dwpose": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES),
     "dwpose_body": LearnedAnnotator("dwpose", "dwpose", "load_dwpose", _DWPOSE_FILES,
                                     fixed={"include_hand": False, "include_face": False}),
+    # Animal Pose: DWPose's YOLOX-L export and the AP-10K RTMPose-m export (animal_pose.WEIGHTS_REPOS)
+    "animal_pose": LearnedAnnotator("animal_pose", "animal_pose", "load_animal_pose",
+                                    ("animal_pose.DETECTOR_ONNX", "animal_pose.POSE_ONNX")),
     "midas_depth": LearnedAnnotator("midas", "midas_depth", "load_midas", ("midas.MIDAS_WEIGHTS",)),
     "midas_normal": LearnedAnnotator("midas", "midas_normal", "load_midas",
                                      ("midas.MIDAS_WEIGHTS",)),

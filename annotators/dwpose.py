@@ -7,7 +7,8 @@ DWPose finds people with a detector (YOLOX-L, `yolox_network`), as its ONNX pipe
   bottom, pixels 0..255 in the order given (RGB: DWPose's pipeline hands YOLOX the RGB image,
   though mmdet trained it on BGR; we keep what users' maps were made with);
 - `detect_people`: per grid point a box and the person score (objectness × person probability);
-  candidates above 0.1, greedy NMS at IoU 0.45, then the people above 0.3.
+  candidates above 0.1, greedy NMS at IoU 0.45, then the people above 0.3 (`detect_boxes`, which
+  Animal Pose runs on COCO's animal classes).
 
 Then, for each person's box:
 
@@ -90,7 +91,7 @@ DETECTOR_INPUT_SIZE = 640
 LETTERBOX_VALUE = 114
 CANDIDATE_SCORE_THRESHOLD = 0.1
 NMS_IOU_THRESHOLD = 0.45
-PERSON_SCORE_THRESHOLD = 0.3
+BOX_SCORE_THRESHOLD = 0.3
 PERSON_CLASS = 0
 # Megvii's NMS measures boxes in whole pixels, both ends included: side = x2 - x1 + 1.
 INCLUSIVE_PIXEL = 1.0
@@ -178,21 +179,32 @@ def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu", dtyp
                 detector_file: str = DETECTOR_ONNX, pose_file: str = POSE_ONNX) -> DWPoseNetworks:
     """YOLOX-L and RTMPose-l from the files named (one of DETECTOR_FILES and of POSE_FILES), in
     eval mode. Both files are found before either is read, so a missing one is reported at once."""
-    for name, choices in ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)):
-        if name not in choices:
-            raise ValueError(f"DWPose reads {' or '.join(choices)}, not '{name}'")
-    paths = {name: find_weights(name, folders, WEIGHTS_REPOS[name]) for name in (detector_file, pose_file)}
-    if detector_file.endswith(ONNX_SUFFIX):
-        detector = _exported_detector(paths[detector_file])
-    else:
-        detector = _built(lambda weights: Yolox(YoloxConfig.from_state_dict(weights)),
-                          _detector_weights(paths[detector_file]), paths[detector_file], "YOLOX")
+    detector_path, pose_path = find_network_files(
+        "DWPose", folders, ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)), WEIGHTS_REPOS)
+    detector = load_detector(detector_path)
     if pose_file.endswith(ONNX_SUFFIX):
-        pose = _exported_pose(paths[pose_file])
+        pose = _exported_pose(pose_path)
     else:
         pose = _built(lambda weights: Rtmpose(RtmposeConfig.from_state_dict(weights)),
-                      _pose_weights(paths[pose_file]), paths[pose_file], "RTMPose")
+                      _pose_weights(pose_path), pose_path, "RTMPose")
     return DWPoseNetworks(detector=placed_network(detector, device, dtype), pose=placed_network(pose, device, dtype))
+
+
+def find_network_files(annotator: str, folders: Sequence[str], choices: Sequence[tuple[str, Sequence[str]]],
+                       repos: dict[str, str]) -> list[str]:
+    """The path of each file named, each checked to be one of its choices: all are found before
+    any is read, so a missing one is reported at once."""
+    for name, allowed in choices:
+        if name not in allowed:
+            raise ValueError(f"{annotator} reads {' or '.join(allowed)}, not '{name}'")
+    return [find_weights(name, folders, repos[name]) for name, _ in choices]
+
+
+def load_detector(path: str) -> Yolox | ExportedDetector:
+    """YOLOX-L from its ONNX export or mmdet's checkpoint (by the file's suffix)."""
+    if path.endswith(ONNX_SUFFIX):
+        return _exported_detector(path)
+    return _built(lambda weights: Yolox(YoloxConfig.from_state_dict(weights)), _detector_weights(path), path, "YOLOX")
 
 
 def placed_network(network: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
@@ -225,7 +237,12 @@ def _exported_detector(path: str) -> ExportedDetector:
 
 
 def _exported_pose(path: str) -> ExportedPose:
-    graph = _graph(path, "RTMPose", inputs=1, outputs=2)
+    return exported_rtmpose(path, "RTMPose")
+
+
+def exported_rtmpose(path: str, what: str) -> ExportedPose:
+    """An RTMPose ONNX export (DWPose's, or Animal Pose's AP-10K model), its crop size read from the graph."""
+    graph = _graph(path, what, inputs=1, outputs=2)
     batch, _, height, width = graph.input_shapes[0]
     if not isinstance(height, int) or not isinstance(width, int):
         raise BadWeightsError(f"'{os.path.basename(path)}' does not fix its input size (height {height}, "
@@ -278,16 +295,27 @@ def _detections(detector: Yolox | ExportedDetector, batch: torch.Tensor) -> Dete
 
 def detect_people(image_rgb: np.ndarray, detector: Yolox | ExportedDetector) -> np.ndarray:
     """Person boxes (n, 4), x1 y1 x2 y2 in image pixels, most confident first."""
+    return detect_boxes(image_rgb, detector, (PERSON_CLASS,))
+
+
+def detect_boxes(image_rgb: np.ndarray, detector: Yolox | ExportedDetector, classes: Sequence[int]) -> np.ndarray:
+    """Boxes (n, 4) of the COCO `classes`, x1 y1 x2 y2 in image pixels: class by class in the
+    order given, each class's most confident first. Per class (cv_ox_det.py's multiclass_nms, then
+    its class and score filter): candidates above 0.1, NMS, kept above 0.3."""
     detector_input, ratio = letterbox(image_rgb)
     with torch.no_grad():
         detections = _detections(detector, image_batch(detector_input, detector))
-    boxes = to_numpy(detections.boxes[0]) / ratio
-    scores = to_numpy(detections.class_scores[0, :, PERSON_CLASS])
-    candidates = scores > CANDIDATE_SCORE_THRESHOLD
-    boxes, scores = boxes[candidates], scores[candidates]
-    kept = non_maximum_suppression(boxes, scores, NMS_IOU_THRESHOLD)
-    people = boxes[kept][scores[kept] > PERSON_SCORE_THRESHOLD]
-    return people[has_area(people)]
+    all_boxes = to_numpy(detections.boxes[0]) / ratio
+    class_scores = to_numpy(detections.class_scores[0])
+    found = []
+    for class_index in classes:
+        scores = class_scores[:, class_index]
+        candidates = scores > CANDIDATE_SCORE_THRESHOLD
+        boxes, scores = all_boxes[candidates], scores[candidates]
+        kept = non_maximum_suppression(boxes, scores, NMS_IOU_THRESHOLD)
+        found.append(boxes[kept][scores[kept] > BOX_SCORE_THRESHOLD])
+    boxes = np.concatenate(found)
+    return boxes[has_area(boxes)]
 
 
 def has_area(boxes: np.ndarray) -> np.ndarray:
@@ -333,8 +361,8 @@ def keypoints_to_image(keypoints: np.ndarray, centre: np.ndarray, size: np.ndarr
 
 def estimate_keypoints(image_rgb: np.ndarray, boxes: np.ndarray, network: Rtmpose | ExportedPose
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Each person's 133 keypoints in image pixels (n, 133, 2) and their scores (n, 133), from
-    uint8 RGB and person boxes (n, 4) x1 y1 x2 y2; the crops run in batches of POSE_CROPS_PER_BATCH."""
+    """Each box's keypoints (DWPose: 133) in image pixels (n, k, 2) and their scores (n, k), from
+    uint8 RGB and boxes (n, 4) x1 y1 x2 y2; the crops run in batches of POSE_CROPS_PER_BATCH."""
     input_size = network.input_size
     regions = [person_crop_box(box, input_size) for box in boxes]
     parameter = next(network.parameters())

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 import torch
 
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
-from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnyLine, CNS_DepthAnything, CNS_DepthAnythingV2,
-                                    CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
+from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnimalPose, CNS_AnyLine, CNS_DepthAnything,
+                                    CNS_DepthAnythingV2, CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
                                     CNS_MiDaSDepth, CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose,
                                     CNS_PiDiNet, CNS_UniFormerSegmentation, CNS_ZoeDepth)
 from .preprocessors_weight_free import (CNS_Binary, CNS_Canny, CNS_ColorGrid, CNS_ContentShuffle, CNS_HoughLines,
@@ -69,6 +69,7 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "openpose_full": (CNS_OpenPose, {"include_body": True, "include_hand": True, "include_face": True}),
     "dwpose": (CNS_DWPose, {"include_body": True, "include_hand": True, "include_face": True}),
     "dwpose_body": (CNS_DWPose, {"include_body": True, "include_hand": False, "include_face": False}),
+    "animal_pose": (CNS_AnimalPose, {}),
     "midas_depth": (CNS_MiDaSDepth, {}),
     "midas_normal": (CNS_MiDaSNormal, {}),
     "leres": (CNS_LeReSDepth, {}),

@@ -370,8 +370,13 @@ class PoseAnnotatorNode(AnnotatorNode):
         with learned_network(model) as networks:
             results = per_image(frames, lambda frame: run(
                 frame, networks, detect_resolution(resolution), include_body, include_hand, include_face))
-        keypoints = [people for _, people in results]
-        return (maps_to_image([pose_map for pose_map, _ in results]), keypoints, json.dumps(keypoints))
+        return pose_outputs(results)
+
+
+def pose_outputs(results: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, list[dict[str, Any]], str]:
+    """A pose node's outputs from (map, keypoints dict) per image: the maps, the dicts, their JSON."""
+    keypoints = [frame_keypoints for _, frame_keypoints in results]
+    return maps_to_image([pose_map for pose_map, _ in results]), keypoints, json.dumps(keypoints)
 
 
 class CNS_OpenPose(PoseAnnotatorNode):
@@ -401,9 +406,23 @@ DWPOSE_DETECTOR_FILES = {"yolox_l.onnx": "DETECTOR_ONNX",
 DWPOSE_POSE_FILES = {"dw-ll_ucoco_384.onnx": "POSE_ONNX", "dw-ll_ucoco_384.pth": "POSE_WEIGHTS"}
 
 
+def detector_and_pose_model(module: str, pose_files: dict[str, str], bbox_detector: str, pose_estimator: str
+                            ) -> LearnedModel:
+    """A top-down pose annotator's two networks (DWPose, Animal Pose), from the files the node
+    chose: YOLOX-L from one of DWPOSE_DETECTOR_FILES, the keypoint network from `pose_files`."""
+    return LearnedModel(module, (DWPOSE_DETECTOR_FILES[bbox_detector], pose_files[pose_estimator]), f"load_{module}",
+                        (("detector_file", bbox_detector), ("pose_file", pose_estimator)))
+
+
 def dwpose_model(bbox_detector: str, pose_estimator: str) -> LearnedModel:
-    return LearnedModel("dwpose", (DWPOSE_DETECTOR_FILES[bbox_detector], DWPOSE_POSE_FILES[pose_estimator]),
-                        "load_dwpose", (("detector_file", bbox_detector), ("pose_file", pose_estimator)))
+    return detector_and_pose_model("dwpose", DWPOSE_POSE_FILES, bbox_detector, pose_estimator)
+
+
+def bbox_detector_input(finds: str) -> tuple[list[str], dict[str, Any]]:
+    return (list(DWPOSE_DETECTOR_FILES), {
+        "default": next(iter(DWPOSE_DETECTOR_FILES)),
+        "tooltip": f"The file YOLOX-L, which finds the {finds}, is read from: DWPose's ONNX export "
+                   "(huggingface.co/yzd-v/DWPose) or mmdet's checkpoint."})
 
 
 class CNS_DWPose(PoseAnnotatorNode):
@@ -422,10 +441,7 @@ class CNS_DWPose(PoseAnnotatorNode):
         "include_body": ("BOOLEAN", {"default": True, "tooltip": "Draw the body skeletons."}),
         "include_hand": ("BOOLEAN", {"default": True, "tooltip": "Draw the hands (21 points each)."}),
         "include_face": ("BOOLEAN", {"default": True, "tooltip": "Draw the face landmarks (68 points)."}),
-        "bbox_detector": (list(DWPOSE_DETECTOR_FILES), {
-            "default": next(iter(DWPOSE_DETECTOR_FILES)),
-            "tooltip": "The file YOLOX-L, which finds the people, is read from: DWPose's ONNX export "
-                       "(huggingface.co/yzd-v/DWPose) or mmdet's checkpoint."}),
+        "bbox_detector": bbox_detector_input("people"),
         "pose_estimator": (list(DWPOSE_POSE_FILES), {
             "default": next(iter(DWPOSE_POSE_FILES)),
             "tooltip": "The file DWPose's RTMPose-l, which places the keypoints, is read from: its ONNX export "
@@ -440,6 +456,50 @@ class CNS_DWPose(PoseAnnotatorNode):
         return dwpose
 
 
+# Animal Pose: DWPose's detector files, and the AP-10K RTMPose-m export comfyui_controlnet_aux uses.
+ANIMAL_POSE_POSE_FILES = {"rtmpose-m_ap10k_256.onnx": "POSE_ONNX"}
+
+
+def animal_pose_model(bbox_detector: str, pose_estimator: str) -> LearnedModel:
+    return detector_and_pose_model("animal_pose", ANIMAL_POSE_POSE_FILES, bbox_detector, pose_estimator)
+
+
+class CNS_AnimalPose(AnnotatorNode):
+    DESCRIPTION = (
+        "Animal poses (AP-10K's 17 keypoints: eyes, nose, neck, tail root, four legs) drawn as coloured skeletons "
+        "for animal OpenPose ControlNets (e.g. control_sd15_animal_openpose), as comfyui_controlnet_aux's "
+        "'AnimalPose Estimator'; also returns the keypoints in that pack's AP-10K format. YOLOX-L finds birds, "
+        "cats, dogs, horses, sheep, cows, elephants, bears, zebras and giraffes; RTMPose-m places the keypoints. "
+        "Needs yolox_l.onnx from huggingface.co/yzd-v/DWPose (as DWPose) and rtmpose-m_ap10k_256.onnx from "
+        "huggingface.co/hr16/UnJIT-DWPose in models/annotators (or their ckpts/<repository> folders), never "
+        "downloaded; run here with torch, no onnxruntime. mmdet's "
+        "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth may replace yolox_l.onnx. TorchScript files "
+        "(.torchscript.pt) are not read. " + NETWORK_NOTE)
+    RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT", "STRING")
+    RETURN_NAMES = ("image", "pose_keypoint", "keypoints_json")
+    OUTPUT_TOOLTIPS = (
+        "The animal pose map, one per input image, at the input's size.",
+        "One dict per image ({version: 'ap10k', animals: [[[x, y, score] x 17] per animal], canvas_width, "
+        "canvas_height}; x, y in the image's pixels), as comfyui_controlnet_aux's AnimalPose POSE_KEYPOINT.",
+        "The same list as JSON text, one entry per image.",
+    )
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "bbox_detector": bbox_detector_input("animals"),
+        "pose_estimator": (list(ANIMAL_POSE_POSE_FILES), {
+            "default": next(iter(ANIMAL_POSE_POSE_FILES)),
+            "tooltip": "The file the AP-10K RTMPose-m, which places the keypoints, is read from (its ONNX export)."}),
+    }
+
+    def annotate(self, image, resolution, bbox_detector, pose_estimator):
+        model = animal_pose_model(bbox_detector, pose_estimator)
+        run = model.import_module().animal_pose
+        frames = image_frames(image)
+        with learned_network(model) as networks:
+            results = per_image(frames, lambda frame: run(frame, networks, detect_resolution(resolution)))
+        return pose_outputs(results)
+
+
 NODES = {
     "CNS_HED": (CNS_HED, "HED Soft Edges"),
     "CNS_PiDiNet": (CNS_PiDiNet, "PiDiNet Soft Edges"),
@@ -447,6 +507,7 @@ NODES = {
     "CNS_MLSD": (CNS_MLSD, "M-LSD Lines"),
     "CNS_OpenPose": (CNS_OpenPose, "OpenPose"),
     "CNS_DWPose": (CNS_DWPose, "DWPose"),
+    "CNS_AnimalPose": (CNS_AnimalPose, "Animal Pose (AP-10K)"),
     "CNS_Lineart": (CNS_Lineart, "Line Art"),
     "CNS_LineartAnime": (CNS_LineartAnime, "Anime Line Art"),
     "CNS_MangaLine": (CNS_MangaLine, "Manga Line Art"),

@@ -83,6 +83,9 @@ def _points(values: Any, width: float, height: float, where: str, counts: tuple[
 
 
 def _check_frame(frame: Any, where: str) -> None:
+    if isinstance(frame, Mapping) and "animals" in frame and "people" not in frame:
+        raise ValueError(f"{where} holds animal keypoints (AP-10K, from Animal Pose), not people: the Animal Pose "
+                         "node's image output is their map")
     if not isinstance(frame, Mapping) or not isinstance(frame.get("people"), list):
         raise ValueError(f"{where} is not an OpenPose frame: expected an object with a 'people' list")
 

@@ -30,7 +30,7 @@ from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS,
                                DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
-                               PERSON_SCORE_THRESHOLD, _detections, crop_matrix, crop_person, has_area,
+                               BOX_SCORE_THRESHOLD, _detections, crop_matrix, crop_person, has_area,
                                keypoints_to_image, letterbox, person_crop_box, wholebody_to_pose)
 from annotators.networks_common import image_batch
 from annotators.openpose.drawing import draw_poses
@@ -362,7 +362,7 @@ def test_boxes_without_area_are_dropped_before_cropping():
             reg.bias.copy_(torch.tensor([0.0, 0.0, -1000.0, -1000.0]))
         detections = _detections(networks.detector, image_batch(letterbox(PHOTO)[0], networks.detector))
     boxes = detections.boxes[0].numpy()
-    assert (detections.class_scores[0, :, 0] > PERSON_SCORE_THRESHOLD).all()  # each one confident...
+    assert (detections.class_scores[0, :, 0] > BOX_SCORE_THRESHOLD).all()  # each one confident...
     assert (boxes[:, 2] == boxes[:, 0]).all() and (boxes[:, 3] == boxes[:, 1]).all()  # ...and a point
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no divide-by-zero on the way

@@ -104,6 +104,9 @@ def test_keypoints_come_from_the_socket_or_the_text():
     ([{"canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
     ([[1, 2, 3]], (0, 0), "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
+    ([{"version": "ap10k", "animals": [], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0 holds animal keypoints (AP-10K, from Animal Pose), not people: the Animal Pose node's image "
+     "output is their map"),
     ([{"people": ["nobody"], "canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0, person 0: expected an object with pose_keypoints_2d and so on"),
     ([{"people": [{"pose_keypoints_2d": [1, 2, 1] * 17}], "canvas_width": 64, "canvas_height": 64}], (0, 0),

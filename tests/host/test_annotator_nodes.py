@@ -33,7 +33,7 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "
                "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
                "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_TTPlanetTileGuidedFilter",
                "CNS_TTPlanetTileSimple"]
-LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_Lineart", "CNS_LineartAnime",
+LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_AnimalPose", "CNS_Lineart", "CNS_LineartAnime",
            "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth",
            "CNS_OneFormerSegmentation"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
@@ -520,7 +520,25 @@ def weights_folder(pack, tmp_path_factory):
         torch.save(random_weights(template, seed, module_name), folder / getattr(module, constant))
     if pack.has("annotators.dwpose"):
         save_dwpose_onnx_files(pack.module("annotators.dwpose"), folder)
+    if pack.has("annotators.animal_pose"):
+        save_ap10k_onnx_file(pack, folder, seed=len(NETWORKS))
     return folder
+
+
+AP10K_TEST_CROP = (64, 64)  # the published file's is 256 x 256; the annotator reads it from the file
+
+
+def save_ap10k_onnx_file(pack, folder, seed: int) -> None:
+    """Animal Pose's rtmpose-m_ap10k_256.onnx: a narrow RTMPose with AP-10K's 17 keypoints and
+    random weights, exported as DWPose's is (its detector is DWPose's yolox_l.onnx)."""
+    dwpose, animal_pose = pack.module("annotators.dwpose"), pack.module("annotators.animal_pose")
+    config = dwpose.RtmposeConfig(**RTMPOSE_TEST_WIDTHS, keypoints=len(animal_pose.AP10K_KEYPOINTS),
+                                  input_size=AP10K_TEST_CROP)
+    with torch.device("meta"):
+        template = dwpose.Rtmpose(config).state_dict()
+    network = dwpose.Rtmpose(config)
+    network.load_state_dict(random_weights(template, seed, "dwpose"))
+    save_onnx(network.eval(), (1, 3, *AP10K_TEST_CROP[::-1]), folder / animal_pose.POSE_ONNX, batch_axis=True)
 
 
 def save_dwpose_onnx_files(dwpose, folder) -> None:
@@ -651,6 +669,31 @@ def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_fo
     assert people and all(person["face_keypoints_2d"] == [] and person["hand_left_keypoints_2d"] for person in people)
 
 
+def test_animal_pose_node_equals_the_annotator_with_its_keypoints(pack, annotators_folder):
+    skip_unless_written(pack, "animal_pose")
+    animal_pose = pack.module("annotators.animal_pose")
+    photos = torch.cat([SMALL_PHOTOS, SMALL_PHOTOS.flip(2)])
+    image, keypoints, keypoints_json = pack.run("CNS_AnimalPose", image=photos, resolution=LEARNED_RESOLUTION,
+                                                bbox_detector=animal_pose.DETECTOR_ONNX, pose_estimator=animal_pose.POSE_ONNX)
+    networks = animal_pose.load_animal_pose([str(annotators_folder)])
+    direct = [animal_pose.animal_pose(frame.numpy(), networks, LEARNED_RESOLUTION) for frame in photos]
+    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert keypoints == [animals for _, animals in direct]
+    assert json.loads(keypoints_json) == keypoints
+    assert [(k["canvas_width"], k["canvas_height"]) for k in keypoints] == [(LEARNED_WIDTH, LEARNED_HEIGHT)] * 4
+    assert sum(len(k["animals"]) for k in keypoints) > 0  # the random detector finds some animals
+
+
+def test_animal_pose_node_defaults_and_file_choices(pack):
+    learned = pack.module("nodes.preprocessors_learned")
+    dwpose, animal_pose = pack.module("annotators.dwpose"), pack.module("annotators.animal_pose")
+    assert pack.defaults("CNS_AnimalPose") == {"resolution": 512, "bbox_detector": dwpose.DETECTOR_ONNX,
+                                               "pose_estimator": animal_pose.POSE_ONNX}
+    assert tuple(learned.ANIMAL_POSE_POSE_FILES) == animal_pose.POSE_FILES
+    assert all(getattr(animal_pose, constant) == name for name, constant in learned.ANIMAL_POSE_POSE_FILES.items())
+    assert animal_pose.DETECTOR_FILES == dwpose.DETECTOR_FILES == tuple(learned.DWPOSE_DETECTOR_FILES)
+
+
 def test_dwpose_node_defaults_draw_every_part(pack):
     dwpose = pack.module("annotators.dwpose")
     assert pack.defaults("CNS_DWPose") == {"resolution": 512, "include_body": True, "include_hand": True,
@@ -710,13 +753,16 @@ def test_learned_node_declarations_match_their_annotator_modules(pack):
         elif node_id == "CNS_DWPose":
             models = [learned.dwpose_model(detector, pose)
                       for detector in learned.DWPOSE_DETECTOR_FILES for pose in learned.DWPOSE_POSE_FILES]
+        elif node_id == "CNS_AnimalPose":
+            models = [learned.animal_pose_model(detector, pose)
+                      for detector in learned.DWPOSE_DETECTOR_FILES for pose in learned.ANIMAL_POSE_POSE_FILES]
         elif node_id == "CNS_AnyLine":  # MTEED and the line-art nodes' networks
             models = [model for choice in learned.ANYLINE_LINE_ART_MODELS for model in learned.anyline_models(choice)]
         else:
             models = list(cls.MODELS.values()) if hasattr(cls, "MODELS") else [cls.MODEL]
         if not pack.has(f"annotators.{models[0].module}"):
             continue
-        if node_id not in ("CNS_OpenPose", "CNS_DWPose", "CNS_AnyLine"):  # they run a function of their own
+        if node_id not in ("CNS_OpenPose", "CNS_DWPose", "CNS_AnimalPose", "CNS_AnyLine"):  # they run a function of their own
             assert callable(getattr(pack.module(f"annotators.{models[0].module}"), cls.RUN))
         for model in models:
             module = pack.module(f"annotators.{model.module}")

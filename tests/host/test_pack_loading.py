@@ -22,7 +22,7 @@ NODES_BY_CATEGORY = {
         "CNS_ColorGrid", "CNS_ContentShuffle", "CNS_Tile", "CNS_InpaintHint", "CNS_NormalFromDepth",
         "CNS_ColorizeSegmentation", "CNS_ImageLuminance", "CNS_ImageIntensity", "CNS_RestoreBrightness",
         "CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints",
-        "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_Lineart",
+        "CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_AnimalPose", "CNS_Lineart",
         "CNS_LineartAnime", "CNS_MangaLine", "CNS_AnyLine", "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnything",
         "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth", "CNS_PyraCanny", "CNS_TTPlanetTileGuidedFilter",
         "CNS_TTPlanetTileSimple",
