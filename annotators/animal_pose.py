@@ -82,7 +82,7 @@ def load_animal_pose(folders: Sequence[str], device: torch.device | str = "cpu",
     detector_path, pose_path = find_network_files(
         "Animal Pose", folders, ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)), WEIGHTS_REPOS)
     detector = load_detector(detector_path)
-    pose = exported_rtmpose(pose_path, "RTMPose")
+    pose = exported_rtmpose(pose_path)
     return DWPoseNetworks(detector=placed_network(detector, device, dtype), pose=placed_network(pose, device, dtype))
 
 

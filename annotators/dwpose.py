@@ -183,7 +183,7 @@ def load_dwpose(folders: Sequence[str], device: torch.device | str = "cpu", dtyp
         "DWPose", folders, ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)), WEIGHTS_REPOS)
     detector = load_detector(detector_path)
     if pose_file.endswith(ONNX_SUFFIX):
-        pose = _exported_pose(pose_path)
+        pose = exported_rtmpose(pose_path)
     else:
         pose = _built(lambda weights: Rtmpose(RtmposeConfig.from_state_dict(weights)),
                       _pose_weights(pose_path), pose_path, "RTMPose")
@@ -236,13 +236,9 @@ def _exported_detector(path: str) -> ExportedDetector:
     return ExportedDetector(_graph(path, "YOLOX", inputs=1, outputs=1))
 
 
-def _exported_pose(path: str) -> ExportedPose:
-    return exported_rtmpose(path, "RTMPose")
-
-
-def exported_rtmpose(path: str, what: str) -> ExportedPose:
+def exported_rtmpose(path: str) -> ExportedPose:
     """An RTMPose ONNX export (DWPose's, or Animal Pose's AP-10K model), its crop size read from the graph."""
-    graph = _graph(path, what, inputs=1, outputs=2)
+    graph = _graph(path, "RTMPose", inputs=1, outputs=2)
     batch, _, height, width = graph.input_shapes[0]
     if not isinstance(height, int) or not isinstance(width, int):
         raise BadWeightsError(f"'{os.path.basename(path)}' does not fix its input size (height {height}, "
