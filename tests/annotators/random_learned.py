@@ -57,6 +57,9 @@ YOLOX_TEST_FACTORS = (0.125, 0.33)
 RTMPOSE_TEST_WIDTHS = dict(stem_channels=8, hidden=32, attention_dim=16,
                            stages=tuple((i // 8, o // 8, 1, identity, spp) for i, o, _, identity, spp in CSPNEXT_P5))
 RTMPOSE_TEST_CROP = (64, 96)
+# Animal Pose's AP-10K RTMPose on a small square crop (the published file's is 256 x 256; the
+# annotator reads the crop size from the file).
+AP10K_TEST_CROP = (64, 64)
 
 
 def random_state_dict(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

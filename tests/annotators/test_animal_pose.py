@@ -27,13 +27,12 @@ from annotators.rtmpose_network import Rtmpose, RtmposeConfig
 from annotators.weights import BadWeightsError, MissingWeightsError
 from workflows.random_models import MegviiYoloxExport, save_onnx
 
-from .random_learned import DWPOSE_PERSON_BIAS, RTMPOSE_TEST_WIDTHS, adjust, random_state_dict
+from .random_learned import AP10K_TEST_CROP, DWPOSE_PERSON_BIAS, RTMPOSE_TEST_WIDTHS, adjust, random_state_dict
 from .test_dwpose import (MegviiLayoutInferenceSession, NetworkInferenceSession, dwpose_onnx_module,
                           onnxruntime_session, tiny_rtmpose, tiny_yolox)
 
 PHOTO = data.astronaut()  # 512x512 RGB
 CAT, DOG = 15, 16  # COCO class indices
-AP10K_TEST_CROP = (64, 64)  # the published model's is 256x256; the crop size is read from the file
 
 # comfyui_controlnet_aux dwpose/animalpose.py, AnimalPoseImage.__call__: 1-based pairs, RGB colours.
 AUX_KEYPOINT_PAIRS = [(1, 2), (2, 3), (1, 3), (3, 4), (4, 9), (9, 10), (10, 11), (4, 6), (6, 7), (7, 8), (4, 5), (5, 15),

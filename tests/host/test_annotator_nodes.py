@@ -25,7 +25,8 @@ from skimage import data
 
 from annotators import batch as batch_cli  # the names only: the runs use the pack's own copy
 from tests.annotators.random_learned import (  # the annotator tests' recipe
-    RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust, random_state_dict)
+    AP10K_TEST_CROP, RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust,
+    random_state_dict)
 from workflows.random_models import MegviiYoloxExport, save_onnx
 
 CATEGORY = "ControlNet Suite/preprocessors"
@@ -523,9 +524,6 @@ def weights_folder(pack, tmp_path_factory):
     if pack.has("annotators.animal_pose"):
         save_ap10k_onnx_file(pack, folder, seed=len(NETWORKS))
     return folder
-
-
-AP10K_TEST_CROP = (64, 64)  # the published file's is 256 x 256; the annotator reads it from the file
 
 
 def save_ap10k_onnx_file(pack, folder, seed: int) -> None:
