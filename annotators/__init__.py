@@ -5,7 +5,7 @@ entry point taking an image array (see `image` for the accepted dtypes and layou
 returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` and `anyline` return float32.
 Learned annotators take their network, made by their `load_*` function from the weight file
 lllyasviel/Annotators publishes (Depth Anything V2: the files of the depth-anything
-repositories; TEED and AnyLine: 7_model.pth and MTEED.pth from the repositories
+repositories; TEED, AnyLine and DSINE: 7_model.pth, MTEED.pth and dsine.pt from the repositories
 comfyui_controlnet_aux reads), found in local folders only (see `weights`). OpenPose lives in
 the `openpose` subpackage (it also needs scipy, which ComfyUI installs).
 """
@@ -32,6 +32,7 @@ from .leres import LERES_WEIGHTS, LeReSNetwork, leres, load_leres
 from .manga_line import MANGA_LINE_WEIGHTS, MangaLineNetwork, load_manga_line, manga_line
 from .midas import (MIDAS_WEIGHTS, MiDaSNetwork, load_midas, midas_depth, midas_depth_and_normal,
                     midas_normal)
+from .dsine import DSINE_WEIGHTS, DsineNetwork, dsine, load_dsine
 from .mlsd import MLSD_WEIGHTS, MLSDNetwork, decode_segments, load_mlsd, mlsd
 from .normalbae import NORMALBAE_WEIGHTS, NormalBaeNetwork, load_normalbae, normalbae
 from .oneformer import (ONEFORMER_ADE20K_WEIGHTS, ONEFORMER_COCO_WEIGHTS, OneFormerNetwork, load_oneformer,
@@ -59,7 +60,8 @@ __all__ = [
     "UNIFORMER_WEIGHTS", "UniFormerSegmentationNetwork", "load_uniformer", "uniformer_segmentation",
     "ONEFORMER_ADE20K_WEIGHTS", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", "load_oneformer", "oneformer_segmentation",
     "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
-    "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
+    "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae",
+    "DSINE_WEIGHTS", "DsineNetwork", "dsine", "load_dsine", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",

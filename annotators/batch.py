@@ -128,6 +128,8 @@ LEARNED: dict[str, LearnedAnnotator] = {
     "zoe_depth": LearnedAnnotator("zoe", "zoe_depth", "load_zoe", ("zoe.ZOE_WEIGHTS",)),
     "normalbae": LearnedAnnotator("normalbae", "normalbae", "load_normalbae",
                                   ("normalbae.NORMALBAE_WEIGHTS",)),
+    # published where comfyui_controlnet_aux fetches it (dsine.DSINE_REPO)
+    "dsine": LearnedAnnotator("dsine", "dsine", "load_dsine", ("dsine.DSINE_WEIGHTS",)),
     "manga_line": LearnedAnnotator("manga_line", "manga_line", "load_manga_line",
                                    ("manga_line.MANGA_LINE_WEIGHTS",)),
     "uniformer": LearnedAnnotator("uniformer", "uniformer_segmentation", "load_uniformer",

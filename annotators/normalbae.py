@@ -26,7 +26,7 @@ from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
 from .networks_common import image_batch, load_network, pad_to_multiple, to_numpy
-from .normalbae_efficientnet import HEAD_CHANNELS, STAGE_CHANNELS, EfficientNetB5
+from .normalbae_efficientnet import HEAD_CHANNELS, STAGE_CHANNELS, EfficientNetEncoder
 
 # https://huggingface.co/lllyasviel/Annotators/blob/main/scannet.pt (v1.1 annotator/normalbae)
 NORMALBAE_WEIGHTS = "scannet.pt"
@@ -145,17 +145,6 @@ class NormalBaeDecoder(nn.Module):
         return prediction
 
 
-class NormalBaeEncoder(nn.Module):
-    """Holds the EfficientNet as `original_model`, the name the checkpoint's keys use."""
-
-    def __init__(self):
-        super().__init__()
-        self.original_model = EfficientNetB5()
-
-    def forward(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.original_model(image)
-
-
 class NormalBaeNetwork(nn.Module):
     """Input 1x3xHxW ImageNet-normalised RGB, H and W multiples of 32; output 1x4xHxW: the unit
     normal (x, y, z) and kappa. Keys as in `scannet.pt` (controlnet-aux NNET):
@@ -163,7 +152,7 @@ class NormalBaeNetwork(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.encoder = NormalBaeEncoder()
+        self.encoder = EfficientNetEncoder()
         self.decoder = NormalBaeDecoder()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

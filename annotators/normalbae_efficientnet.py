@@ -1,5 +1,5 @@
 """EfficientNet-B5 (the TensorFlow-ported "tf_efficientnet_b5_ap" weights layout), as the
-NormalBAE encoder uses it: plain torch, no geffnet or timm at run time.
+NormalBAE and DSINE encoders use it: plain torch, no geffnet or timm at run time.
 
 EfficientNet (Tan & Le, ICML 2019) is a stem conv, seven stages of mobile inverted-bottleneck
 blocks with squeeze-and-excitation, and a 1x1 head conv. B5 is the B0 layout widened by 1.6 and
@@ -187,3 +187,15 @@ class EfficientNetB5(nn.Module):
             x = stage(x)
             stage_outputs.append(x)
         return stage_outputs, self.conv_head(x)
+
+
+class EfficientNetEncoder(nn.Module):
+    """Holds the EfficientNet as `original_model`, the name NormalBAE's and DSINE's checkpoint
+    keys use (both wrap geffnet's model the same way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.original_model = EfficientNetB5()
+
+    def forward(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.original_model(image)

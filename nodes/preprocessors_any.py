@@ -16,7 +16,7 @@ import torch
 
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
 from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnimalPose, CNS_AnyLine, CNS_DepthAnything,
-                                    CNS_DepthAnythingV2, CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
+                                    CNS_DepthAnythingV2, CNS_DSINENormal, CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
                                     CNS_MiDaSDepth, CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose,
                                     CNS_PiDiNet, CNS_UniFormerSegmentation, CNS_ZoeDepth)
 from .preprocessors_weight_free import (CNS_Binary, CNS_Canny, CNS_ColorGrid, CNS_ContentShuffle, CNS_HoughLines,
@@ -81,6 +81,7 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "depth_anything_v2_base": (CNS_DepthAnythingV2, {"model": "base"}),
     "depth_anything_v2_small": (CNS_DepthAnythingV2, {"model": "small"}),
     "normalbae": (CNS_NormalBAE, {}),
+    "dsine": (CNS_DSINENormal, {}),
     "uniformer": (CNS_UniFormerSegmentation, {}),
     "oneformer_ade20k": (CNS_OneFormerSegmentation, {"dataset": "ade20k"}),
     "oneformer_coco": (CNS_OneFormerSegmentation, {"dataset": "coco"}),

@@ -1,7 +1,7 @@
 """Annotator nodes with learned networks. Each node is a few declarations: its LearnedModel
 (module, weight-file constants, loader: see preprocessors_models), the annotator function to run
 and its inputs. Annotator modules are imported only when a node runs, except M-LSD's, TEED's and
-LeReS's (for input defaults) and AnyLine's (its defaults and entry point), which
+LeReS's and DSINE's (for input defaults) and AnyLine's (its defaults and entry point), which
 annotators/__init__.py imports anyway."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 from ..annotators.anyline import (DEFAULT_CONNECTIVITY, DEFAULT_LOWER_BOUND, DEFAULT_MIN_SIZE, DEFAULT_UPPER_BOUND,
                                   NEIGHBOURHOODS, STANDARD, AnyLineNetworks, anyline)
 from ..annotators.anyline import DEFAULT_DETECT_RESOLUTION as ANYLINE_DETECT_RESOLUTION
+from ..annotators.dsine import DEFAULT_FOV as DSINE_DEFAULT_FOV, DEFAULT_ITERATIONS as DSINE_DEFAULT_ITERATIONS
+from ..annotators.dsine import MAX_FOV as DSINE_MAX_FOV, MAX_ITERATIONS as DSINE_MAX_ITERATIONS
 from ..annotators.leres import MAX_PERCENT as LERES_MAX_PERCENT
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
@@ -253,6 +255,24 @@ class CNS_NormalBAE(LearnedAnnotatorNode):
     DESCRIPTION = "Surface normals by NormalBAE (v1.1 normal_bae), for control_v11p_sd15_normalbae. " + WEIGHTS_NOTE.format(files="scannet.pt")
     MODEL = LearnedModel("normalbae", ("NORMALBAE_WEIGHTS",), "load_normalbae")
     RUN = "normalbae"
+
+
+class CNS_DSINENormal(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "Surface normals by DSINE (Bae & Davison, CVPR 2024; as comfyui_controlnet_aux's 'DSINE Normal Map'), "
+        "mapped as NormalBAE's, for normalbae ControlNets: sharper than NormalBAE, and it uses the camera's field "
+        "of view. Needs dsine.pt from huggingface.co/hr16/Diffusion-Edge in models/annotators (never "
+        "downloaded). " + NETWORK_NOTE)
+    MODEL = LearnedModel("dsine", ("DSINE_WEIGHTS",), "load_dsine")
+    RUN = "dsine"
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "fov": ("FLOAT", {"default": DSINE_DEFAULT_FOV, "min": 1.0, "max": DSINE_MAX_FOV, "step": 0.5, "tooltip": (
+            "The camera's field of view across the image's longer side, in degrees (60: a normal lens; "
+            "larger for a wide-angle photo). DSINE turns it into a viewing ray per pixel.")}),
+        "iterations": ("INT", {"default": DSINE_DEFAULT_ITERATIONS, "min": 1, "max": DSINE_MAX_ITERATIONS, "tooltip": (
+            "How many times the normals are refined from their neighbours (the model was trained with 5).")}),
+    }
 
 
 class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
@@ -519,6 +539,7 @@ NODES = {
     "CNS_ZoeDepth": (CNS_ZoeDepth, "Zoe Depth"),
     "CNS_LeReSDepth": (CNS_LeReSDepth, "LeReS Depth"),
     "CNS_NormalBAE": (CNS_NormalBAE, "NormalBAE Normal Map"),
+    "CNS_DSINENormal": (CNS_DSINENormal, "DSINE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
     "CNS_OneFormerSegmentation": (CNS_OneFormerSegmentation, "OneFormer Segmentation"),
 }

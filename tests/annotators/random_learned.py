@@ -26,6 +26,8 @@ TEED_INPUT_SCALE = 64.0                  # as test_teed.py: TEED takes 0..255, u
 TEED_READOUT_SCALE = 30.0                # as test_teed.py: spreads the mean logit over all safe levels
 TEED_READOUTS = ("up_block_1.features.2.weight", "up_block_2.features.2.weight", "up_block_3.features.5.weight")
 NOISE = 0.1                              # biases, norm shifts; norm scales are 1 +- this
+BN_MEAN_JITTER = 0.1        # calibrate_batch_norms: running mean = batch mean + this x std x N(0, 1)
+BN_VAR_JITTER = (0.5, 1.5)  # calibrate_batch_norms: running var = batch var x U(0.5, 1.5)
 ZOE_BIN_INDEX = "conditional_log_binomial.log_binomial_transform.k_idx"
 ZOE_LAST_BIN = "conditional_log_binomial.log_binomial_transform.K_minus_1"
 # Narrow ZoeDepth widths (annotators.zoe_network.ZoeSize fields) for tests: BEiT 32 wide with 2
@@ -171,3 +173,27 @@ def assert_loaded(network: torch.nn.Module, weights: dict[str, torch.Tensor]) ->
     for key, value in weights.items():
         assert torch.equal(loaded[key], value), key
     assert not network.training
+
+
+def calibrate_batch_norms(network: torch.nn.Module, images: torch.Tensor, seed: int) -> None:
+    """Give every BatchNorm the (jittered) statistics of the activations it sees on `images`,
+    in one eval-mode pass: each is set just before it runs, so later layers see normalised
+    inputs, as in a trained network."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def set_statistics(module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        mean, var = inputs[0].mean((0, 2, 3)), inputs[0].var((0, 2, 3))
+        noise = torch.randn(mean.shape, generator=generator)
+        module.running_mean.copy_(mean + BN_MEAN_JITTER * var.sqrt() * noise)
+        low, high = BN_VAR_JITTER
+        module.running_var.copy_(var * (low + (high - low) * torch.rand(var.shape,
+                                                                         generator=generator)))
+
+    handles = [m.register_forward_pre_hook(set_statistics) for m in network.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            network(images)
+    finally:
+        for handle in handles:
+            handle.remove()

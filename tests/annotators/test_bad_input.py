@@ -90,6 +90,7 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "midas_normal": ("midas", "load_midas", entry("midas", "midas_normal")),
     "leres": ("leres", "load_leres", entry("leres", "leres")),
     "normalbae": ("normalbae", "load_normalbae", entry("normalbae", "normalbae")),
+    "dsine": ("dsine", "load_dsine", entry("dsine", "dsine")),
     "manga_line": ("manga_line", "load_manga_line", entry("manga_line", "manga_line")),
     "uniformer": ("uniformer", "load_uniformer", uniformer_map),
     "depth_anything": ("depth_anything", "load_depth_anything",

@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from annotators.anyline import load_anyline
+from annotators.dsine import DSINE_REPO, DSINE_WEIGHTS, load_dsine
 from annotators.depth_anything import (MODEL_FILES, V1_MODEL_FILES, WEIGHTS_REPOS, load_depth_anything,
                                        load_depth_anything_v1)
 from annotators.hed import HED_WEIGHTS, load_hed
@@ -79,6 +80,8 @@ CASES = {
     "lineart_anime": Case(load_lineart_anime, LINEART_ANIME_WEIGHTS, ANNOTATORS_URL),
     "mlsd": Case(load_mlsd, MLSD_WEIGHTS, ANNOTATORS_URL),
     "normalbae": Case(load_normalbae, "scannet.pt", ANNOTATORS_URL),
+    "dsine": Case(load_dsine, "dsine.pt", "https://huggingface.co/hr16/Diffusion-Edge",
+                  constants=((DSINE_WEIGHTS, "dsine.pt"), (DSINE_REPO, "hr16/Diffusion-Edge"))),
     "teed": Case(load_teed, TEED_WEIGHTS, TEED_URL),
     "mteed": Case(lambda folders: load_teed(folders, mteed=True), MTEED_WEIGHTS, MTEED_URL),
     "midas": Case(load_midas, "dpt_hybrid-midas-501f0c75.pt", ANNOTATORS_URL,

@@ -36,7 +36,7 @@ from annotators.normalbae import (NORMALBAE_WEIGHTS, NormalBaeNetwork,  # noqa: 
 from annotators.weights import BadWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
-from .random_learned import assert_loaded  # noqa: E402
+from .random_learned import assert_loaded, calibrate_batch_norms  # noqa: E402
 
 # Raw network outputs: equal within this, relative to the output's largest magnitude.
 RAW_TOLERANCE = 1e-4
@@ -52,8 +52,6 @@ ORACLE_ARGS = types.SimpleNamespace(mode="client", architecture="BN", pretrained
                                     sampling_ratio=0.4, importance_ratio=0.7)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, as the oracle's transforms.Normalize
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BN_MEAN_JITTER = 0.1          # running mean = batch mean + this x std x N(0, 1)
-BN_VAR_JITTER = (0.5, 1.5)    # running var = batch var x U(0.5, 1.5)
 
 PHOTO = data.astronaut()  # 512x512 RGB, shipped with scikit-image
 PHOTO_128 = cv2.resize(PHOTO, (128, 128), interpolation=cv2.INTER_AREA)
@@ -93,30 +91,6 @@ def random_weights(template: dict[str, torch.Tensor], seed: int) -> dict[str, to
         else:
             weights[key] = 0.1 * torch.randn(value.shape, generator=generator)
     return weights
-
-
-def calibrate_batch_norms(network: torch.nn.Module, images: torch.Tensor, seed: int) -> None:
-    """Give every BatchNorm the (jittered) statistics of the activations it sees on `images`,
-    in one eval-mode pass: each is set just before it runs, so later layers see normalised
-    inputs, as in a trained network."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def set_statistics(module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
-        mean, var = inputs[0].mean((0, 2, 3)), inputs[0].var((0, 2, 3))
-        noise = torch.randn(mean.shape, generator=generator)
-        module.running_mean.copy_(mean + BN_MEAN_JITTER * var.sqrt() * noise)
-        low, high = BN_VAR_JITTER
-        module.running_var.copy_(var * (low + (high - low) * torch.rand(var.shape,
-                                                                         generator=generator)))
-
-    handles = [m.register_forward_pre_hook(set_statistics) for m in network.modules()
-               if isinstance(m, torch.nn.BatchNorm2d)]
-    try:
-        with torch.no_grad():
-            network(images)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @pytest.fixture(scope="module")
