@@ -15,7 +15,8 @@ top-down steps (annotators/dwpose.py):
 
 Keypoints come back in comfyui_controlnet_aux's AP-10K format: {"version": "ap10k", "animals":
 [[[x, y, score] x 17] per animal], "canvas_width", "canvas_height"}, here in the image's pixels
-(there: the detect resolution's), scores clipped to 0..1.
+(there: the detect resolution's), scores clipped to 0..1. The format, the skeleton and its drawing
+are in annotators/ap10k.py, which Draw Pose Keypoints shares.
 
 Weights: `yolox_l.onnx` (or mmdet's YOLOX-L checkpoint) as for DWPose, and the AP-10K model
 `rtmpose-m_ap10k_256.onnx` that comfyui_controlnet_aux fetches from huggingface.co/hr16/UnJIT-DWPose,
@@ -27,13 +28,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from .dwpose import (DETECTOR_FILES, DETECTOR_ONNX, DETECTOR_WEIGHTS, DWPoseNetworks, detect_boxes,
                      estimate_keypoints, exported_rtmpose, find_network_files, load_detector, placed_network)
 from .dwpose import WEIGHTS_REPOS as DWPOSE_WEIGHTS_REPOS
+from .ap10k import AP10K_KEYPOINTS, Animal, animals_to_json, draw_animals
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
 from .weights import BadWeightsError
 
@@ -45,36 +46,6 @@ WEIGHTS_REPOS = {DETECTOR_ONNX: DWPOSE_WEIGHTS_REPOS[DETECTOR_ONNX],
 
 # COCO's animal classes, bird (14) to giraffe (23): animalpose.py's detect_classes.
 ANIMAL_CLASSES = tuple(range(14, 24))
-# AP-10K's keypoint order (mmpose's ap10k dataset info).
-AP10K_KEYPOINTS = ("left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
-                   "left_front_paw", "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee",
-                   "left_back_paw", "right_hip", "right_knee", "right_back_paw")
-# The lines animalpose.py draws, in its order, each with its colour (RGB, as the map is).
-AP10K_LIMBS = (
-    (("left_eye", "right_eye"), (255, 255, 255)),
-    (("right_eye", "nose"), (100, 255, 100)),
-    (("left_eye", "nose"), (150, 255, 255)),
-    (("nose", "neck"), (100, 50, 255)),
-    (("neck", "right_shoulder"), (50, 150, 200)),
-    (("right_shoulder", "right_elbow"), (0, 255, 255)),
-    (("right_elbow", "right_front_paw"), (0, 150, 0)),
-    (("neck", "left_shoulder"), (0, 0, 255)),
-    (("left_shoulder", "left_elbow"), (0, 0, 150)),
-    (("left_elbow", "left_front_paw"), (255, 50, 255)),
-    (("neck", "root_of_tail"), (255, 0, 255)),
-    (("root_of_tail", "right_hip"), (255, 0, 0)),
-    (("right_hip", "right_knee"), (150, 0, 0)),
-    (("right_knee", "right_back_paw"), (255, 255, 100)),
-    (("root_of_tail", "left_hip"), (0, 150, 0)),
-    (("left_hip", "left_knee"), (255, 255, 0)),
-    (("left_knee", "left_back_paw"), (150, 150, 150)),
-)
-LIMB_THICKNESS_PX = 5  # animalpose.py: int(5 // scaleFactor), its scale factor 1
-KEYPOINTS_VERSION = "ap10k"
-
-Animal = tuple[np.ndarray, np.ndarray]  # (17 keypoints x, y in pixels, their 17 scores)
-
-
 def load_animal_pose(folders: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                      detector_file: str = DETECTOR_ONNX, pose_file: str = POSE_ONNX) -> DWPoseNetworks:
     """YOLOX-L (one of DETECTOR_FILES) and the AP-10K RTMPose-m (POSE_ONNX), in eval mode; both
@@ -98,29 +69,6 @@ def find_animals(image_rgb: np.ndarray, networks: DWPoseNetworks) -> list[Animal
             f"the pose file places {keypoints.shape[1]} keypoints, not AP-10K's {len(AP10K_KEYPOINTS)}: Animal Pose "
             f"needs {POSE_ONNX} (DWPose's whole-body file is for people)")
     return list(zip(keypoints, scores))
-
-
-def draw_animals(animals: Sequence[Animal], height: int, width: int) -> np.ndarray:
-    """uint8 height×width×3 map: each animal's limbs in AP10K_LIMBS' order and colours, end points
-    truncated to whole pixels as animalpose.py does."""
-    canvas = np.zeros((height, width, 3), np.uint8)
-    index = {name: i for i, name in enumerate(AP10K_KEYPOINTS)}
-    for keypoints, _ in animals:
-        for (start, end), colour in AP10K_LIMBS:
-            (x1, y1), (x2, y2) = keypoints[index[start]], keypoints[index[end]]
-            cv2.line(canvas, (int(x1), int(y1)), (int(x2), int(y2)), colour, LIMB_THICKNESS_PX)
-    return canvas
-
-
-def animals_to_json(animals: Sequence[Animal], width: int, height: int) -> dict[str, Any]:
-    """comfyui_controlnet_aux's AP-10K keypoints dict (json.dumps-ready) on a width×height canvas."""
-    return {
-        "version": KEYPOINTS_VERSION,
-        "animals": [np.concatenate((keypoints, np.clip(scores, 0.0, 1.0)[:, None]), axis=1).tolist()
-                    for keypoints, scores in animals],
-        "canvas_height": height,
-        "canvas_width": width,
-    }
 
 
 def animal_pose(image: np.ndarray, networks: DWPoseNetworks, resolution: int | None = DEFAULT_DETECT_RESOLUTION

@@ -66,8 +66,8 @@ def save_pose_file(frames: list, filename_prefix: str) -> str:
 class CNS_SavePoseKeypoints:
     DESCRIPTION = (
         "Saves pose keypoints (the OpenPose node's pose_keypoint output, another pack's POSE_KEYPOINT, or JSON text) "
-        "as an OpenPose-format .json file in ComfyUI's output folder, numbered like saved images. Load Pose Keypoints "
-        "lists it; pose editors read the format.")
+        "as an OpenPose-format .json file in ComfyUI's output folder, numbered like saved images (Animal Pose's "
+        "keypoints in their AP-10K format). Load Pose Keypoints lists it; pose editors read the format.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
     RETURN_NAMES = ()
@@ -100,7 +100,7 @@ class CNS_SavePoseKeypoints:
 
 class CNS_LoadPoseKeypoints:
     DESCRIPTION = (
-        "Loads an OpenPose-format .json file (one frame or a list) from ComfyUI's input folder, or one Save Pose "
+        "Loads an OpenPose-format (or AP-10K) .json file (one frame or a list) from ComfyUI's input folder, or one Save Pose "
         "Keypoints wrote to the output folder, as pose keypoints for Draw Pose Keypoints.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("POSE_KEYPOINT", "STRING")

@@ -458,8 +458,9 @@ class CNS_DrawPoseKeypoints:
     DESCRIPTION = (
         "Draws OpenPose-format keypoints as the pose map ControlNet's OpenPose models read (the OpenPose node's "
         "drawing): from the OpenPose node's pose_keypoint output, another pack's POSE_KEYPOINT (DWPose, pose "
-        "editors) or pasted JSON. Reuse or edit a pose without detecting it again; no weights. Drawn at the map size "
-        "directly (OpenPose draws at its detect resolution, then resizes)."
+        "editors) or pasted JSON. Animal Pose's AP-10K keypoints are drawn as that node draws them. Reuse or edit a "
+        "pose without detecting it again; no weights. Drawn at the map size directly (the detectors draw at their "
+        "detect resolution, then resize)."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
@@ -475,14 +476,15 @@ class CNS_DrawPoseKeypoints:
                     "Width of the maps; 0 = the canvas_width in the keypoints. Set with height to draw at another "
                     "size, or for CMU OpenPose files, which name no canvas (their pixels are then of this size)."), 8),
                 "height": _int(0, 0, MAX_SIZE, "Height of the maps; 0 = the canvas_height in the keypoints.", 8),
-                "include_body": _bool(True, "Draw the body skeletons."),
+                "include_body": _bool(True, "Draw the body skeletons (and the animals of AP-10K keypoints)."),
                 "include_hand": _bool(True, "Draw the hands the keypoints have."),
                 "include_face": _bool(True, "Draw the face landmarks the keypoints have."),
             },
             "optional": {
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "Keypoints, one frame per image (the OpenPose node's output)."}),
                 "keypoints_json": ("STRING", {"default": "", "multiline": True, "tooltip": (
-                    "Or OpenPose-format JSON: one frame {people: [...], canvas_width, canvas_height} or a list of them. "
+                    "Or OpenPose-format JSON: one frame {people: [...], canvas_width, canvas_height} or a list of them "
+                    "(AP-10K frames {animals: [...], ...} too). "
                     "Leave empty when pose_keypoint is connected.")}),
             },
         }

@@ -12,17 +12,19 @@ found point (as comfyui_controlnet_aux writes it) and a missing point is 0, 0, 0
 Read back (`poses_from_json`), a point with confidence 0 or less is missing (NaN is refused, as
 are NaN or infinite coordinates of a point that is there); faces may have 70
 points (OpenPose) or 68 (DWPose, no pupils); CMU OpenPose's own files have no canvas size, so
-one must be given.
+one must be given. Animal Pose's AP-10K frames ({"animals": [...]}, annotators/ap10k.py) are read
+and drawn too, each animal whole as that node draws it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from ..ap10k import Animal, animals_from_json, draw_animals
 from .drawing import draw_poses
 from .pose import BODY_POINTS, FACE_POINTS, HAND_POINTS, Point, Pose
 
@@ -82,10 +84,12 @@ def _points(values: Any, width: float, height: float, where: str, counts: tuple[
     return [(x / width, y / height) if confidence > 0 else None for x, y, confidence in triples]
 
 
+def is_animal_frame(frame: Any) -> bool:
+    """An AP-10K frame (Animal Pose's keypoints): "animals" and no "people"."""
+    return isinstance(frame, Mapping) and "animals" in frame and "people" not in frame
+
+
 def _check_frame(frame: Any, where: str) -> None:
-    if isinstance(frame, Mapping) and "animals" in frame and "people" not in frame:
-        raise ValueError(f"{where} holds animal keypoints (AP-10K, from Animal Pose), not people: the Animal Pose "
-                         "node's image output is their map")
     if not isinstance(frame, Mapping) or not isinstance(frame.get("people"), list):
         raise ValueError(f"{where} is not an OpenPose frame: expected an object with a 'people' list")
 
@@ -125,21 +129,34 @@ def frames_from_text(text: str) -> list[Mapping[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
-def read_frames(frames: list[Any], canvas_when_none: tuple[int, int] | None) -> list[tuple[tuple[int, int] | None, list[Pose]]]:
-    """(canvas, poses) of each OpenPose-format frame, or an error naming the frame and the point.
-    A frame that names no canvas (CMU OpenPose's files) reads its pixels on `canvas_when_none`
+class KeypointFrame(NamedTuple):
+    """One frame read back: people (OpenPose format, points as fractions of the canvas) or, for
+    an AP-10K frame, animals (keypoints in canvas pixels; `poses` is then empty)."""
+    canvas: tuple[int, int] | None  # (width, height) the frame names, None when it names none
+    poses: list[Pose]
+    animals: list[Animal] | None
+
+
+def read_frames(frames: list[Any], canvas_when_none: tuple[int, int] | None) -> list[KeypointFrame]:
+    """Each OpenPose-format or AP-10K frame read, or an error naming the frame and the point. A
+    frame that names no canvas (CMU OpenPose's files) reads its pixels on `canvas_when_none`
     (width, height), and is refused when that is None."""
     if not frames:
         raise ValueError("the keypoints hold no frames")
     read = []
     for index, frame in enumerate(frames):
         where = f"keypoints frame {index}"
-        _check_frame(frame, where)
+        animal_frame = is_animal_frame(frame)
+        if not animal_frame:
+            _check_frame(frame, where)
         canvas = canvas_size(frame, where)
         if canvas is None and canvas_when_none is None:
             raise ValueError(f"{where} has no canvas_width and canvas_height (CMU OpenPose's files have none): set the "
                              "width and height its pixel coordinates refer to")
-        read.append((canvas, poses_from_json(frame, canvas or canvas_when_none, where)))
+        if animal_frame:
+            read.append(KeypointFrame(canvas, [], animals_from_json(frame["animals"], where)))
+        else:
+            read.append(KeypointFrame(canvas, poses_from_json(frame, canvas or canvas_when_none, where), None))
     return read
 
 
@@ -161,6 +178,19 @@ def keypoint_frames(pose_keypoint: list[Mapping[str, Any]] | None, keypoints_jso
                      "keypoints_json")
 
 
+def draw_animal_frame(animals: list[Animal], canvas: tuple[int, int], size: tuple[int, int],
+                      draw_skeletons: bool = True) -> np.ndarray:
+    """An AP-10K frame's map at `size` (width, height): its animals, keypoints scaled from the
+    canvas (not at all when the sizes agree, so the Animal Pose node's own map comes back)."""
+    width, height = size
+    if not draw_skeletons:
+        return np.zeros((height, width, 3), np.uint8)
+    if size != canvas:
+        scale = np.array([width / canvas[0], height / canvas[1]])
+        animals = [(keypoints * scale, scores) for keypoints, scores in animals]
+    return draw_animals(animals, height, width)
+
+
 def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height: int = 0, draw_body_parts: bool = True,
                          draw_hands: bool = True, draw_faces: bool = True) -> list[np.ndarray]:
     """One pose map (uint8 HxWx3 RGB) per OpenPose-format frame, all of one size (an image
@@ -168,10 +198,15 @@ def draw_keypoint_frames(frames: list[Mapping[str, Any]], width: int = 0, height
     frames that name none; otherwise it is the frames' canvas size."""
     if (width > 0) != (height > 0):
         raise ValueError(f"set both width and height, or neither (0 = the canvas size in the keypoints); got {width}×{height}")
+    canvas_when_none = (width, height) if width > 0 else None
     maps = []
-    for canvas, poses in read_frames(frames, (width, height) if width > 0 else None):
+    for frame in read_frames(frames, canvas_when_none):
+        canvas = frame.canvas or canvas_when_none
         size = (width, height) if width > 0 else canvas
-        maps.append(draw_poses(poses, size[1], size[0], draw_body_parts, draw_hands, draw_faces))
+        if frame.animals is None:
+            maps.append(draw_poses(frame.poses, size[1], size[0], draw_body_parts, draw_hands, draw_faces))
+        else:
+            maps.append(draw_animal_frame(frame.animals, canvas, size, draw_body_parts))
     sizes = list(dict.fromkeys(f"{m.shape[1]}×{m.shape[0]}" for m in maps))
     if len(sizes) > 1:
         raise ValueError(f"the keypoint frames' canvases differ ({', '.join(sizes)}): set width and height to draw them "

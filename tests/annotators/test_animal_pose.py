@@ -18,8 +18,8 @@ import pytest
 import torch
 from skimage import data
 
-from annotators.animal_pose import (ANIMAL_CLASSES, AP10K_KEYPOINTS, POSE_ONNX, animal_pose, draw_animals, find_animals,
-                                    load_animal_pose)
+from annotators.animal_pose import ANIMAL_CLASSES, POSE_ONNX, animal_pose, find_animals, load_animal_pose
+from annotators.ap10k import AP10K_KEYPOINTS, draw_animals
 from annotators.dwpose import (DETECTOR_INPUT_SIZE, DETECTOR_ONNX, DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_boxes)
 from annotators.image import resize_for_detection

@@ -1,11 +1,14 @@
 """Reading OpenPose-format keypoints back and drawing them (Draw Pose Keypoints): the inverse of
-`poses_to_json`, checked by round trips through it and against `draw_poses` on the same poses."""
+`poses_to_json`, checked by round trips through it and against `draw_poses` on the same poses;
+AP-10K frames likewise through `animals_to_json` and `draw_animals` (whose drawing
+tests/annotators/test_animal_pose.py checks against comfyui_controlnet_aux's)."""
 
 import json
 
 import numpy as np
 import pytest
 
+from annotators.ap10k import AP10K_KEYPOINTS, animals_to_json, draw_animals
 from annotators.openpose import Pose, draw_poses, poses_to_json
 from annotators.openpose.keypoints_json import draw_keypoint_frames, frames_from_text, keypoint_frames, poses_from_json
 
@@ -104,9 +107,16 @@ def test_keypoints_come_from_the_socket_or_the_text():
     ([{"canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
     ([[1, 2, 3]], (0, 0), "keypoints frame 0 is not an OpenPose frame: expected an object with a 'people' list"),
-    ([{"version": "ap10k", "animals": [], "canvas_width": 64, "canvas_height": 64}], (0, 0),
-     "keypoints frame 0 holds animal keypoints (AP-10K, from Animal Pose), not people: the Animal Pose node's image "
-     "output is their map"),
+    ([{"version": "ap10k", "animals": {}, "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0: 'animals' must be a list of animals, each 17 [x, y, score] points"),
+    ([{"version": "ap10k", "animals": [[[1, 2, 0.5]] * 16], "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, animal 0: expected 17 [x, y, score] points (AP-10K), got 16"),
+    ([{"version": "ap10k", "animals": [[[1, 2, 0.5]] * 3 + [[1, float("inf"), 0.5]] + [[1, 2, 0.5]] * 13],
+       "canvas_width": 64, "canvas_height": 64}], (0, 0),
+     "keypoints frame 0, animal 0, point 3: expected [x, y, score] as finite numbers, got [1, inf, 0.5]"),
+    ([{"version": "ap10k", "animals": []}], (0, 0),
+     "keypoints frame 0 has no canvas_width and canvas_height (CMU OpenPose's files have none): set the width and "
+     "height its pixel coordinates refer to"),
     ([{"people": ["nobody"], "canvas_width": 64, "canvas_height": 64}], (0, 0),
      "keypoints frame 0, person 0: expected an object with pose_keypoints_2d and so on"),
     ([{"people": [{"pose_keypoints_2d": [1, 2, 1] * 17}], "canvas_width": 64, "canvas_height": 64}], (0, 0),
@@ -140,3 +150,39 @@ def test_text_that_is_not_json_is_refused():
     assert str(error.value) == (
         "the keypoints JSON is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
     )
+
+
+def random_animals(seed: int, count: int = 2) -> list:
+    """Animals whose keypoints spread over (and a little past) the WIDTH x HEIGHT canvas, with
+    scores of every kind (animals_to_json clips them to 0..1)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(-5, [WIDTH + 5, HEIGHT + 5], size=(len(AP10K_KEYPOINTS), 2)),
+             rng.uniform(-0.5, 1.5, size=len(AP10K_KEYPOINTS))) for _ in range(count)]
+
+
+def test_animal_frames_are_drawn_as_the_animal_pose_node_draws_them():
+    animals = random_animals(1)
+    frame = animals_to_json(animals, WIDTH, HEIGHT)
+    # at the canvas size, the same points: the node's own map (every animal whole, whatever its scores)
+    (drawn,) = draw_keypoint_frames([json.loads(json.dumps(frame))])
+    expected = draw_animals(animals, HEIGHT, WIDTH)
+    assert expected.any()
+    np.testing.assert_array_equal(drawn, expected)
+    # at another size, the points scaled from the canvas
+    (twice,) = draw_keypoint_frames([frame], 2 * WIDTH, 2 * HEIGHT)
+    np.testing.assert_array_equal(twice, draw_animals([(k * 2, s) for k, s in animals], 2 * HEIGHT, 2 * WIDTH))
+    # a frame naming no canvas reads its pixels at the size given
+    no_canvas = {key: value for key, value in frame.items() if not key.startswith("canvas")}
+    np.testing.assert_array_equal(draw_keypoint_frames([no_canvas], WIDTH, HEIGHT)[0], expected)
+    # include_body off leaves the animals out; hands and faces do not apply
+    assert not draw_keypoint_frames([frame], draw_body_parts=False)[0].any()
+    np.testing.assert_array_equal(draw_keypoint_frames([frame], draw_hands=False, draw_faces=False)[0], expected)
+
+
+def test_people_and_animal_frames_are_drawn_in_one_batch():
+    people = poses_to_json(grid_poses(3), WIDTH, HEIGHT)
+    animals = animals_to_json(random_animals(2, count=1), WIDTH, HEIGHT)
+    maps = draw_keypoint_frames([people, animals, {"animals": [], "canvas_width": WIDTH, "canvas_height": HEIGHT}])
+    np.testing.assert_array_equal(maps[0], draw_poses(grid_poses(3), HEIGHT, WIDTH))
+    np.testing.assert_array_equal(maps[1], draw_animals(random_animals(2, count=1), HEIGHT, WIDTH))
+    assert not maps[2].any()

@@ -684,6 +684,20 @@ def test_animal_pose_node_equals_the_annotator_with_its_keypoints(pack, annotato
     assert sum(len(k["animals"]) for k in keypoints) > 0  # the random detector finds some animals
 
 
+def test_draw_pose_keypoints_redraws_the_animal_pose_nodes_map(pack, annotators_folder):
+    # Photos at their detect size (64 x 64 at resolution 64): the node draws at the image's size, so
+    # drawing its keypoints again gives its map exactly.
+    skip_unless_written(pack, "animal_pose")
+    animal_pose = pack.module("annotators.animal_pose")
+    photos = torch.cat([PHOTOS[:, :, :LEARNED_RESOLUTION], PHOTOS[:, :, -LEARNED_RESOLUTION:]])
+    image, keypoints, _ = pack.run("CNS_AnimalPose", image=photos, resolution=LEARNED_RESOLUTION,
+                                   bbox_detector=animal_pose.DETECTOR_ONNX, pose_estimator=animal_pose.POSE_ONNX)
+    assert sum(len(k["animals"]) for k in keypoints) > 0
+    (drawn,) = pack.run("CNS_DrawPoseKeypoints", width=0, height=0, include_body=True, include_hand=True,
+                        include_face=True, pose_keypoint=keypoints)
+    assert torch.equal(drawn, image)
+
+
 def test_animal_pose_node_defaults_and_file_choices(pack):
     learned = pack.module("nodes.preprocessors_learned")
     dwpose, animal_pose = pack.module("annotators.dwpose"), pack.module("annotators.animal_pose")
