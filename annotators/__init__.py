@@ -5,8 +5,8 @@ entry point taking an image array (see `image` for the accepted dtypes and layou
 returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` and `anyline` return float32.
 Learned annotators take their network, made by their `load_*` function from the weight file
 lllyasviel/Annotators publishes (Depth Anything V2: the files of the depth-anything
-repositories; TEED, AnyLine and DSINE: 7_model.pth, MTEED.pth and dsine.pt from the repositories
-comfyui_controlnet_aux reads), found in local folders only (see `weights`). OpenPose lives in
+repositories; TEED, AnyLine, DSINE and anime face segmentation: 7_model.pth, MTEED.pth, dsine.pt and
+UNet.pth from the repositories comfyui_controlnet_aux reads), found in local folders only (see `weights`). OpenPose lives in
 the `openpose` subpackage (it also needs scipy, which ComfyUI installs).
 """
 
@@ -24,6 +24,7 @@ from .resolution import (ResizeMode, high_quality_resize, pixel_perfect_resoluti
                          resize_geometry, resize_to_target)
 from .depth_anything import (DEPTH_ANYTHING_V2_BASE, DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL,
                              DepthAnythingV2Network, depth_anything, load_depth_anything)
+from .anime_face_segment import ANIME_FACE_WEIGHTS, AnimeFaceSegmentNetwork, anime_face_segment, load_anime_face_segment
 from .anyline import AnyLineNetworks, anyline, load_anyline
 from .hed import HED_WEIGHTS, HEDNetwork, hed, load_hed
 from .lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, LineartNetwork, lineart, load_lineart
@@ -61,7 +62,8 @@ __all__ = [
     "ONEFORMER_ADE20K_WEIGHTS", "ONEFORMER_COCO_WEIGHTS", "OneFormerNetwork", "load_oneformer", "oneformer_segmentation",
     "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
     "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae",
-    "DSINE_WEIGHTS", "DsineNetwork", "dsine", "load_dsine", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
+    "DSINE_WEIGHTS", "DsineNetwork", "dsine", "load_dsine",
+    "ANIME_FACE_WEIGHTS", "AnimeFaceSegmentNetwork", "anime_face_segment", "load_anime_face_segment", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",

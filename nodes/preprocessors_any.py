@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
-from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnimalPose, CNS_AnyLine, CNS_DepthAnything,
+from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnimalPose, CNS_AnimeFaceSegmentation, CNS_AnyLine, CNS_DepthAnything,
                                     CNS_DepthAnythingV2, CNS_DSINENormal, CNS_DWPose, CNS_LeReSDepth, CNS_Lineart, CNS_LineartAnime, CNS_MangaLine,
                                     CNS_MiDaSDepth, CNS_MiDaSNormal, CNS_NormalBAE, CNS_OneFormerSegmentation, CNS_OpenPose,
                                     CNS_PiDiNet, CNS_UniFormerSegmentation, CNS_ZoeDepth)
@@ -85,6 +85,7 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "uniformer": (CNS_UniFormerSegmentation, {}),
     "oneformer_ade20k": (CNS_OneFormerSegmentation, {"dataset": "ade20k"}),
     "oneformer_coco": (CNS_OneFormerSegmentation, {"dataset": "coco"}),
+    "anime_face_segment": (CNS_AnimeFaceSegmentation, {}),
 }
 CHOICES = [NO_PREPROCESSING, *PREPROCESSORS]
 

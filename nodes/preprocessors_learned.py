@@ -275,6 +275,17 @@ class CNS_DSINENormal(LearnedAnnotatorNode):
     }
 
 
+class CNS_AnimeFaceSegmentation(LearnedAnnotatorNode):
+    DESCRIPTION = (
+        "Anime face segmentation (A1111's anime_face_segment; comfyui_controlnet_aux's 'Anime Face Segmentor' with "
+        "its background removal off): background, hair, eyes, mouth, face, skin and clothes in A1111's colours, for "
+        "anime-face segmentation ControlNets (bdsqlsz's ControlNet-LLLite segment_animeface). Trained at 512. Needs "
+        "UNet.pth from huggingface.co/bdsqlsz/qinglong_controlnet-lllite (folder Annotators) in models/annotators "
+        "(never downloaded). " + NETWORK_NOTE)
+    MODEL = LearnedModel("anime_face_segment", ("ANIME_FACE_WEIGHTS",), "load_anime_face_segment")
+    RUN = "anime_face_segment"
+
+
 class CNS_UniFormerSegmentation(LearnedAnnotatorNode):
     DESCRIPTION = "Semantic segmentation by UniFormer, coloured with the ADE20K palette (v1.1 seg_ufade20k). " + WEIGHTS_NOTE.format(files="upernet_global_small.pth")
     MODEL = LearnedModel("uniformer", ("UNIFORMER_WEIGHTS",), "load_uniformer")
@@ -542,4 +553,5 @@ NODES = {
     "CNS_DSINENormal": (CNS_DSINENormal, "DSINE Normal Map"),
     "CNS_UniFormerSegmentation": (CNS_UniFormerSegmentation, "UniFormer Segmentation"),
     "CNS_OneFormerSegmentation": (CNS_OneFormerSegmentation, "OneFormer Segmentation"),
+    "CNS_AnimeFaceSegmentation": (CNS_AnimeFaceSegmentation, "Anime Face Segmentation"),
 }

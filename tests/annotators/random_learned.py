@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 import torch
@@ -197,3 +200,10 @@ def calibrate_batch_norms(network: torch.nn.Module, images: torch.Tensor, seed: 
     finally:
         for handle in handles:
             handle.remove()
+
+
+def run_in_a_fresh_interpreter(code: str) -> None:
+    """Run Python `code` in a new interpreter at the repository root (so nothing a test module
+    imported, such as an oracle package, is loaded there); fails if it raises."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)

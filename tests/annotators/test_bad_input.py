@@ -91,6 +91,8 @@ ANNOTATORS: dict[str, tuple[str, str, Callable[..., np.ndarray]]] = {
     "leres": ("leres", "load_leres", entry("leres", "leres")),
     "normalbae": ("normalbae", "load_normalbae", entry("normalbae", "normalbae")),
     "dsine": ("dsine", "load_dsine", entry("dsine", "dsine")),
+    "anime_face_segment": ("anime_face_segment", "load_anime_face_segment",
+                           entry("anime_face_segment", "anime_face_segment")),
     "manga_line": ("manga_line", "load_manga_line", entry("manga_line", "manga_line")),
     "uniformer": ("uniformer", "load_uniformer", uniformer_map),
     "depth_anything": ("depth_anything", "load_depth_anything",

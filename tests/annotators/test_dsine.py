@@ -23,9 +23,6 @@ blocks blow the activations up). Each comparison checks its normals are not flat
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -42,7 +39,7 @@ from annotators.image import resize_for_detection  # noqa: E402
 
 from .parity import assert_levels_within_rounding  # noqa: E402
 from .random_learned import (assert_loaded, calibrate_batch_norms, random_state_dict,  # noqa: E402
-                             template_of)
+                             run_in_a_fresh_interpreter, template_of)
 
 SEED = 11
 # Unit normals, per component: our network in float64 equals the oracle within EXACT_TOLERANCE
@@ -415,5 +412,4 @@ def test_runs_without_timm_or_controlnet_aux():
         "loaded = {name.split('.')[0] for name in sys.modules}\n"
         "bad = sorted(loaded & {'geffnet', 'timm', 'controlnet_aux', 'custom_controlnet_aux'})\n"
         "assert not bad, bad\n")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
+    run_in_a_fresh_interpreter(code)

@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from annotators.anyline import load_anyline
+from annotators.anime_face_segment import ANIME_FACE_REPO, ANIME_FACE_WEIGHTS, load_anime_face_segment
 from annotators.dsine import DSINE_REPO, DSINE_WEIGHTS, load_dsine
 from annotators.depth_anything import (MODEL_FILES, V1_MODEL_FILES, WEIGHTS_REPOS, load_depth_anything,
                                        load_depth_anything_v1)
@@ -83,6 +84,9 @@ CASES = {
     "dsine": Case(load_dsine, "dsine.pt", "https://huggingface.co/hr16/Diffusion-Edge",
                   constants=((DSINE_WEIGHTS, "dsine.pt"), (DSINE_REPO, "hr16/Diffusion-Edge"))),
     "teed": Case(load_teed, TEED_WEIGHTS, TEED_URL),
+    "anime_face_segment": Case(load_anime_face_segment, "UNet.pth", TEED_URL,
+                               constants=((ANIME_FACE_WEIGHTS, "UNet.pth"),
+                                          (ANIME_FACE_REPO, "bdsqlsz/qinglong_controlnet-lllite/Annotators"))),
     "mteed": Case(lambda folders: load_teed(folders, mteed=True), MTEED_WEIGHTS, MTEED_URL),
     "midas": Case(load_midas, "dpt_hybrid-midas-501f0c75.pt", ANNOTATORS_URL,
                   constants=((MIDAS_WEIGHTS, "dpt_hybrid-midas-501f0c75.pt"),)),

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import types
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: the oracle must never reach the hub
@@ -36,7 +34,7 @@ from annotators.normalbae import (NORMALBAE_WEIGHTS, NormalBaeNetwork,  # noqa: 
 from annotators.weights import BadWeightsError  # noqa: E402
 
 from .parity import ChannelsFirst, assert_levels_within_rounding  # noqa: E402
-from .random_learned import assert_loaded, calibrate_batch_norms  # noqa: E402
+from .random_learned import assert_loaded, calibrate_batch_norms, run_in_a_fresh_interpreter  # noqa: E402
 
 # Raw network outputs: equal within this, relative to the output's largest magnitude.
 RAW_TOLERANCE = 1e-4
@@ -224,5 +222,4 @@ def test_runs_without_geffnet_timm_or_controlnet_aux():
         "loaded = {name.split('.')[0] for name in sys.modules}\n"
         "bad = sorted(loaded & {'geffnet', 'timm', 'controlnet_aux'})\n"
         "assert not bad, bad\n")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
+    run_in_a_fresh_interpreter(code)

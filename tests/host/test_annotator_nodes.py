@@ -36,7 +36,7 @@ WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "
                "CNS_TTPlanetTileSimple"]
 LEARNED = ["CNS_HED", "CNS_PiDiNet", "CNS_TEED", "CNS_MLSD", "CNS_OpenPose", "CNS_DWPose", "CNS_AnimalPose", "CNS_Lineart", "CNS_LineartAnime",
            "CNS_AnyLine", "CNS_DepthAnything", "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth",
-           "CNS_OneFormerSegmentation", "CNS_DSINENormal"]
+           "CNS_OneFormerSegmentation", "CNS_DSINENormal", "CNS_AnimeFaceSegmentation"]
 LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_MangaLine", "CNS_UniFormerSegmentation"]
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
@@ -496,6 +496,7 @@ NETWORKS = [
     ("dwpose", "POSE_WEIGHTS", "Rtmpose",
      lambda dwpose: dwpose.RtmposeConfig(**RTMPOSE_TEST_WIDTHS, input_size=RTMPOSE_TEST_CROP)),
     ("dsine", "DSINE_WEIGHTS", "DsineNetwork"),
+    ("anime_face_segment", "ANIME_FACE_WEIGHTS", "AnimeFaceSegmentNetwork"),
 ]
 
 
@@ -589,6 +590,7 @@ LEARNED_CASES = [
     ("CNS_NormalBAE", {}, "normalbae", "load_normalbae", {}, "normalbae", {}),
     ("CNS_DSINENormal", dict(fov=75.0, iterations=2), "dsine", "load_dsine", {}, "dsine", dict(fov=75.0, iterations=2)),
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
+    ("CNS_AnimeFaceSegmentation", {}, "anime_face_segment", "load_anime_face_segment", {}, "anime_face_segment", {}),
     *[("CNS_OneFormerSegmentation", dict(dataset=dataset), "oneformer", "load_oneformer", dict(dataset=dataset),
        "oneformer_segmentation", dict(dataset=dataset)) for dataset in ("ade20k", "coco")],
     ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
@@ -1164,7 +1166,7 @@ def test_any_preprocessor_refuses_an_unknown_name(pack):
         pack.run(ANY, image=PHOTOS, preprocessor="cany", resolution=ANY_RESOLUTION)
     message = str(error.value)
     assert message.startswith("unknown preprocessor 'cany'; choose one of: none, binary, canny, ")
-    assert message.endswith(", normalbae, dsine, uniformer, oneformer_ade20k, oneformer_coco")
+    assert message.endswith(", normalbae, dsine, uniformer, oneformer_ade20k, oneformer_coco, anime_face_segment")
 
 
 # --- OneFormer --------------------------------------------------------------------------------------

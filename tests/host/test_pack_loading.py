@@ -26,7 +26,7 @@ NODES_BY_CATEGORY = {
         "CNS_LineartAnime", "CNS_MangaLine", "CNS_AnyLine", "CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_DepthAnything",
         "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth", "CNS_PyraCanny", "CNS_TTPlanetTileGuidedFilter",
         "CNS_TTPlanetTileSimple",
-        "CNS_NormalBAE", "CNS_DSINENormal", "CNS_UniFormerSegmentation", "CNS_OneFormerSegmentation",
+        "CNS_NormalBAE", "CNS_DSINENormal", "CNS_UniFormerSegmentation", "CNS_OneFormerSegmentation", "CNS_AnimeFaceSegmentation",
         "CNS_ResizeForControl", "CNS_PixelPerfectResolution", "CNS_AnyPreprocessor",
     ),
     "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion", "CNS_StrengthSchedule", "CNS_LatentStrengths"),
