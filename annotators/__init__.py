@@ -6,8 +6,8 @@ returning a uint8 HxWx3 RGB map at the input's size; `inpaint_hint` and `anyline
 Learned annotators take their network, made by their `load_*` function from the weight file
 lllyasviel/Annotators publishes (Depth Anything V2: the files of the depth-anything
 repositories; TEED, AnyLine, DSINE and anime face segmentation: 7_model.pth, MTEED.pth, dsine.pt and
-UNet.pth from the repositories comfyui_controlnet_aux reads), found in local folders only (see `weights`). OpenPose lives in
-the `openpose` subpackage (it also needs scipy, which ComfyUI installs).
+UNet.pth from the repositories comfyui_controlnet_aux reads), found in local folders only (see
+`weights`). OpenPose lives in the `openpose` subpackage (it also needs scipy, which ComfyUI installs).
 """
 
 from .binary import binary
@@ -63,7 +63,8 @@ __all__ = [
     "MIDAS_WEIGHTS", "MiDaSNetwork", "load_midas", "midas_depth", "midas_depth_and_normal", "midas_normal",
     "NORMALBAE_WEIGHTS", "NormalBaeNetwork", "load_normalbae", "normalbae",
     "DSINE_WEIGHTS", "DsineNetwork", "dsine", "load_dsine",
-    "ANIME_FACE_WEIGHTS", "AnimeFaceSegmentNetwork", "anime_face_segment", "load_anime_face_segment", "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
+    "ANIME_FACE_WEIGHTS", "AnimeFaceSegmentNetwork", "anime_face_segment", "load_anime_face_segment",
+    "PIDINET_WEIGHTS", "PiDiNetNetwork", "load_pidinet", "pidinet",
     "PALETTES", "ResizeMode", "binary", "canny", "color_grid", "colorize_labels",
     "content_shuffle", "detection_size", "high_quality_resize", "hough_lines", "hough_segments",
     "inpaint_hint", "median_thresholds", "normal_from_depth", "pixel_perfect_resolution",

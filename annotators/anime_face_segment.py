@@ -37,6 +37,7 @@ from .networks_common import image_batch, load_network, to_numpy
 # huggingface.co/bdsqlsz/qinglong_controlnet-lllite, folder Annotators (weights.py: owner/name/folder).
 ANIME_FACE_WEIGHTS = "UNet.pth"
 ANIME_FACE_REPO = "bdsqlsz/qinglong_controlnet-lllite/Annotators"
+WEIGHTS_REPOS = {ANIME_FACE_WEIGHTS: ANIME_FACE_REPO}  # where the nodes look for and name the file
 
 # The classes in the network's output order, each with its colour (RGB, A1111's PALETTE).
 CLASS_COLOURS = (
@@ -161,7 +162,7 @@ def load_anime_face_segment(
 ) -> AnimeFaceSegmentNetwork:
     """AnimeFaceSegmentNetwork with `UNet.pth` from the annotators models folders, loaded strictly
     (a DataParallel `module.` prefix, which A1111 strips, removed too)."""
-    return load_network(AnimeFaceSegmentNetwork(), ANIME_FACE_WEIGHTS, folders, device, dtype, repo=ANIME_FACE_REPO)
+    return load_network(AnimeFaceSegmentNetwork(), ANIME_FACE_WEIGHTS, folders, device, dtype, repo=WEIGHTS_REPOS[ANIME_FACE_WEIGHTS])
 
 
 def segment_classes(rgb: np.ndarray, network: AnimeFaceSegmentNetwork) -> np.ndarray:

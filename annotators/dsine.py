@@ -50,6 +50,7 @@ from .normalbae_efficientnet import HEAD_CHANNELS, STAGE_CHANNELS, EfficientNetE
 # fetches it (the same file as camenduru/DSINE, which the original hubconf.py fetches).
 DSINE_WEIGHTS = "dsine.pt"
 DSINE_REPO = "hr16/Diffusion-Edge"
+WEIGHTS_REPOS = {DSINE_WEIGHTS: DSINE_REPO}  # where the nodes look for and name the file
 
 # comfyui_controlnet_aux's node defaults (hubconf.py uses 60 degrees and the model's 5 steps).
 DEFAULT_FOV = 60.0
@@ -309,7 +310,7 @@ def load_dsine(
 ) -> DsineNetwork:
     """DsineNetwork with `dsine.pt` from the annotators models folders, loaded strictly (its
     "model" wrapper and DataParallel `module.` prefix, if any, removed)."""
-    return load_network(DsineNetwork(), DSINE_WEIGHTS, folders, device, dtype, repo=DSINE_REPO)
+    return load_network(DsineNetwork(), DSINE_WEIGHTS, folders, device, dtype, repo=WEIGHTS_REPOS[DSINE_WEIGHTS])
 
 
 def centred_padding(size: int, multiple: int) -> tuple[int, int]:

@@ -260,8 +260,8 @@ class CNS_NormalBAE(LearnedAnnotatorNode):
 class CNS_DSINENormal(LearnedAnnotatorNode):
     DESCRIPTION = (
         "Surface normals by DSINE (Bae & Davison, CVPR 2024; as comfyui_controlnet_aux's 'DSINE Normal Map'), "
-        "mapped as NormalBAE's, for normalbae ControlNets: sharper than NormalBAE, and it uses the camera's field "
-        "of view. Needs dsine.pt from huggingface.co/hr16/Diffusion-Edge in models/annotators (never "
+        "mapped as NormalBAE's, for normalbae ControlNets. A newer estimator than NormalBAE (same first author) "
+        "that also reads the camera's field of view. Needs dsine.pt from huggingface.co/hr16/Diffusion-Edge in models/annotators (never "
         "downloaded). " + NETWORK_NOTE)
     MODEL = LearnedModel("dsine", ("DSINE_WEIGHTS",), "load_dsine")
     RUN = "dsine"

@@ -945,6 +945,21 @@ def test_missing_weights_raise_the_annotators_message_unchanged(pack, tmp_path, 
     assert f"https://huggingface.co/lllyasviel/Annotators and put it in {tmp_path}" in str(error.value)
 
 
+@pytest.mark.parametrize("case", LEARNED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LEARNED_CASES)])
+def test_learned_node_missing_weights_message_is_its_loaders(pack, tmp_path, monkeypatch, case):
+    """Whatever repository a file is published in, the node looks for it and names it as the
+    annotator's own loader does (the model cache reads the module's WEIGHTS_REPOS)."""
+    node_id, inputs, module_name, loader, loader_options, _, _ = case
+    skip_unless_written(pack, module_name)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    weights = pack.module("annotators.weights")
+    with pytest.raises(weights.MissingWeightsError) as expected:
+        direct_network(pack, module_name, loader, tmp_path, **loader_options)
+    with pytest.raises(weights.MissingWeightsError) as error:
+        pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
+    assert str(error.value) == str(expected.value)
+
+
 @pytest.mark.parametrize("model", ["small", "base", "large"])
 def test_depth_anything_missing_weights_name_their_repository(pack, tmp_path, monkeypatch, model):
     monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
