@@ -1,6 +1,6 @@
-"""Anime face segmentation (A1111's anime_face_segment, comfyui_controlnet_aux's "Anime Face
-Segmentor" with its background removal off), for the anime-face segmentation ControlNets
-(bdsqlsz's ControlNet-LLLite "segment_animeface").
+"""Anime face segmentation (A1111's anime_face_segment and comfyui_controlnet_aux's "Anime Face
+Segmentor"), for the anime-face segmentation ControlNets (bdsqlsz's ControlNet-LLLite
+"segment_animeface").
 
 The network is siyeong0's Anime-Face-Segmentation U-Net: the first 17 blocks of a MobileNetV2
 (torchvision's layout, down to 1/32) as the encoder, and a decoder of nearest x2 upsampling,
@@ -15,9 +15,11 @@ A1111's decoder resizes each upsampled map to its skip's size (bilinear, align_c
 sizes that are multiples of 32 that does nothing, and comfyui_controlnet_aux leaves it out; here it
 is kept, so other sizes run too.
 
-Not offered: comfyui_controlnet_aux's "remove_background_using_abg" (default on there). It first
-whitens the background with SkyTNT's anime-segmentation ISNet (`isnetis.ckpt`) and also returns
-the character mask. Without it the U-Net labels the background itself (class 0), as in A1111.
+Background removal (comfyui_controlnet_aux's "remove_background_using_abg", on by default there; not
+in A1111): SkyTNT's anime-segmentation ISNet (annotators/isnet.py, `isnetis.ckpt`) first gives the
+character's mask at the detect size, the background is blended to white by it (truncated to uint8),
+and the U-Net segments that. The mask comes back too, bilinearly at the image's size (that pack
+returns it at the detect size, as bytes); without background removal it is all ones.
 """
 
 from __future__ import annotations
@@ -30,14 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution
-from .networks_common import image_batch, load_network, to_numpy
+from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
+from .isnet import ISNet
+from .networks_common import DATA_PARALLEL_PREFIX, image_batch, to_numpy
+from .weights import find_weights, load_state_dict, strip_prefix
 
 # A1111 annotator/anime_face_segment load_model and comfyui_controlnet_aux AnimeFaceSegmentor:
 # huggingface.co/bdsqlsz/qinglong_controlnet-lllite, folder Annotators (weights.py: owner/name/folder).
 ANIME_FACE_WEIGHTS = "UNet.pth"
 ANIME_FACE_REPO = "bdsqlsz/qinglong_controlnet-lllite/Annotators"
-WEIGHTS_REPOS = {ANIME_FACE_WEIGHTS: ANIME_FACE_REPO}  # where the nodes look for and name the file
+# SkyTNT's anime-segmentation ISNet (huggingface.co/skytnt/anime-seg), which comfyui_controlnet_aux
+# fetches for its background removal; its weights are the module's `net.*`.
+ISNET_WEIGHTS = "isnetis.ckpt"
+ISNET_PREFIX = "net."
+WEIGHTS_REPOS = {ANIME_FACE_WEIGHTS: ANIME_FACE_REPO, ISNET_WEIGHTS: "skytnt/anime-seg"}  # where files are looked for
 
 # The classes in the network's output order, each with its colour (RGB, A1111's PALETTE).
 CLASS_COLOURS = (
@@ -157,12 +165,37 @@ class AnimeFaceSegmentNetwork(nn.Module):
         return torch.softmax(self.de_block0(x), dim=1)
 
 
+class AnimeFaceSegmenter(nn.Module):
+    """What `anime_face_segment` runs: the U-Net, and ISNet when the background is removed first."""
+
+    def __init__(self, remove_background: bool = False):
+        super().__init__()
+        self.unet = AnimeFaceSegmentNetwork()
+        self.isnet = ISNet() if remove_background else None
+
+
+def isnet_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ISNet's weights from an anime-segmentation file: the module's `net.*` (its training-only
+    `gt_encoder.*` dropped), or a bare ISNet state dict, as its AnimeSegmentation.try_load reads both."""
+    if not any(key.startswith(ISNET_PREFIX) for key in state_dict):
+        return state_dict
+    return {key[len(ISNET_PREFIX):]: value for key, value in state_dict.items() if key.startswith(ISNET_PREFIX)}
+
+
 def load_anime_face_segment(
-    folders: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> AnimeFaceSegmentNetwork:
-    """AnimeFaceSegmentNetwork with `UNet.pth` from the annotators models folders, loaded strictly
-    (a DataParallel `module.` prefix, which A1111 strips, removed too)."""
-    return load_network(AnimeFaceSegmentNetwork(), ANIME_FACE_WEIGHTS, folders, device, dtype, repo=WEIGHTS_REPOS[ANIME_FACE_WEIGHTS])
+    folders: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    remove_background: bool = False,
+) -> AnimeFaceSegmenter:
+    """The U-Net with `UNet.pth` (a DataParallel `module.` prefix, which A1111 strips, removed
+    too) and, with `remove_background`, ISNet with `isnetis.ckpt`, from the annotators models
+    folders; both loaded strictly, both files found before either is read."""
+    unet_path = find_weights(ANIME_FACE_WEIGHTS, folders, WEIGHTS_REPOS[ANIME_FACE_WEIGHTS])
+    isnet_path = find_weights(ISNET_WEIGHTS, folders, WEIGHTS_REPOS[ISNET_WEIGHTS]) if remove_background else None
+    segmenter = AnimeFaceSegmenter(remove_background)
+    segmenter.unet.load_state_dict(strip_prefix(load_state_dict(unet_path), DATA_PARALLEL_PREFIX), strict=True)
+    if isnet_path is not None:
+        segmenter.isnet.load_state_dict(isnet_weights(load_state_dict(isnet_path)), strict=True)
+    return segmenter.to(device=device, dtype=dtype).eval()
 
 
 def segment_classes(rgb: np.ndarray, network: AnimeFaceSegmentNetwork) -> np.ndarray:
@@ -171,15 +204,56 @@ def segment_classes(rgb: np.ndarray, network: AnimeFaceSegmentNetwork) -> np.nda
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
     with torch.no_grad():
-        probabilities = network(image_batch(padded.astype(np.float32) / 255.0, network))
+        probabilities = network(image_batch(padded / 255.0, network))
     return to_numpy(probabilities[0]).argmax(axis=0)[:height, :width]
+
+
+def character_mask(rgb: np.ndarray, isnet: ISNet) -> np.ndarray:
+    """HxW float32 in 0..1: ISNet's sigmoid on RGB / 255, at the image's own size."""
+    with torch.no_grad():
+        logits = isnet(image_batch(rgb / 255.0, isnet))
+    return 1.0 / (1.0 + np.exp(-to_numpy(logits[0, 0])))
+
+
+def whiten_background(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The character kept and the rest blended to white by the mask, truncated to uint8
+    (anime_segmentation.py: mask * image + 255 * (1 - mask))."""
+    alpha = mask[:, :, None]
+    return (alpha * rgb + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+def anime_face_segment_with_mask(
+    image: np.ndarray,
+    segmenter: AnimeFaceSegmenter,
+    resolution: int | None = DEFAULT_DETECT_RESOLUTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(segmentation map uint8 HxWx3 in PALETTE colours, character mask float32 HxW in 0..1), both
+    at the image's size. With ISNet the background is whitened before the U-Net sees the image
+    and the mask is ISNet's (bilinear back to the image's size); without it the mask is all ones."""
+    rgb = to_rgb_uint8(image)
+    height, width = rgb.shape[:2]
+    masks = []
+
+    def detect(detect_rgb: np.ndarray) -> np.ndarray:
+        if segmenter.isnet is not None:
+            mask = character_mask(detect_rgb, segmenter.isnet)
+            masks.append(mask)
+            detect_rgb = whiten_background(detect_rgb, mask)
+        return PALETTE[segment_classes(detect_rgb, segmenter.unet)]
+
+    segmentation = run_at_resolution(rgb, resolution, detect, restore_interpolation=cv2.INTER_NEAREST)
+    if not masks:
+        return segmentation, np.ones((height, width), np.float32)
+    mask = masks[0]
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+    return segmentation, mask
 
 
 def anime_face_segment(
     image: np.ndarray,
-    network: AnimeFaceSegmentNetwork,
+    segmenter: AnimeFaceSegmenter,
     resolution: int | None = DEFAULT_DETECT_RESOLUTION,
 ) -> np.ndarray:
     """Anime face segmentation map (uint8 HxWx3, PALETTE colours) at the image's size."""
-    return run_at_resolution(image, resolution, lambda rgb: PALETTE[segment_classes(rgb, network)],
-                             restore_interpolation=cv2.INTER_NEAREST)
+    return anime_face_segment_with_mask(image, segmenter, resolution)[0]

@@ -130,9 +130,15 @@ LEARNED: dict[str, LearnedAnnotator] = {
                                   ("normalbae.NORMALBAE_WEIGHTS",)),
     # published where comfyui_controlnet_aux fetches it (dsine.DSINE_REPO)
     "dsine": LearnedAnnotator("dsine", "dsine", "load_dsine", ("dsine.DSINE_WEIGHTS",)),
-    # published in a folder of another repository (anime_face_segment.ANIME_FACE_REPO)
+    # published in other repositories (anime_face_segment.WEIGHTS_REPOS); the background removed
+    # first by default, as comfyui_controlnet_aux does, or kept, as A1111 does
     "anime_face_segment": LearnedAnnotator("anime_face_segment", "anime_face_segment", "load_anime_face_segment",
-                                           ("anime_face_segment.ANIME_FACE_WEIGHTS",)),
+                                           ("anime_face_segment.ANIME_FACE_WEIGHTS",
+                                            "anime_face_segment.ISNET_WEIGHTS"),
+                                           loader_options={"remove_background": True}),
+    "anime_face_segment_with_background": LearnedAnnotator(
+        "anime_face_segment", "anime_face_segment", "load_anime_face_segment",
+        ("anime_face_segment.ANIME_FACE_WEIGHTS",)),
     "manga_line": LearnedAnnotator("manga_line", "manga_line", "load_manga_line",
                                    ("manga_line.MANGA_LINE_WEIGHTS",)),
     "uniformer": LearnedAnnotator("uniformer", "uniformer_segmentation", "load_uniformer",

@@ -85,7 +85,8 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "uniformer": (CNS_UniFormerSegmentation, {}),
     "oneformer_ade20k": (CNS_OneFormerSegmentation, {"dataset": "ade20k"}),
     "oneformer_coco": (CNS_OneFormerSegmentation, {"dataset": "coco"}),
-    "anime_face_segment": (CNS_AnimeFaceSegmentation, {}),
+    "anime_face_segment": (CNS_AnimeFaceSegmentation, {"remove_background": True}),
+    "anime_face_segment_with_background": (CNS_AnimeFaceSegmentation, {"remove_background": False}),
 }
 CHOICES = [NO_PREPROCESSING, *PREPROCESSORS]
 

@@ -90,6 +90,14 @@ def maps_to_image(maps: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.stack(tensors).to(comfy.model_management.intermediate_device())
 
 
+def masks_to_mask(masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """float H x W masks in 0..1 -> MASK batch on ComfyUI's intermediate device."""
+    import comfy.model_management
+
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in masks]).to(
+        comfy.model_management.intermediate_device())
+
+
 def annotate_batch(image: torch.Tensor, annotate: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
     """The IMAGE batch of `annotate`'s maps, one per image of `image`."""
     return maps_to_image(per_image(image_frames(image), annotate))

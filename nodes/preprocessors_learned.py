@@ -17,7 +17,7 @@ from ..annotators.dsine import MAX_FOV as DSINE_MAX_FOV, MAX_ITERATIONS as DSINE
 from ..annotators.leres import MAX_PERCENT as LERES_MAX_PERCENT
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
-from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
+from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, masks_to_mask, per_image,
                                    resolution_input)
 from .preprocessors_models import LearnedModel, learned_network, learned_networks
 from .preprocessors_weight_free import Z_COMPONENT_INPUT, AnnotatorNode
@@ -277,13 +277,38 @@ class CNS_DSINENormal(LearnedAnnotatorNode):
 
 class CNS_AnimeFaceSegmentation(LearnedAnnotatorNode):
     DESCRIPTION = (
-        "Anime face segmentation (A1111's anime_face_segment; comfyui_controlnet_aux's 'Anime Face Segmentor' with "
-        "its background removal off): background, hair, eyes, mouth, face, skin and clothes in A1111's colours, for "
-        "anime-face segmentation ControlNets (bdsqlsz's ControlNet-LLLite segment_animeface). Trained at 512. Needs "
-        "UNet.pth from huggingface.co/bdsqlsz/qinglong_controlnet-lllite (folder Annotators) in models/annotators "
-        "(never downloaded). " + NETWORK_NOTE)
-    MODEL = LearnedModel("anime_face_segment", ("ANIME_FACE_WEIGHTS",), "load_anime_face_segment")
-    RUN = "anime_face_segment"
+        "Anime face segmentation (A1111's anime_face_segment, comfyui_controlnet_aux's 'Anime Face Segmentor'): "
+        "background, hair, eyes, mouth, face, skin and clothes in A1111's colours, for anime-face segmentation "
+        "ControlNets (bdsqlsz's ControlNet-LLLite segment_animeface). Trained at 512. Needs UNet.pth from "
+        "huggingface.co/bdsqlsz/qinglong_controlnet-lllite (folder Annotators), and for remove_background "
+        "isnetis.ckpt from huggingface.co/skytnt/anime-seg, in models/annotators (never downloaded). " + NETWORK_NOTE)
+    MODELS = {
+        True: LearnedModel("anime_face_segment", ("ANIME_FACE_WEIGHTS", "ISNET_WEIGHTS"), "load_anime_face_segment",
+                           (("remove_background", True),)),
+        False: LearnedModel("anime_face_segment", ("ANIME_FACE_WEIGHTS",), "load_anime_face_segment"),
+    }
+    RUN = "anime_face_segment_with_mask"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "character_mask")
+    OUTPUT_TOOLTIPS = (
+        "The segmentation map, one per input image, at the input's size.",
+        "The character's mask from the background removal (1 on the character), at the input's size; all ones "
+        "when remove_background is off.")
+    OPTIONS = {
+        "resolution": resolution_input(),
+        "remove_background": ("BOOLEAN", {"default": True, "tooltip": (
+            "First find the character (SkyTNT's anime-segmentation ISNet, isnetis.ckpt) and turn the rest white, as "
+            "comfyui_controlnet_aux does by default; off: the U-Net labels the background itself, as A1111 does.")}),
+    }
+
+    def annotate(self, image, resolution, remove_background):
+        model = self.MODELS[remove_background]
+        run = getattr(model.import_module(), self.RUN)
+        frames = image_frames(image)
+        with learned_network(model) as segmenter:
+            results = per_image(frames, lambda frame: run(frame, segmenter, detect_resolution(resolution)))
+        return (maps_to_image([segmentation for segmentation, _ in results]),
+                masks_to_mask([mask for _, mask in results]))
 
 
 class CNS_UniFormerSegmentation(LearnedAnnotatorNode):

@@ -56,6 +56,14 @@ def empty_folder_then_body_weights(root: Path) -> list[Path]:
     return [empty, root]
 
 
+def anime_face_unet_only(root: Path) -> list[Path]:
+    """UNet.pth but not ISNet's file (the background removal's)."""
+    folder = root / "annotators"
+    folder.mkdir()
+    (folder / "UNet.pth").touch()
+    return [folder]
+
+
 def mteed_weights_only(root: Path) -> list[Path]:
     """A usable MTEED.pth (load_anyline reads it before it looks for the line-art file)."""
     folder = root / "annotators"
@@ -87,6 +95,9 @@ CASES = {
     "anime_face_segment": Case(load_anime_face_segment, "UNet.pth", TEED_URL,
                                constants=((ANIME_FACE_WEIGHTS, "UNet.pth"),
                                           (ANIME_FACE_REPO, "bdsqlsz/qinglong_controlnet-lllite/Annotators"))),
+    "anime_face_segment_background": Case(lambda folders: load_anime_face_segment(folders, remove_background=True),
+                                          "isnetis.ckpt", "https://huggingface.co/skytnt/anime-seg",
+                                          folders=anime_face_unet_only),
     "mteed": Case(lambda folders: load_teed(folders, mteed=True), MTEED_WEIGHTS, MTEED_URL),
     "midas": Case(load_midas, "dpt_hybrid-midas-501f0c75.pt", ANNOTATORS_URL,
                   constants=((MIDAS_WEIGHTS, "dpt_hybrid-midas-501f0c75.pt"),)),

@@ -497,6 +497,7 @@ NETWORKS = [
      lambda dwpose: dwpose.RtmposeConfig(**RTMPOSE_TEST_WIDTHS, input_size=RTMPOSE_TEST_CROP)),
     ("dsine", "DSINE_WEIGHTS", "DsineNetwork"),
     ("anime_face_segment", "ANIME_FACE_WEIGHTS", "AnimeFaceSegmentNetwork"),
+    ("anime_face_segment", "ISNET_WEIGHTS", "ISNet"),
 ]
 
 
@@ -590,7 +591,8 @@ LEARNED_CASES = [
     ("CNS_NormalBAE", {}, "normalbae", "load_normalbae", {}, "normalbae", {}),
     ("CNS_DSINENormal", dict(fov=75.0, iterations=2), "dsine", "load_dsine", {}, "dsine", dict(fov=75.0, iterations=2)),
     ("CNS_UniFormerSegmentation", {}, "uniformer", "load_uniformer", {}, "uniformer_segmentation", {}),
-    ("CNS_AnimeFaceSegmentation", {}, "anime_face_segment", "load_anime_face_segment", {}, "anime_face_segment", {}),
+    *[("CNS_AnimeFaceSegmentation", dict(remove_background=remove), "anime_face_segment", "load_anime_face_segment",
+       dict(remove_background=remove), "anime_face_segment", {}) for remove in (False, True)],
     *[("CNS_OneFormerSegmentation", dict(dataset=dataset), "oneformer", "load_oneformer", dict(dataset=dataset),
        "oneformer_segmentation", dict(dataset=dataset)) for dataset in ("ade20k", "coco")],
     ("CNS_DepthAnythingV2", dict(model="small"), "depth_anything", "load_depth_anything", dict(size="small"),
@@ -630,7 +632,7 @@ def test_learned_node_equals_its_annotator_image_by_image(pack, annotators_folde
     node_id, inputs, module_name, loader, loader_options, function, options = case
     skip_unless_written(pack, module_name)
     shrink_fixed_network_inputs(pack, module_name, monkeypatch)
-    (result,) = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)
+    result = pack.run(node_id, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, **inputs)[0]  # the map
     network = direct_network(pack, module_name, loader, annotators_folder, **loader_options)
     annotate = getattr(pack.module(f"annotators.{module_name}"), function)
     assert_same_maps(result, expected_batch(lambda f: annotate(f, network, LEARNED_RESOLUTION, **options), SMALL_PHOTOS))
@@ -698,6 +700,20 @@ def test_draw_pose_keypoints_redraws_the_animal_pose_nodes_map(pack, annotators_
     (drawn,) = pack.run("CNS_DrawPoseKeypoints", width=0, height=0, include_body=True, include_hand=True,
                         include_face=True, pose_keypoint=keypoints)
     assert torch.equal(drawn, image)
+
+
+@pytest.mark.parametrize("remove_background", [True, False])
+def test_anime_face_segmentation_mask_is_the_annotators(pack, annotators_folder, remove_background):
+    skip_unless_written(pack, "anime_face_segment")
+    module = pack.module("annotators.anime_face_segment")
+    _, mask = pack.run("CNS_AnimeFaceSegmentation", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION,
+                       remove_background=remove_background)
+    segmenter = module.load_anime_face_segment([str(annotators_folder)], remove_background=remove_background)
+    expected = torch.stack([torch.from_numpy(module.anime_face_segment_with_mask(
+        frame.numpy(), segmenter, LEARNED_RESOLUTION)[1]) for frame in SMALL_PHOTOS])
+    assert mask.shape == SMALL_PHOTOS.shape[:3] and mask.dtype == torch.float32
+    assert torch.equal(mask, expected)
+    assert bool((mask == 1).all()) != remove_background  # ISNet's mask is not all ones
 
 
 def test_animal_pose_node_defaults_and_file_choices(pack):
@@ -1181,7 +1197,7 @@ def test_any_preprocessor_refuses_an_unknown_name(pack):
         pack.run(ANY, image=PHOTOS, preprocessor="cany", resolution=ANY_RESOLUTION)
     message = str(error.value)
     assert message.startswith("unknown preprocessor 'cany'; choose one of: none, binary, canny, ")
-    assert message.endswith(", normalbae, dsine, uniformer, oneformer_ade20k, oneformer_coco, anime_face_segment")
+    assert message.endswith(", normalbae, dsine, uniformer, oneformer_ade20k, oneformer_coco, anime_face_segment, anime_face_segment_with_background")
 
 
 # --- OneFormer --------------------------------------------------------------------------------------
