@@ -212,7 +212,7 @@ def character_mask(rgb: np.ndarray, isnet: ISNet) -> np.ndarray:
     """HxW float32 in 0..1: ISNet's sigmoid on RGB / 255, at the image's own size."""
     with torch.no_grad():
         logits = isnet(image_batch(rgb / 255.0, isnet))
-    return 1.0 / (1.0 + np.exp(-to_numpy(logits[0, 0])))
+    return to_numpy(torch.sigmoid(logits[0, 0]))
 
 
 def whiten_background(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
