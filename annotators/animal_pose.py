@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .dwpose import (DETECTOR_FILES, DETECTOR_ONNX, DETECTOR_WEIGHTS, DWPoseNetworks, detect_boxes,
+from .dwpose import (DETECTOR_FILES, DETECTOR_ONNX, DETECTOR_WEIGHTS, DWPoseNetworks, ExportedPose, detect_boxes,
                      estimate_keypoints, exported_rtmpose, find_network_files, load_detector, placed_network)
 from .dwpose import WEIGHTS_REPOS as DWPOSE_WEIGHTS_REPOS
 from .ap10k import AP10K_KEYPOINTS, Animal, animals_to_json, draw_animals
@@ -54,7 +54,24 @@ def load_animal_pose(folders: Sequence[str], device: torch.device | str = "cpu",
         "Animal Pose", folders, ((detector_file, DETECTOR_FILES), (pose_file, POSE_FILES)), WEIGHTS_REPOS)
     detector = load_detector(detector_path)
     pose = exported_rtmpose(pose_path)
+    check_keypoint_count(placed_keypoints(pose))  # now, not only once an animal is found
     return DWPoseNetworks(detector=placed_network(detector, device, dtype), pose=placed_network(pose, device, dtype))
+
+
+def placed_keypoints(pose: ExportedPose) -> int:
+    """How many keypoints an RTMPose export places: its x logits (batch x keypoints x bins) for one
+    black crop. Exports need not declare that size (torch's leave it symbolic), so it is run."""
+    width, height = pose.input_size
+    with torch.no_grad():
+        x_logits, _ = pose(torch.zeros(1, 3, height, width, dtype=pose.graph.float_dtype()))
+    return x_logits.shape[1]
+
+
+def check_keypoint_count(count: int) -> None:
+    if count != len(AP10K_KEYPOINTS):
+        raise BadWeightsError(
+            f"the pose file places {count} keypoints, not AP-10K's {len(AP10K_KEYPOINTS)}: Animal Pose needs "
+            f"{POSE_ONNX} (DWPose's whole-body file is for people)")
 
 
 def find_animals(image_rgb: np.ndarray, networks: DWPoseNetworks) -> list[Animal]:
@@ -64,10 +81,7 @@ def find_animals(image_rgb: np.ndarray, networks: DWPoseNetworks) -> list[Animal
     if len(boxes) == 0:
         return []
     keypoints, scores = estimate_keypoints(image_rgb, boxes, networks.pose)
-    if keypoints.shape[1] != len(AP10K_KEYPOINTS):
-        raise BadWeightsError(
-            f"the pose file places {keypoints.shape[1]} keypoints, not AP-10K's {len(AP10K_KEYPOINTS)}: Animal Pose "
-            f"needs {POSE_ONNX} (DWPose's whole-body file is for people)")
+    check_keypoint_count(keypoints.shape[1])
     return list(zip(keypoints, scores))
 
 

@@ -193,6 +193,19 @@ def test_missing_pose_file_names_where_it_is_published(onnx_folder, tmp_path):
         f"and put it in {tmp_path} (looked in: {tmp_path}). Nothing is downloaded automatically.")
 
 
+def test_a_whole_body_pose_file_is_refused_when_loaded(onnx_folder, tmp_path):
+    # Its graph declares 133 keypoints: refused at once, before any photo (one without animals would
+    # otherwise give an empty map and hide the wrong file).
+    (tmp_path / DETECTOR_ONNX).write_bytes((onnx_folder / DETECTOR_ONNX).read_bytes())
+    save_onnx(tiny_rtmpose(seed=7, input_size=AP10K_TEST_CROP), (1, 3, *AP10K_TEST_CROP[::-1]), tmp_path / POSE_ONNX,
+              batch_axis=True)
+    with pytest.raises(BadWeightsError) as error:
+        load_animal_pose([str(tmp_path)])
+    assert str(error.value) == (
+        f"the pose file places 133 keypoints, not AP-10K's 17: Animal Pose needs {POSE_ONNX} (DWPose's whole-body "
+        "file is for people)")
+
+
 def test_other_file_names_are_refused():
     with pytest.raises(ValueError) as error:
         load_animal_pose([], pose_file="dw-ll_ucoco_384.onnx")
