@@ -31,10 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .ap10k import AP10K_KEYPOINTS, Animal, animals_to_json, draw_animals
 from .dwpose import (DETECTOR_FILES, DETECTOR_ONNX, DETECTOR_WEIGHTS, DWPoseNetworks, ExportedPose, detect_boxes,
                      estimate_keypoints, exported_rtmpose, find_network_files, load_detector, placed_network)
 from .dwpose import WEIGHTS_REPOS as DWPOSE_WEIGHTS_REPOS
-from .ap10k import AP10K_KEYPOINTS, Animal, animals_to_json, draw_animals
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
 from .weights import BadWeightsError
 
@@ -68,6 +68,7 @@ def placed_keypoints(pose: ExportedPose) -> int:
 
 
 def check_keypoint_count(count: int) -> None:
+    """Refuse, by name, a pose network that does not place AP-10K's 17 keypoints."""
     if count != len(AP10K_KEYPOINTS):
         raise BadWeightsError(
             f"the pose file places {count} keypoints, not AP-10K's {len(AP10K_KEYPOINTS)}: Animal Pose needs "
