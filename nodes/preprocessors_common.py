@@ -82,20 +82,13 @@ def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def maps_to_image(maps: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 H x W x 3 maps (or float hints) -> IMAGE batch on ComfyUI's intermediate device."""
+    """uint8 H x W x 3 maps (or float arrays: hints, H x W masks) -> an IMAGE (or MASK) batch on
+    ComfyUI's intermediate device; uint8 is divided by 255, floats are kept."""
     import comfy.model_management
 
     tensors = [torch.from_numpy(np.ascontiguousarray(m)).float() / (UINT8_MAX if m.dtype == np.uint8 else 1.0)
                for m in maps]
     return torch.stack(tensors).to(comfy.model_management.intermediate_device())
-
-
-def masks_to_mask(masks: Sequence[np.ndarray]) -> torch.Tensor:
-    """float H x W masks in 0..1 -> MASK batch on ComfyUI's intermediate device."""
-    import comfy.model_management
-
-    return torch.stack([torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in masks]).to(
-        comfy.model_management.intermediate_device())
 
 
 def annotate_batch(image: torch.Tensor, annotate: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..annotators.dsine import MAX_FOV as DSINE_MAX_FOV, MAX_ITERATIONS as DSINE
 from ..annotators.leres import MAX_PERCENT as LERES_MAX_PERCENT
 from ..annotators.mlsd import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from ..annotators.teed import DEFAULT_SAFE_STEPS, MAX_SAFE_STEPS
-from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, masks_to_mask, per_image,
+from .preprocessors_common import (annotate_batch, detect_resolution, image_frames, maps_to_image, per_image,
                                    resolution_input)
 from .preprocessors_models import LearnedModel, learned_network, learned_networks
 from .preprocessors_weight_free import Z_COMPONENT_INPUT, AnnotatorNode
@@ -261,8 +261,8 @@ class CNS_DSINENormal(LearnedAnnotatorNode):
     DESCRIPTION = (
         "Surface normals by DSINE (Bae & Davison, CVPR 2024; as comfyui_controlnet_aux's 'DSINE Normal Map'), "
         "mapped as NormalBAE's, for normalbae ControlNets. A newer estimator than NormalBAE (same first author) "
-        "that also reads the camera's field of view. Needs dsine.pt from huggingface.co/hr16/Diffusion-Edge in models/annotators (never "
-        "downloaded). " + NETWORK_NOTE)
+        "that also reads the camera's field of view. Needs dsine.pt from huggingface.co/hr16/Diffusion-Edge in "
+        "models/annotators (never downloaded). " + NETWORK_NOTE)
     MODEL = LearnedModel("dsine", ("DSINE_WEIGHTS",), "load_dsine")
     RUN = "dsine"
     OPTIONS = {
@@ -308,7 +308,7 @@ class CNS_AnimeFaceSegmentation(LearnedAnnotatorNode):
         with learned_network(model) as segmenter:
             results = per_image(frames, lambda frame: run(frame, segmenter, detect_resolution(resolution)))
         return (maps_to_image([segmentation for segmentation, _ in results]),
-                masks_to_mask([mask for _, mask in results]))
+                maps_to_image([mask for _, mask in results]))
 
 
 class CNS_UniFormerSegmentation(LearnedAnnotatorNode):

@@ -100,10 +100,14 @@ PHOTOS = photo_batch(HEIGHT, WIDTH)
 SMALL_PHOTOS = photo_batch(LEARNED_HEIGHT, LEARNED_WIDTH)
 
 
-def expected_batch(annotate, frames=PHOTOS) -> torch.Tensor:
-    """The annotator called directly on each image; uint8 maps as float / 255."""
-    maps = [annotate(frame.numpy()) for frame in frames]
+def as_batch(maps) -> torch.Tensor:
+    """Maps (or masks) as a node's batch: uint8 as float / 255, floats as they are."""
     return torch.stack([torch.from_numpy(m).float() / (255.0 if m.dtype == np.uint8 else 1.0) for m in maps])
+
+
+def expected_batch(annotate, frames=PHOTOS) -> torch.Tensor:
+    """The annotator called directly on each image, as a batch (`as_batch`)."""
+    return as_batch([annotate(frame.numpy()) for frame in frames])
 
 
 def assert_same_maps(result: torch.Tensor, expected: torch.Tensor) -> None:
@@ -647,7 +651,7 @@ def test_openpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_
     openpose = pack.module("annotators.openpose")
     networks = openpose.load_openpose([str(annotators_folder)])
     direct = [openpose.openpose(frame.numpy(), networks, LEARNED_RESOLUTION) for frame in photos]
-    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert_same_maps(image, as_batch([pose_map for pose_map, _ in direct]))
     assert keypoints == [people for _, people in direct]
     assert json.loads(keypoints_json) == keypoints
     assert [(k["canvas_width"], k["canvas_height"]) for k in keypoints] == [(LEARNED_HEIGHT, LEARNED_HEIGHT)] * 2
@@ -666,7 +670,7 @@ def test_dwpose_node_equals_the_annotator_with_its_keypoints(pack, annotators_fo
                                                 bbox_detector=detector_file, pose_estimator=pose_file, **flags)
     networks = dwpose.load_dwpose([str(annotators_folder)], detector_file=detector_file, pose_file=pose_file)
     direct = [dwpose.dwpose(frame.numpy(), networks, LEARNED_RESOLUTION, **flags) for frame in SMALL_PHOTOS]
-    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert_same_maps(image, as_batch([pose_map for pose_map, _ in direct]))
     assert keypoints == [people for _, people in direct]
     assert json.loads(keypoints_json) == keypoints
     people = [person for frame in keypoints for person in frame["people"]]
@@ -681,7 +685,7 @@ def test_animal_pose_node_equals_the_annotator_with_its_keypoints(pack, annotato
                                                 bbox_detector=animal_pose.DETECTOR_ONNX, pose_estimator=animal_pose.POSE_ONNX)
     networks = animal_pose.load_animal_pose([str(annotators_folder)])
     direct = [animal_pose.animal_pose(frame.numpy(), networks, LEARNED_RESOLUTION) for frame in photos]
-    assert_same_maps(image, torch.stack([torch.from_numpy(pose_map).float() / 255.0 for pose_map, _ in direct]))
+    assert_same_maps(image, as_batch([pose_map for pose_map, _ in direct]))
     assert keypoints == [animals for _, animals in direct]
     assert json.loads(keypoints_json) == keypoints
     assert [(k["canvas_width"], k["canvas_height"]) for k in keypoints] == [(LEARNED_WIDTH, LEARNED_HEIGHT)] * 4
@@ -709,8 +713,8 @@ def test_anime_face_segmentation_mask_is_the_annotators(pack, annotators_folder,
     _, mask = pack.run("CNS_AnimeFaceSegmentation", image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION,
                        remove_background=remove_background)
     segmenter = module.load_anime_face_segment([str(annotators_folder)], remove_background=remove_background)
-    expected = torch.stack([torch.from_numpy(module.anime_face_segment_with_mask(
-        frame.numpy(), segmenter, LEARNED_RESOLUTION)[1]) for frame in SMALL_PHOTOS])
+    expected = expected_batch(lambda f: module.anime_face_segment_with_mask(f, segmenter, LEARNED_RESOLUTION)[1],
+                              SMALL_PHOTOS)
     assert mask.shape == SMALL_PHOTOS.shape[:3] and mask.dtype == torch.float32
     assert torch.equal(mask, expected)
     assert bool((mask == 1).all()) != remove_background  # ISNet's mask is not all ones
@@ -764,7 +768,7 @@ def test_drawing_the_openpose_nodes_keypoints_gives_back_its_map(pack, annotator
     (doubled,) = pack.run("CNS_DrawPoseKeypoints", pose_keypoint=keypoints, **{**defaults, "width": side, "height": side})
     expected = [draw_poses(poses_from_json(frame, (frame["canvas_width"], frame["canvas_height"])), side, side)
                 for frame in keypoints]
-    assert torch.equal(doubled, torch.stack([torch.from_numpy(m).float() / 255.0 for m in expected]))
+    assert torch.equal(doubled, as_batch(expected))
 
 
 def test_draw_pose_keypoints_refuses_keypoints_given_twice(pack):
