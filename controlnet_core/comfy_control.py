@@ -240,9 +240,10 @@ class ModedControl(comfy.controlnet.ControlBase):
         previous = None
         if self.previous_controlnet is not None:
             previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        # before start/end: a schedule with guaranteed steps counts the steps outside them too
+        self._step_multiplier = self._scheduled_multiplier(t, transformer_options)
         if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
             return previous  # outside start/end: nothing to run
-        self._step_multiplier = self._scheduled_multiplier(t)
         if self._step_multiplier == 0.0:
             return previous  # the strength schedule is at 0: nothing to run
         tile_hint = self._tile_hint(x_noisy)
@@ -267,7 +268,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self._sigma_schedule = None
         super().cleanup()
 
-    def _scheduled_multiplier(self, sigma: torch.Tensor) -> float:
+    def _scheduled_multiplier(self, sigma: torch.Tensor, transformer_options: dict) -> float:
         """The strength schedule's multiplier at this step (1 without a schedule)."""
         if self.strength_schedule is None:
             return 1.0
@@ -277,7 +278,10 @@ class ModedControl(comfy.controlnet.ControlBase):
                 "(pre_run was not called): the node that samples does not set controls up as ComfyUI's samplers do. "
                 "Sample with a ComfyUI sampler node, or remove the strength schedule"
             )
-        return self._sigma_schedule.multiplier(float(sigma[0]))
+        sample_sigmas = transformer_options.get("sample_sigmas")  # set by ComfyUI's samplers
+        if sample_sigmas is None or not self.strength_schedule.counts_steps:
+            return self._sigma_schedule.multiplier(float(sigma[0]))
+        return self._sigma_schedule.multiplier(float(sigma[0]), float(sample_sigmas.max()))
 
     # tiling nodes (see the module's docstring)
 

@@ -13,6 +13,12 @@ after the last one its value holds.
 `SigmaSchedule` is the schedule on one model's sigmas (built when sampling starts): a keyframe
 takes effect from its sigma down, as start_percent does, so hold schedules switch exactly where
 start/end would; eased ones find the step's percent between two keyframes by bisection.
+
+Guaranteed steps (Advanced-ControlNet's `guarantee_steps`, hold schedules only): a keyframe, once
+reached, stays in effect for at least that many steps even when later keyframes have started, so a
+keyframe that falls between two steps is not skipped. That depends on the steps already run, so
+such a schedule walks its keyframes step by step (`step_keyframe`) as Advanced-ControlNet's
+`prepare_current_timestep` does.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from .errors import ControlNetError
 
@@ -67,6 +73,7 @@ _ENTRY_SEPARATORS = re.compile(r"[,\n;]")
 class Keyframe:
     percent: float  # of the sampling, 0..1
     multiplier: float  # of the control's strength, from this percent on
+    guarantee_steps: int = 0  # steps it stays in effect once reached, whatever keyframes start meanwhile
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,11 @@ class StrengthSchedule:
 
     keyframes: tuple[Keyframe, ...]
     interpolation: str = LINEAR
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether a keyframe guarantees steps, so that the multiplier depends on the steps run."""
+        return any(frame.guarantee_steps > 0 for frame in self.keyframes)
 
     def at(self, percent: float) -> float:
         """The multiplier at `percent` of the sampling."""
@@ -91,17 +103,25 @@ class StrengthSchedule:
         return start.multiplier + (end.multiplier - start.multiplier) * EASING[self.interpolation](u)
 
 
-def parse_schedule(text: str, interpolation: str = LINEAR) -> StrengthSchedule:
+def parse_schedule(text: str, interpolation: str = LINEAR, guarantee_steps: int = 0) -> StrengthSchedule:
     """A schedule from `percent=multiplier` entries separated by commas, semicolons or new lines
-    (for example '0=1, 0.5=0.5, 1=0'), refused with a message naming the entry that is wrong."""
+    (for example '0=1, 0.5=0.5, 1=0'), refused with a message naming the entry that is wrong.
+    Every written keyframe guarantees `guarantee_steps` steps (hold schedules only)."""
     if interpolation not in EASING:
         raise ControlNetError(f"unknown interpolation '{interpolation}': use one of {', '.join(INTERPOLATIONS)}")
+    if isinstance(guarantee_steps, bool) or not isinstance(guarantee_steps, int) or guarantee_steps < 0:
+        raise ControlNetError(f"guarantee_steps must be a whole number of at least 0, not {guarantee_steps!r}")
+    if guarantee_steps > 0 and interpolation != HOLD:
+        raise ControlNetError(
+            f"guarantee_steps counts the steps each keyframe's value is held, so it needs hold interpolation, not "
+            f"{interpolation}: set interpolation to hold, or guarantee_steps to 0"
+        )
     entries = _entries(text)
     if not entries:
         raise ControlNetError(
             f"the strength schedule has no keyframes: write percent=multiplier entries separated by commas, for example {EXAMPLE}"
         )
-    keyframes = [_keyframe(entry) for entry in entries]
+    keyframes = [_keyframe(entry, guarantee_steps) for entry in entries]
     for (earlier, before), (later, after) in zip(zip(entries, keyframes), zip(entries[1:], keyframes[1:])):
         if after.percent <= before.percent:
             raise ControlNetError(
@@ -128,7 +148,7 @@ def _is_multiplier(value: float) -> bool:
     return math.isfinite(value) and value >= 0.0
 
 
-def _keyframe(entry: str) -> Keyframe:
+def _keyframe(entry: str, guarantee_steps: int) -> Keyframe:
     try:
         where, multiplier = _sides(entry)
         percent = float(where)
@@ -140,7 +160,7 @@ def _keyframe(entry: str) -> Keyframe:
         raise ControlNetError(f"strength schedule entry '{entry}': the percent must lie in 0..1")
     if not _is_multiplier(multiplier):
         raise ControlNetError(f"strength schedule entry '{entry}': the multiplier must be a number of at least 0")
-    return Keyframe(percent, multiplier)
+    return Keyframe(percent, multiplier, guarantee_steps)
 
 
 def percent_of_sigma(sigma: float, low: float, high: float, percent_to_sigma: Callable[[float], float]) -> float:
@@ -155,17 +175,61 @@ def percent_of_sigma(sigma: float, low: float, high: float, percent_to_sigma: Ca
     return (low + high) / 2.0
 
 
+@dataclass(frozen=True)
+class KeyframeWalk:
+    """Where a walk through hold keyframes stands after a step."""
+
+    keyframe: int = -1  # the keyframe in effect (-1: before the first step)
+    steps: int = 0  # steps it has been in effect
+    sigma: float | None = None  # of the last step
+
+
+def effective_guarantees(schedule: StrengthSchedule, keyframe_sigmas: Sequence[float], max_sigma: float) -> list[int]:
+    """Each keyframe's guaranteed steps in a sampling that starts at `max_sigma`: none for a keyframe
+    that started before it (a second sampler's pass; Advanced-ControlNet's get_effective_guarantee_steps)."""
+    return [
+        0 if keyframe_sigma > max_sigma else frame.guarantee_steps
+        for frame, keyframe_sigma in zip(schedule.keyframes, keyframe_sigmas)
+    ]
+
+
+def step_keyframe(
+    walk: KeyframeWalk, sigma: float, keyframe_sigmas: Sequence[float], guarantees: Sequence[int]
+) -> KeyframeWalk:
+    """The walk after a step at `sigma`. A new sigma is a new step (a sampler calls the model a few
+    times per sigma: CFG halves, other conds). Once the keyframe in effect has had its guaranteed
+    steps, the walk moves on through the keyframes that have started (keyframe sigma >= sigma),
+    stopping at the first that guarantees steps; it never goes back."""
+    if sigma == walk.sigma:
+        return walk
+    keyframe, steps = walk.keyframe, walk.steps
+    if keyframe < 0 or steps >= guarantees[keyframe]:
+        for later in range(keyframe + 1, len(keyframe_sigmas)):
+            if keyframe_sigmas[later] < sigma:
+                break  # not started yet, nor any after it
+            keyframe, steps = later, 0
+            if guarantees[later] > 0:
+                break
+    return KeyframeWalk(keyframe, steps + 1, sigma)
+
+
 class SigmaSchedule:
-    """A schedule on one model's sigmas (`percent_to_sigma` is its model sampling's)."""
+    """A schedule on one model's sigmas (`percent_to_sigma` is its model sampling's), for one run."""
 
     def __init__(self, schedule: StrengthSchedule, percent_to_sigma: Callable[[float], float]):
         self.schedule = schedule
         self.percent_to_sigma = percent_to_sigma
         self.sigmas = [float(percent_to_sigma(frame.percent)) for frame in schedule.keyframes]
         self._multipliers: dict[float, float] = {}  # per sigma: a run visits each a few times
+        self._walk = KeyframeWalk()  # with guaranteed steps: the keyframe in effect
 
-    def multiplier(self, sigma: float) -> float:
-        """The schedule's multiplier at a step of this sigma."""
+    def multiplier(self, sigma: float, max_sigma: float = math.inf) -> float:
+        """The schedule's multiplier at a step of this sigma, in a sampling that starts at
+        `max_sigma`. Called at every step (in or out of start/end) when keyframes guarantee steps."""
+        if self.schedule.counts_steps:
+            guarantees = effective_guarantees(self.schedule, self.sigmas, max_sigma)
+            self._walk = step_keyframe(self._walk, sigma, self.sigmas, guarantees)
+            return self.schedule.keyframes[self._walk.keyframe].multiplier
         if sigma not in self._multipliers:
             self._multipliers[sigma] = self._multiplier(sigma)
         return self._multipliers[sigma]

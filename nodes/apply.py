@@ -122,11 +122,18 @@ class CNS_StrengthSchedule:
                     "(u^2), ease-out (1-(1-u)^2) and ease-in-out ((1-cos(pi u))/2) go smoothly, as Advanced-ControlNet's "
                     "interpolations do."
                 )}),
-            }
+            },
+            "optional": {
+                "guarantee_steps": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": (
+                    "hold only: once a keyframe is reached it stays in effect for at least this many steps, even when "
+                    "later keyframes have started, so a keyframe between two steps is not skipped (Advanced-ControlNet's "
+                    "guarantee_steps, whose keyframes default to 1). 0: each step takes the last keyframe started."
+                )}),
+            },
         }
 
-    def make(self, keyframes, interpolation):
-        return (schedule.parse_schedule(keyframes, interpolation),)
+    def make(self, keyframes, interpolation, guarantee_steps=0):
+        return (schedule.parse_schedule(keyframes, interpolation, guarantee_steps),)
 
 
 class CNS_LatentStrengths:

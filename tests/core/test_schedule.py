@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from controlnet_core.errors import ControlNetError
-from controlnet_core.schedule import SigmaSchedule, parse_latent_strengths, parse_schedule
+from controlnet_core.schedule import (
+    Keyframe,
+    KeyframeWalk,
+    SigmaSchedule,
+    StrengthSchedule,
+    parse_latent_strengths,
+    parse_schedule,
+    step_keyframe,
+)
 
 GRID = np.linspace(0.0, 1.0, 101)
 EXACT = 1e-12
@@ -107,6 +115,116 @@ def test_on_sigmas_a_keyframe_takes_effect_at_its_own_sigma_as_start_percent_doe
 def test_bad_schedules_are_refused_by_name(text, interpolation, message):
     with pytest.raises(ControlNetError) as error:
         parse_schedule(text, interpolation)
+    assert str(error.value) == message
+
+
+# --- guaranteed steps --------------------------------------------------------------------------
+
+class AcnKeyframeWalk:
+    """Advanced-ControlNet's AdvancedControlBase.prepare_current_timestep (adv_control/utils.py),
+    transcribed without torch: keyframes are (start_t, strength, guarantee_steps) in start_percent
+    order, start_t = percent_to_sigma(start_percent)."""
+
+    def __init__(self, keyframes):
+        self.keyframes = keyframes
+        self.prev_t = None
+        self.current_index = -1
+        self.current = None
+        self.used_steps = 0
+
+    def effective_guarantee(self, keyframe, max_sigma):
+        start_t, _, guarantee_steps = keyframe
+        return 0 if start_t > max_sigma else guarantee_steps
+
+    def strength(self, t, max_sigma):
+        if t != self.prev_t:
+            if self.current is None or self.used_steps >= self.effective_guarantee(self.current, max_sigma):
+                for i in range(self.current_index + 1, len(self.keyframes)):
+                    if self.keyframes[i][0] >= t:
+                        self.current_index, self.current, self.used_steps = i, self.keyframes[i], 0
+                        if self.effective_guarantee(self.current, max_sigma) > 0:
+                            break
+                    else:
+                        break
+            self.prev_t = t
+            self.used_steps += 1
+        return self.current[1]
+
+
+def sampler_calls(percents, repeats):
+    """The sigmas a sampler passes at steps at `percents`, each `repeats` times (CFG halves, other conds)."""
+    return [edm_percent_to_sigma(p) for p in percents for _ in range(repeats)]
+
+
+STEP_PERCENTS = [i / 10 for i in range(10)]
+
+
+def test_guaranteed_keyframes_between_two_steps_each_get_a_step_in_turn():
+    """By hand: steps at 0, 0.1, ..., 0.9; the keyframes at 0.31, 0.32, 0.33 all start before the step
+    at 0.4. Without guaranteed steps that step takes the last of them; with one each, the steps at
+    0.4, 0.5 and 0.6 take them in turn."""
+    text = "0.31=0.2, 0.32=0.4, 0.33=0.6"
+    expected = {0: [1.0] * 4 + [0.6] * 6, 1: [1.0] * 4 + [0.2, 0.4, 0.6, 0.6, 0.6, 0.6],
+                2: [1.0] * 4 + [0.2, 0.2, 0.4, 0.4, 0.6, 0.6]}
+    for guarantee_steps, multipliers in expected.items():
+        on_sigmas = SigmaSchedule(parse_schedule(text, "hold", guarantee_steps), edm_percent_to_sigma)
+        got = [on_sigmas.multiplier(sigma) for sigma in sampler_calls(STEP_PERCENTS, 2)]
+        assert got == [m for m in multipliers for _ in range(2)], guarantee_steps
+
+
+def test_a_sampling_that_starts_after_a_keyframe_does_not_owe_it_steps():
+    """A second pass (KSampler Advanced from a later step) starting at 0.5: the keyframe at 0.31
+    started before it, so its guaranteed step is not given; the one at 0.55 still gets its step."""
+    on_sigmas = SigmaSchedule(parse_schedule("0.31=0.2, 0.55=0.4, 0.56=0.6", "hold", 1), edm_percent_to_sigma)
+    second_pass = [0.5, 0.6, 0.7, 0.8]
+    max_sigma = edm_percent_to_sigma(0.5)
+    assert [on_sigmas.multiplier(edm_percent_to_sigma(p), max_sigma) for p in second_pass] == [0.2, 0.4, 0.6, 0.6]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_guaranteed_steps_walk_the_keyframes_as_advanced_controlnet_does(seed):
+    """Random hold keyframes with random guarantees per keyframe, a sampler's sigmas each passed 1 to
+    3 times, with and without a second-order sampler's in-between sigmas, from the first step or from
+    a later one, step by step against the transcription of Advanced-ControlNet's walk."""
+    rng = np.random.default_rng(seed)
+    percents = np.sort(rng.choice(np.arange(1, 100) / 100, size=rng.integers(1, 7), replace=False))
+    keyframes = [Keyframe(0.0, 1.0)] + [
+        Keyframe(float(p), float(rng.integers(0, 5)) / 2, int(rng.integers(0, 4))) for p in percents
+    ]
+    schedule = StrengthSchedule(tuple(keyframes), "hold")
+    steps = np.linspace(0.0, 0.95, int(rng.integers(3, 25)))
+    if rng.random() < 0.5:  # Heun-like: a call between each two steps
+        steps = np.sort(np.concatenate([steps, (steps[1:] + steps[:-1]) / 2]))
+    steps = steps[int(rng.integers(0, len(steps) // 2)):]  # perhaps a second pass
+    max_sigma = edm_percent_to_sigma(float(steps[0]))
+    acn = AcnKeyframeWalk([(edm_percent_to_sigma(k.percent), k.multiplier, k.guarantee_steps) for k in keyframes])
+    ours = SigmaSchedule(schedule, edm_percent_to_sigma)
+    for percent in steps:
+        for _ in range(int(rng.integers(1, 4))):
+            sigma = edm_percent_to_sigma(float(percent))
+            assert ours.multiplier(sigma, max_sigma) == acn.strength(sigma, max_sigma), (percent, schedule)
+
+
+def test_a_walk_without_guaranteed_steps_is_the_schedule_at_each_sigma():
+    """With no steps guaranteed, the walk picks the last keyframe started, as the plain schedule does."""
+    schedule = parse_schedule("0.1=0.2, 0.3=1.4, 0.32=0.6, 0.9=0", "hold")
+    plain = SigmaSchedule(schedule, edm_percent_to_sigma)
+    sigmas = [edm_percent_to_sigma(k.percent) for k in schedule.keyframes]
+    walk = KeyframeWalk()
+    for sigma in np.geomspace(EDM_SIGMA_MAX * 0.999, EDM_SIGMA_MIN * 1.001, 31):
+        walk = step_keyframe(walk, float(sigma), sigmas, [0] * len(sigmas))
+        assert schedule.keyframes[walk.keyframe].multiplier == plain.multiplier(float(sigma)), sigma
+
+
+@pytest.mark.parametrize("interpolation, guarantee_steps, message", [
+    ("linear", 1, "guarantee_steps counts the steps each keyframe's value is held, so it needs hold interpolation, not linear: set interpolation to hold, or guarantee_steps to 0"),
+    ("ease-in", 3, "guarantee_steps counts the steps each keyframe's value is held, so it needs hold interpolation, not ease-in: set interpolation to hold, or guarantee_steps to 0"),
+    ("hold", -1, "guarantee_steps must be a whole number of at least 0, not -1"),
+    ("hold", 1.5, "guarantee_steps must be a whole number of at least 0, not 1.5"),
+])
+def test_bad_guaranteed_steps_are_refused_by_name(interpolation, guarantee_steps, message):
+    with pytest.raises(ControlNetError) as error:
+        parse_schedule("0=1, 0.5=0", interpolation, guarantee_steps)
     assert str(error.value) == message
 
 

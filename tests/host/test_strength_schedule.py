@@ -34,8 +34,8 @@ LINEAR_TEXT = ", ".join(f"{p}={m}" for p, m in zip(KEYFRAME_PERCENTS, KEYFRAME_M
 FROM_HALF = "0=0, 0.5=1"  # hold: off, then on from 50 %
 
 
-def schedule(host, text, interpolation="hold"):
-    (made,) = host.node("CNS_StrengthSchedule").make(text, interpolation)
+def schedule(host, text, interpolation="hold", guarantee_steps=0):
+    (made,) = host.node("CNS_StrengthSchedule").make(text, interpolation, guarantee_steps)
     return made
 
 
@@ -132,6 +132,51 @@ def test_a_schedule_on_a_union_samples_as_start_percent(host, union_sdxl):
     plain = host.sample(union_sdxl.positive, union_sdxl.negative, model=union_sdxl.model, steps=STEPS)
     assert (started - plain).abs().max().item() > MIN_EFFECT
     assert torch.equal(sampled(0.0, schedule(host, FROM_HALF)), started)
+
+
+def step_percents(host, steps=STEPS):
+    """The percent of each step's sigma with host.sample's sampler (euler, normal): where to put keyframes."""
+    from controlnet_core.schedule import percent_of_sigma
+
+    sampling = host.model.get_model_object("model_sampling")
+    sigmas = host.comfy.samplers.calculate_sigmas(sampling, "normal", steps)[:-1]
+    return [percent_of_sigma(float(sigma), 0.0, 1.0, sampling.percent_to_sigma) for sigma in sigmas]
+
+
+@pytest.mark.parametrize("guarantee_steps", [1, 2])
+def test_guaranteed_steps_give_a_keyframe_between_two_steps_its_steps(host, files, guarantee_steps):
+    """Keyframes 0 then 1 both fall between steps 2 and 3: without guaranteed steps the 0 is skipped
+    (the unscheduled control); with them, steps 3.. run nothing for `guarantee_steps` steps, as a
+    plain schedule whose keyframes lie between those steps does."""
+    p = step_percents(host)
+    skipped = f"{(2 * p[2] + p[3]) / 3}=0, {(p[2] + 2 * p[3]) / 3}=1"  # both between steps 2 and 3
+    last_off = 3 + guarantee_steps - 1
+    between_steps = f"{(p[2] + p[3]) / 2}=0, {(p[last_off] + p[last_off + 1]) / 2}=1"
+    control_net = host.suite_controlnet(files.original)
+    calls = count_calls(control_net.loaded.model)
+    try:
+        guaranteed = host.sample(*apply(host, control_net, strength_schedule=schedule(host, skipped, "hold", guarantee_steps)), steps=STEPS)
+        runs_guaranteed = len(calls)
+        reference = host.sample(*apply(host, control_net, strength_schedule=schedule(host, between_steps)), steps=STEPS)
+    finally:
+        del control_net.loaded.model.forward
+    unguaranteed = host.sample(*apply(host, control_net, strength_schedule=schedule(host, skipped)), steps=STEPS)
+    unscheduled = host.sample(*apply(host, control_net), steps=STEPS)
+    assert torch.equal(unguaranteed, unscheduled)
+    assert torch.equal(guaranteed, reference)
+    assert (guaranteed - unscheduled).abs().max().item() > MIN_EFFECT
+    assert runs_guaranteed == STEPS - guarantee_steps
+
+
+def test_guaranteed_steps_count_the_steps_before_start_percent(host, files):
+    """As Advanced-ControlNet's: the 0 keyframe between steps 2 and 3 has its step at step 3, before
+    start_percent, so from step 4 (where the control starts) the 1 keyframe is in effect."""
+    p = step_percents(host)
+    skipped = f"{(2 * p[2] + p[3]) / 3}=0, {(p[2] + 2 * p[3]) / 3}=1"
+    control_net = host.suite_controlnet(files.original)
+    start = (p[3] + p[4]) / 2
+    guaranteed = host.sample(*apply(host, control_net, start, schedule(host, skipped, "hold", 1)), steps=STEPS)
+    assert torch.equal(guaranteed, host.sample(*apply(host, control_net, start), steps=STEPS))
 
 
 def test_a_bad_schedule_is_refused_by_the_node(host):
