@@ -34,8 +34,8 @@ from torch import nn
 
 from .image import DEFAULT_DETECT_RESOLUTION, run_at_resolution, to_rgb_uint8
 from .isnet import ISNet
-from .networks_common import DATA_PARALLEL_PREFIX, image_batch, to_numpy
-from .weights import find_weights, load_state_dict, strip_prefix
+from .networks_common import image_batch, read_weights_at, to_numpy
+from .weights import find_weights, load_state_dict
 
 # A1111 annotator/anime_face_segment load_model and comfyui_controlnet_aux AnimeFaceSegmentor:
 # huggingface.co/bdsqlsz/qinglong_controlnet-lllite, folder Annotators (weights.py: owner/name/folder).
@@ -192,7 +192,7 @@ def load_anime_face_segment(
     unet_path = find_weights(ANIME_FACE_WEIGHTS, folders, WEIGHTS_REPOS[ANIME_FACE_WEIGHTS])
     isnet_path = find_weights(ISNET_WEIGHTS, folders, WEIGHTS_REPOS[ISNET_WEIGHTS]) if remove_background else None
     segmenter = AnimeFaceSegmenter(remove_background)
-    segmenter.unet.load_state_dict(strip_prefix(load_state_dict(unet_path), DATA_PARALLEL_PREFIX), strict=True)
+    segmenter.unet.load_state_dict(read_weights_at(unet_path), strict=True)
     if isnet_path is not None:
         segmenter.isnet.load_state_dict(isnet_weights(load_state_dict(isnet_path)), strict=True)
     return segmenter.to(device=device, dtype=dtype).eval()

@@ -85,7 +85,12 @@ def network_from_weights(
 
 def read_weights(file_name: str, folders: Sequence[str], repo: str = PUBLISHED_REPO) -> dict[str, torch.Tensor]:
     """The weights in `file_name` (found as load_network finds it), DataParallel's prefix removed."""
-    return strip_prefix(load_state_dict(find_weights(file_name, folders, repo)), DATA_PARALLEL_PREFIX)
+    return read_weights_at(find_weights(file_name, folders, repo))
+
+
+def read_weights_at(path: str) -> dict[str, torch.Tensor]:
+    """The weights in the file at `path` (one find_weights found), DataParallel's prefix removed."""
+    return strip_prefix(load_state_dict(path), DATA_PARALLEL_PREFIX)
 
 
 def _filled(network: NetworkT, state_dict: dict[str, torch.Tensor], device: torch.device | str,
