@@ -371,6 +371,18 @@ def save_onnx(network: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     return path
 
 
+def save_detector_onnx(detector: torch.nn.Module, path: str | os.PathLike, side: int) -> str | os.PathLike:
+    """A YOLOX network exported as DWPose's `yolox_l.onnx` is: Megvii's layout, on a fixed 1×3×side×side input."""
+    return save_onnx(MegviiYoloxExport(detector), (1, 3, side, side), path, batch_axis=False)
+
+
+def save_pose_onnx(pose: torch.nn.Module, path: str | os.PathLike, batch_axis: bool = True) -> str | os.PathLike:
+    """An RTMPose network exported as DWPose's and Animal Pose's pose files are: on crops of its
+    input size (width, height), with a free batch (or one fixed at 1)."""
+    width, height = pose.input_size
+    return save_onnx(pose, (1, 3, height, width), path, batch_axis)
+
+
 def _random_network(network_class: type, config: Any, seed: int) -> torch.nn.Module:
     """`network_class(config)` holding random weights, built without initialising any first."""
     from annotators.networks_common import network_from_weights

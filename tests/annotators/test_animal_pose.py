@@ -25,7 +25,7 @@ from annotators.dwpose import (DETECTOR_INPUT_SIZE, DETECTOR_ONNX, DWPoseNetwork
 from annotators.image import resize_for_detection
 from annotators.rtmpose_network import Rtmpose, RtmposeConfig
 from annotators.weights import BadWeightsError, MissingWeightsError
-from workflows.random_models import MegviiYoloxExport, save_onnx
+from workflows.random_models import save_detector_onnx, save_pose_onnx
 
 from .random_learned import AP10K_TEST_CROP, DWPOSE_PERSON_BIAS, RTMPOSE_TEST_WIDTHS, adjust, random_state_dict
 from .test_dwpose import (MegviiLayoutInferenceSession, NetworkInferenceSession, dwpose_onnx_module,
@@ -166,9 +166,8 @@ def onnx_folder(tmp_path_factory):
     pytest.importorskip("onnx")  # torch's exporter writes through it
     folder = tmp_path_factory.mktemp("animal_pose_onnx")
     networks = small_networks()
-    save_onnx(MegviiYoloxExport(networks.detector), (1, 3, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE),
-              folder / DETECTOR_ONNX, batch_axis=False)
-    save_onnx(networks.pose, (1, 3, *AP10K_TEST_CROP[::-1]), folder / POSE_ONNX, batch_axis=True)
+    save_detector_onnx(networks.detector, folder / DETECTOR_ONNX, DETECTOR_INPUT_SIZE)
+    save_pose_onnx(networks.pose, folder / POSE_ONNX)
     return folder
 
 
@@ -197,8 +196,7 @@ def test_a_whole_body_pose_file_is_refused_when_loaded(onnx_folder, tmp_path):
     # Its graph declares 133 keypoints: refused at once, before any photo (one without animals would
     # otherwise give an empty map and hide the wrong file).
     (tmp_path / DETECTOR_ONNX).write_bytes((onnx_folder / DETECTOR_ONNX).read_bytes())
-    save_onnx(tiny_rtmpose(seed=7, input_size=AP10K_TEST_CROP), (1, 3, *AP10K_TEST_CROP[::-1]), tmp_path / POSE_ONNX,
-              batch_axis=True)
+    save_pose_onnx(tiny_rtmpose(seed=7, input_size=AP10K_TEST_CROP), tmp_path / POSE_ONNX)
     with pytest.raises(BadWeightsError) as error:
         load_animal_pose([str(tmp_path)])
     assert str(error.value) == (

@@ -26,7 +26,7 @@ import torch
 from skimage import data
 
 from annotators import dwpose as dwpose_module  # for monkeypatching its constants
-from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_ONNX, DETECTOR_WEIGHTS, FACE_START, POSE_ONNX, POSE_WEIGHTS,
+from annotators.dwpose import (COCO_BODY_PARTS, DETECTOR_INPUT_SIZE, DETECTOR_ONNX, DETECTOR_WEIGHTS, FACE_START, POSE_ONNX, POSE_WEIGHTS,
                                DWPoseNetworks, ExportedDetector, ExportedPose,
                                detect_people, dwpose, estimate_keypoints, load_dwpose, KEYPOINT_SCORE_THRESHOLD, LEFT_HAND_START,
                                POSE_MEAN, POSE_STD, RIGHT_HAND_START, WHOLEBODY_FACE_POINTS,
@@ -38,7 +38,7 @@ from annotators.rtmpose_network import (DWPOSE_INPUT_SIZE, SIMCC_SPLIT_RATIO, WH
                                         Rtmpose, RtmposeConfig)
 from annotators.weights import BadWeightsError, MissingWeightsError
 from annotators.yolox_network import Yolox, YoloxConfig
-from workflows.random_models import MegviiYoloxExport, save_onnx
+from workflows.random_models import MegviiYoloxExport, save_detector_onnx, save_pose_onnx
 
 from .openmmlab import import_openmmlab
 from .random_learned import (RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, adjust, assert_loaded,
@@ -445,17 +445,13 @@ def test_not_a_pose_checkpoint_is_refused(tmp_path):
 
 # --- the published ONNX files, against onnxruntime running DWPose's ONNX pipeline ----------------
 
-DETECTOR_INPUT_SHAPE = (1, 3, 640, 640)
-
-
 def save_onnx_files(folder: Path, pose_batch_axis: bool = True) -> DWPoseNetworks:
     """`small_networks()` exported as `yolox_l.onnx` (Megvii's layout, fixed 1x3x640x640 input) and
     `dw-ll_ucoco_384.onnx` (free batch, or fixed at 1); returns the networks exported."""
     pytest.importorskip("onnx")  # torch's exporter writes through it
     networks = small_networks()
-    save_onnx(MegviiYoloxExport(networks.detector), DETECTOR_INPUT_SHAPE, folder / DETECTOR_ONNX, batch_axis=False)
-    crop_width, crop_height = RTMPOSE_TEST_CROP
-    save_onnx(networks.pose, (1, 3, crop_height, crop_width), folder / POSE_ONNX, batch_axis=pose_batch_axis)
+    save_detector_onnx(networks.detector, folder / DETECTOR_ONNX, DETECTOR_INPUT_SIZE)
+    save_pose_onnx(networks.pose, folder / POSE_ONNX, batch_axis=pose_batch_axis)
     return networks
 
 

@@ -27,7 +27,7 @@ from annotators import batch as batch_cli  # the names only: the runs use the pa
 from tests.annotators.random_learned import (  # the annotator tests' recipe
     AP10K_TEST_CROP, RTMPOSE_TEST_CROP, RTMPOSE_TEST_WIDTHS, YOLOX_TEST_FACTORS, ZOE_TEST_WIDTHS, adjust,
     random_state_dict)
-from workflows.random_models import MegviiYoloxExport, save_onnx
+from workflows.random_models import save_detector_onnx, save_pose_onnx
 
 CATEGORY = "ControlNet Suite/preprocessors"
 WEIGHT_FREE = ["CNS_Canny", "CNS_PyraCanny", "CNS_HoughLines", "CNS_Scribble", "CNS_ScribbleXDoG", "CNS_LineartStandard", "CNS_Binary",
@@ -543,17 +543,15 @@ def save_ap10k_onnx_file(pack, folder, seed: int) -> None:
         template = dwpose.Rtmpose(config).state_dict()
     network = dwpose.Rtmpose(config)
     network.load_state_dict(random_weights(template, seed, "dwpose"))
-    save_onnx(network.eval(), (1, 3, *AP10K_TEST_CROP[::-1]), folder / animal_pose.POSE_ONNX, batch_axis=True)
+    save_pose_onnx(network.eval(), folder / animal_pose.POSE_ONNX)
 
 
 def save_dwpose_onnx_files(dwpose, folder) -> None:
     """DWPose's default files, yolox_l.onnx and dw-ll_ucoco_384.onnx: the random checkpoints above
-    exported as the published ONNX files were (workflows.random_models.save_onnx)."""
+    exported as the published ONNX files were (workflows.random_models.save_detector_onnx and save_pose_onnx)."""
     networks = dwpose.load_dwpose([str(folder)], detector_file=dwpose.DETECTOR_WEIGHTS, pose_file=dwpose.POSE_WEIGHTS)
-    save_onnx(MegviiYoloxExport(networks.detector), (1, 3, dwpose.DETECTOR_INPUT_SIZE, dwpose.DETECTOR_INPUT_SIZE),
-              folder / dwpose.DETECTOR_ONNX, batch_axis=False)
-    crop_width, crop_height = networks.pose.config.input_size
-    save_onnx(networks.pose, (1, 3, crop_height, crop_width), folder / dwpose.POSE_ONNX, batch_axis=True)
+    save_detector_onnx(networks.detector, folder / dwpose.DETECTOR_ONNX, dwpose.DETECTOR_INPUT_SIZE)
+    save_pose_onnx(networks.pose, folder / dwpose.POSE_ONNX)
 
 
 def skip_unless_written(pack, module_name: str) -> None:
