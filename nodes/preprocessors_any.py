@@ -1,4 +1,5 @@
-"""Any Preprocessor: one node that runs any photo preprocessor, chosen by name, with its defaults.
+"""Any Preprocessor: one node that runs any photo preprocessor, chosen by name, with its defaults;
+All Preprocessors: every one of them on the same photos, to compare their maps.
 
 For workflows that switch preprocessors with one widget (comfyui_controlnet_aux's AIO
 Preprocessor, A1111's preprocessor list). The names are the batch CLI's
@@ -6,6 +7,10 @@ Preprocessor, A1111's preprocessor list). The names are the batch CLI's
 picks a variant sets the dedicated node's inputs it implies (hed_safe: HED with safe on). Every
 other input takes the dedicated node's default, and `resolution` replaces the detect
 resolution of those that have one. "none" passes the image through unchanged.
+
+All Preprocessors (comfyui_controlnet_aux's Execute All ControlNet Preprocessors, without its
+downloads) runs every name in that list; a learned one whose weight file is missing is skipped and
+reported, by the same message its own node gives, in a second output.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+
+from ..annotators.weights import MissingWeightsError
 
 from .preprocessors_common import CATEGORY, IMAGE_INPUT, resolution_input
 from .preprocessors_learned import (CNS_HED, CNS_MLSD, CNS_TEED, CNS_AnimalPose, CNS_AnimeFaceSegmentation, CNS_AnyLine, CNS_DepthAnything,
@@ -89,6 +96,7 @@ PREPROCESSORS: dict[str, tuple[type, Mapping[str, Any]]] = {
     "anime_face_segment_with_background": (CNS_AnimeFaceSegmentation, {"remove_background": False}),
 }
 CHOICES = [NO_PREPROCESSING, *PREPROCESSORS]
+NOT_FOR_PHOTOS = ("normal_from_depth",)  # takes a depth map; All Preprocessors runs on photos
 
 
 def input_defaults(node: type) -> dict[str, Any]:
@@ -126,6 +134,34 @@ def run_preprocessor(name: str, image: torch.Tensor, resolution: int) -> torch.T
     return getattr(node(), node.FUNCTION)(image=image, **preprocessor_inputs(name, resolution))[0]
 
 
+def photo_preprocessors(learned: bool) -> list[str]:
+    """The names All Preprocessors runs, in PREPROCESSORS' order: every photo preprocessor, or only
+    the weight-free ones."""
+    return [name for name, (node, _) in PREPROCESSORS.items()
+            if name not in NOT_FOR_PHOTOS and (learned or node.__module__ == CNS_Canny.__module__)]
+
+
+def run_all_preprocessors(
+    image: torch.Tensor, resolution: int, learned: bool = True
+) -> tuple[torch.Tensor, list[str], dict[str, list[str]]]:
+    """Every photo preprocessor's maps of `image` (B images), one after the other: (the maps, B
+    per name run; the names run; the names skipped for a missing weight file, by that message)."""
+    maps, ran, skipped = [], [], {}
+    for name in photo_preprocessors(learned):
+        try:
+            maps.append(run_preprocessor(name, image, resolution))
+        except MissingWeightsError as missing:
+            skipped.setdefault(str(missing), []).append(name)
+            continue
+        ran.append(name)
+    return torch.cat(maps), ran, skipped  # the weight-free ones always run
+
+
+def skipped_report(skipped: dict[str, list[str]]) -> str:
+    """One line per missing file: the names it would have run, then its node's message."""
+    return "\n".join(f"{', '.join(names)}: {message}" for message, names in skipped.items())
+
+
 class CNS_AnyPreprocessor:
     DESCRIPTION = (
         "Any preprocessor, chosen by name, with its dedicated node's defaults (as comfyui_controlnet_aux's AIO "
@@ -156,4 +192,39 @@ class CNS_AnyPreprocessor:
         return (run_preprocessor(preprocessor, image, resolution),)
 
 
-NODES = {"CNS_AnyPreprocessor": (CNS_AnyPreprocessor, "Any Preprocessor")}
+class CNS_AllPreprocessors:
+    DESCRIPTION = (
+        "Every photo preprocessor on the same images, with its dedicated node's defaults, to compare their maps "
+        "(as comfyui_controlnet_aux's Execute All ControlNet Preprocessors, without downloading anything): learned "
+        "ones whose weight files are not in models/annotators are skipped and listed in 'skipped'.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("images", "names", "skipped")
+    OUTPUT_TOOLTIPS = (
+        "The control maps, preprocessor after preprocessor, one per input image each, at the input's size.",
+        "The preprocessors' names, one per line, in the order of their maps (Any Preprocessor's names).",
+        "The learned preprocessors skipped, one line per missing weight file: the names, then where to put the file.",
+    )
+    FUNCTION = "preprocess"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        _, resolution_options = resolution_input()
+        return {"required": {
+            "image": IMAGE_INPUT,
+            RESOLUTION: ("INT", {**resolution_options, "tooltip": resolution_options["tooltip"] + (
+                " Used by every preprocessor that has a detect resolution.")}),
+            "learned": ("BOOLEAN", {"default": True, "tooltip": (
+                "Also run the learned preprocessors (each that finds its weight files; slow on a CPU). Off: the "
+                "weight-free ones only.")}),
+        }}
+
+    def preprocess(self, image, resolution, learned):
+        maps, names, skipped = run_all_preprocessors(image, resolution, learned)
+        return (maps, "\n".join(names), skipped_report(skipped))
+
+
+NODES = {
+    "CNS_AnyPreprocessor": (CNS_AnyPreprocessor, "Any Preprocessor"),
+    "CNS_AllPreprocessors": (CNS_AllPreprocessors, "All Preprocessors"),
+}

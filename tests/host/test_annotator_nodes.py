@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -1167,6 +1168,65 @@ def test_any_preprocessor_equals_the_batch_cli_learned(pack, annotators_folder, 
         return result[0] if isinstance(result, tuple) else result  # OpenPose: (map, keypoints)
 
     assert_same_maps(result, expected_batch(condition_map, SMALL_PHOTOS))
+
+
+# --- All Preprocessors ----------------------------------------------------------------------------
+
+ALL = "CNS_AllPreprocessors"
+
+
+def batch_cli_maps(pack, name: str, folders=()) -> torch.Tensor:
+    """Preprocessor `name`'s maps of SMALL_PHOTOS at LEARNED_RESOLUTION, through the batch CLI."""
+    batch = pack.module("annotators.batch")
+    if name in batch.LEARNED:
+        annotate = batch.prepare(name, {"resolution": LEARNED_RESOLUTION}, [str(f) for f in folders])
+    else:
+        takes_resolution = "resolution" in batch.accepted_parameters(batch.ANNOTATORS[name])
+        annotate = batch.prepare(name, {"resolution": LEARNED_RESOLUTION} if takes_resolution else {})
+
+    def condition_map(frame):
+        result = annotate(frame)
+        return result[0] if isinstance(result, tuple) else result  # OpenPose: (map, keypoints)
+
+    return expected_batch(condition_map, SMALL_PHOTOS)
+
+
+def test_all_preprocessors_weight_free_are_each_names_maps_in_turn(pack):
+    weight_free = [name for name in pack.module("nodes.preprocessors_any").PREPROCESSORS
+                   if name in batch_cli.ANNOTATORS and name != "normal_from_depth"]
+    maps, names, skipped = pack.run(ALL, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, learned=False)
+    assert names.split("\n") == weight_free
+    assert sorted(weight_free) == sorted(set(batch_cli.ANNOTATORS) - {"normal_from_depth"})
+    assert skipped == ""
+    expected = torch.cat([batch_cli_maps(pack, name) for name in weight_free])
+    assert maps.shape == expected.shape
+    assert torch.equal(maps, expected)
+
+
+def test_all_preprocessors_skip_learned_ones_without_files_and_say_where_to_put_them(pack, weights_folder, tmp_path, monkeypatch):
+    """Only TEED's file is there: TEED runs after the weight-free ones, every other learned name is
+    skipped, grouped by the message its own Any Preprocessor run gives."""
+    weights, teed = pack.module("annotators.weights"), pack.module("annotators.teed")
+    found = weights.find_weights(teed.TEED_WEIGHTS, [str(weights_folder)], teed.WEIGHTS_REPOS[teed.TEED_WEIGHTS])
+    os.link(found, tmp_path / teed.TEED_WEIGHTS)
+    monkeypatch.setitem(pack.host.folder_paths.folder_names_and_paths, "annotators", ([str(tmp_path)], set()))
+    any_module = pack.module("nodes.preprocessors_any")
+    photo_names = [name for name in any_module.PREPROCESSORS if name != "normal_from_depth"]
+    expected_skipped = {}
+    for name in photo_names:
+        if name in batch_cli.LEARNED and name != "teed":
+            with pytest.raises(weights.MissingWeightsError) as missing:
+                pack.run(ANY, image=SMALL_PHOTOS, preprocessor=name, resolution=LEARNED_RESOLUTION)
+            expected_skipped.setdefault(str(missing.value), []).append(name)
+    ran = [name for name in photo_names if name in batch_cli.ANNOTATORS or name == "teed"]
+
+    maps, names, skipped = pack.run(ALL, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, learned=True)
+    assert names.split("\n") == ran
+    assert skipped.split("\n") == [f"{', '.join(names)}: {message}" for message, names in expected_skipped.items()]
+    assert len(expected_skipped) < len(photo_names) - len(ran)  # names sharing a file share a line
+    teed_at = ran.index("teed") * len(SMALL_PHOTOS)
+    assert_same_maps(maps[teed_at:teed_at + len(SMALL_PHOTOS)], batch_cli_maps(pack, "teed", [tmp_path]))
+    assert maps.shape[0] == len(ran) * len(SMALL_PHOTOS)
 
 
 class NetworkAsked(Exception):

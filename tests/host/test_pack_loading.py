@@ -27,7 +27,7 @@ NODES_BY_CATEGORY = {
         "CNS_DepthAnythingV2", "CNS_LeReSDepth", "CNS_ZoeDepth", "CNS_PyraCanny", "CNS_TTPlanetTileGuidedFilter",
         "CNS_TTPlanetTileSimple",
         "CNS_NormalBAE", "CNS_DSINENormal", "CNS_UniFormerSegmentation", "CNS_OneFormerSegmentation", "CNS_AnimeFaceSegmentation",
-        "CNS_ResizeForControl", "CNS_PixelPerfectResolution", "CNS_AnyPreprocessor",
+        "CNS_ResizeForControl", "CNS_PixelPerfectResolution", "CNS_AnyPreprocessor", "CNS_AllPreprocessors",
     ),
     "ControlNet Suite/apply": ("CNS_ApplyControlNet", "CNS_UnionCondition", "CNS_ApplyControlNetUnion", "CNS_StrengthSchedule", "CNS_LatentStrengths"),
     "ControlNet Suite/stack": ("CNS_ControlStackEntry", "CNS_UnionStackEntry", "CNS_ApplyControlStack"),
