@@ -162,6 +162,14 @@ def skipped_report(skipped: dict[str, list[str]]) -> str:
     return "\n".join(f"{', '.join(names)}: {message}" for message, names in skipped.items())
 
 
+def any_resolution_input() -> tuple[str, dict[str, Any]]:
+    """The detect resolution of the nodes that run preprocessors by name."""
+    kind, options = resolution_input()
+    return kind, {**options, "tooltip": options["tooltip"] + (
+        " Used by every preprocessor that has a detect resolution; Tile, TTPlanet Tile and Normal from Depth work at "
+        "the image's own size and ignore it.")}
+
+
 class CNS_AnyPreprocessor:
     DESCRIPTION = (
         "Any preprocessor, chosen by name, with its dedicated node's defaults (as comfyui_controlnet_aux's AIO "
@@ -176,16 +184,13 @@ class CNS_AnyPreprocessor:
 
     @classmethod
     def INPUT_TYPES(cls):
-        _, resolution_options = resolution_input()
         return {"required": {
             "image": IMAGE_INPUT,
             "preprocessor": (CHOICES, {"default": DEFAULT_PREPROCESSOR, "tooltip": (
                 "Which preprocessor: the dedicated node's name in the batch CLI's words (hed_safe: HED Soft Edges "
                 "with safe on; openpose_full: OpenPose with hands and face; depth_anything_v2_small: Depth Anything "
                 "V2 with the small model). 'none' passes the image through (it is already a control map).")}),
-            RESOLUTION: ("INT", {**resolution_options, "tooltip": resolution_options["tooltip"] + (
-                " Used by every preprocessor that has a detect resolution; Tile, TTPlanet Tile and Normal from "
-                "Depth work at the image's own size and ignore it.")}),
+            RESOLUTION: any_resolution_input(),
         }}
 
     def preprocess(self, image, preprocessor, resolution):
@@ -209,11 +214,9 @@ class CNS_AllPreprocessors:
 
     @classmethod
     def INPUT_TYPES(cls):
-        _, resolution_options = resolution_input()
         return {"required": {
             "image": IMAGE_INPUT,
-            RESOLUTION: ("INT", {**resolution_options, "tooltip": resolution_options["tooltip"] + (
-                " Used by every preprocessor that has a detect resolution.")}),
+            RESOLUTION: any_resolution_input(),
             "learned": ("BOOLEAN", {"default": True, "tooltip": (
                 "Also run the learned preprocessors (each that finds its weight files; slow on a CPU). Off: the "
                 "weight-free ones only.")}),
