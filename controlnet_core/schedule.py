@@ -64,6 +64,7 @@ EASING: dict[str, Callable[[float], float]] = {
 INTERPOLATIONS = tuple(EASING)
 
 START_MULTIPLIER = 1.0  # before the first keyframe: the control as configured
+MAX_GUARANTEE_STEPS = 10000  # the node's bound: more steps than any sampling runs
 BISECTION_STEPS = 40  # halvings of a keyframe interval: the percent to within 2^-40 of it
 EXAMPLE = "0=1, 0.5=0.5, 1=0"
 _ENTRY_SEPARATORS = re.compile(r"[,\n;]")

@@ -124,7 +124,7 @@ class CNS_StrengthSchedule:
                 )}),
             },
             "optional": {
-                "guarantee_steps": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": (
+                "guarantee_steps": ("INT", {"default": 0, "min": 0, "max": schedule.MAX_GUARANTEE_STEPS, "tooltip": (
                     "hold only: once a keyframe is reached it stays in effect for at least this many steps, even when "
                     "later keyframes have started, so a keyframe between two steps is not skipped (Advanced-ControlNet's "
                     "guarantee_steps, whose keyframes default to 1). 0: each step takes the last keyframe started."

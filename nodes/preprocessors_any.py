@@ -10,7 +10,7 @@ resolution of those that have one. "none" passes the image through unchanged.
 
 All Preprocessors (comfyui_controlnet_aux's Execute All ControlNet Preprocessors, without its
 downloads) runs every name in that list; a learned one whose weight file is missing is skipped and
-reported, by the same message its own node gives, in a second output.
+reported, by the same message its own node gives, in the third output.
 """
 
 from __future__ import annotations
