@@ -42,7 +42,7 @@ LEARNED_PENDING = ["CNS_MiDaSDepth", "CNS_MiDaSNormal", "CNS_NormalBAE", "CNS_Ma
 RESOLUTION = ["CNS_ResizeForControl", "CNS_PixelPerfectResolution"]
 KEYPOINTS = ["CNS_DrawPoseKeypoints", "CNS_SavePoseKeypoints", "CNS_LoadPoseKeypoints"]  # keypoints, no image input
 AFTER_SAMPLING = ["CNS_RestoreBrightness"]  # a generated image and a recolor map in (tests/host/test_recolor_nodes.py)
-BY_NAME = ["CNS_AnyPreprocessor"]  # runs the nodes above by name
+BY_NAME = ["CNS_AnyPreprocessor", "CNS_AllPreprocessors"]  # runs the nodes above by name
 NODE_IDS = WEIGHT_FREE + LEARNED + LEARNED_PENDING + RESOLUTION + KEYPOINTS + AFTER_SAMPLING + BY_NAME
 
 HEIGHT, WIDTH = 64, 96  # a small batch, not square, so height and width cannot be swapped unnoticed
