@@ -1222,7 +1222,7 @@ def test_all_preprocessors_skip_learned_ones_without_files_and_say_where_to_put_
 
     maps, names, skipped = pack.run(ALL, image=SMALL_PHOTOS, resolution=LEARNED_RESOLUTION, learned=True)
     assert names.split("\n") == ran
-    assert skipped.split("\n") == [f"{', '.join(names)}: {message}" for message, names in expected_skipped.items()]
+    assert skipped.split("\n") == [f"{', '.join(group)}: {message}" for message, group in expected_skipped.items()]
     assert len(expected_skipped) < len(photo_names) - len(ran)  # names sharing a file share a line
     teed_at = ran.index("teed") * len(SMALL_PHOTOS)
     assert_same_maps(maps[teed_at:teed_at + len(SMALL_PHOTOS)], batch_cli_maps(pack, "teed", [tmp_path]))

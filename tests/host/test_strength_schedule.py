@@ -155,7 +155,8 @@ def test_guaranteed_steps_give_a_keyframe_between_two_steps_its_steps(host, file
     control_net = host.suite_controlnet(files.original)
     calls = count_calls(control_net.loaded.model)
     try:
-        guaranteed = host.sample(*apply(host, control_net, strength_schedule=schedule(host, skipped, "hold", guarantee_steps)), steps=STEPS)
+        guaranteeing = schedule(host, skipped, "hold", guarantee_steps)
+        guaranteed = host.sample(*apply(host, control_net, strength_schedule=guaranteeing), steps=STEPS)
         runs_guaranteed = len(calls)
         reference = host.sample(*apply(host, control_net, strength_schedule=schedule(host, between_steps)), steps=STEPS)
     finally:
