@@ -46,6 +46,8 @@ WEIGHTS_REPOS = {DETECTOR_ONNX: DWPOSE_WEIGHTS_REPOS[DETECTOR_ONNX],
 
 # COCO's animal classes, bird (14) to giraffe (23): animalpose.py's detect_classes.
 ANIMAL_CLASSES = tuple(range(14, 24))
+
+
 def load_animal_pose(folders: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                      detector_file: str = DETECTOR_ONNX, pose_file: str = POSE_ONNX) -> DWPoseNetworks:
     """YOLOX-L (one of DETECTOR_FILES) and the AP-10K RTMPose-m (POSE_ONNX), in eval mode; both
@@ -103,4 +105,3 @@ def animal_pose(image: np.ndarray, networks: DWPoseNetworks, resolution: int | N
 
     pose_map = run_at_resolution(rgb, resolution, detect)
     return pose_map, animals_to_json(found, width, height)
-

@@ -7,7 +7,9 @@ annotators/__init__.py imports anyway."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from ..annotators.anyline import (DEFAULT_CONNECTIVITY, DEFAULT_LOWER_BOUND, DEFAULT_MIN_SIZE, DEFAULT_UPPER_BOUND,
                                   NEIGHBOURHOODS, STANDARD, AnyLineNetworks, anyline)
@@ -39,6 +41,13 @@ def _scribble_input() -> tuple[str, dict[str, Any]]:
     return ("BOOLEAN", {"default": False, "tooltip": "Turn the soft edges into thick binary strokes (v1.1 scribble variant), for scribble ControlNets."})
 
 
+def learned_results(model: LearnedModel, image, run_frame: Callable[[np.ndarray, Any], Any]) -> list[Any]:
+    """`run_frame(frame, networks)` on each image of an IMAGE batch, with `model`'s cached networks."""
+    frames = image_frames(image)
+    with learned_network(model) as networks:
+        return per_image(frames, lambda frame: run_frame(frame, networks))
+
+
 class LearnedAnnotatorNode(AnnotatorNode):
     """Runs `RUN` (a function of MODEL's module) on each image with the cached network:
     RUN(image, network, resolution=..., **options), options renamed by RUN_NAMES."""
@@ -58,9 +67,8 @@ class LearnedAnnotatorNode(AnnotatorNode):
         model = self.model_for(options)
         run = getattr(model.import_module(), self.RUN)
         run_options = self.run_options(options)
-        with learned_network(model) as network:
-            return (annotate_batch(image, lambda frame: run(
-                frame, network, resolution=detect_resolution(resolution), **run_options)),)
+        return (maps_to_image(learned_results(model, image, lambda frame, network: run(
+            frame, network, resolution=detect_resolution(resolution), **run_options))),)
 
 
 class CNS_HED(LearnedAnnotatorNode):
@@ -304,9 +312,8 @@ class CNS_AnimeFaceSegmentation(LearnedAnnotatorNode):
     def annotate(self, image, resolution, remove_background):
         model = self.MODELS[remove_background]
         run = getattr(model.import_module(), self.RUN)
-        frames = image_frames(image)
-        with learned_network(model) as segmenter:
-            results = per_image(frames, lambda frame: run(frame, segmenter, detect_resolution(resolution)))
+        results = learned_results(model, image, lambda frame, segmenter: run(
+            frame, segmenter, detect_resolution(resolution)))
         return (maps_to_image([segmentation for segmentation, _ in results]),
                 maps_to_image([mask for _, mask in results]))
 
@@ -422,11 +429,8 @@ class PoseAnnotatorNode(AnnotatorNode):
         model = self.model_for(include_hand, include_face, **files)
         model.import_module()  # the annotator's modules are imported only here
         run = self.run_function()
-        frames = image_frames(image)
-        with learned_network(model) as networks:
-            results = per_image(frames, lambda frame: run(
-                frame, networks, detect_resolution(resolution), include_body, include_hand, include_face))
-        return pose_outputs(results)
+        return pose_outputs(learned_results(model, image, lambda frame, networks: run(
+            frame, networks, detect_resolution(resolution), include_body, include_hand, include_face)))
 
 
 def pose_outputs(results: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, list[dict[str, Any]], str]:
@@ -550,10 +554,8 @@ class CNS_AnimalPose(AnnotatorNode):
     def annotate(self, image, resolution, bbox_detector, pose_estimator):
         model = animal_pose_model(bbox_detector, pose_estimator)
         run = model.import_module().animal_pose
-        frames = image_frames(image)
-        with learned_network(model) as networks:
-            results = per_image(frames, lambda frame: run(frame, networks, detect_resolution(resolution)))
-        return pose_outputs(results)
+        return pose_outputs(learned_results(model, image, lambda frame, networks: run(
+            frame, networks, detect_resolution(resolution))))
 
 
 NODES = {
