@@ -26,9 +26,11 @@ class ApplyOptions:
     block_weights: str = ""  # text, parsed against the model's residuals when configured
     strength_schedule: StrengthSchedule | None = None
     latent_strengths: LatentStrengths | None = None
+    uncond_multiplier: float = 1.0  # the unconditional rows' share of the control (Advanced-ControlNet's)
 
     def __post_init__(self) -> None:
         control_modes.check_mode(self.control_mode)
+        check_uncond_multiplier(self.uncond_multiplier, self.control_mode)
         if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
             raise ControlNetError(
                 f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent}); both lie in 0..1"
@@ -44,5 +46,18 @@ class ApplyOptions:
         return (
             self.control_mode == control_modes.BALANCED
             and not self.block_weights.strip()
+            and self.uncond_multiplier == 1.0
             and all(extra is None for extra in extras)
+        )
+
+
+def check_uncond_multiplier(uncond_multiplier: float, control_mode: str) -> None:
+    """Refuse a multiplier outside 0..1, and one between 0 and 1 in a mode that gives the
+    unconditional rows no control (it would change nothing); 0 there says the same as the mode."""
+    if not 0.0 <= uncond_multiplier <= 1.0:
+        raise ControlNetError(f"uncond_multiplier ({uncond_multiplier}) lies in 0..1 (1: the same control on both branches)")
+    if 0.0 < uncond_multiplier < 1.0 and control_modes.is_cond_only(control_mode):
+        raise ControlNetError(
+            f"uncond_multiplier {uncond_multiplier} has nothing to scale: control mode '{control_mode}' gives the "
+            "unconditional branch no control. Set uncond_multiplier to 1, or choose balanced or prompt_more_important"
         )

@@ -191,6 +191,8 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.latent_strengths: schedule.LatentStrengths | None = None  # ride with the mask: one factor per latent
         self._sigma_schedule: schedule.SigmaSchedule | None = None  # the schedule on the model's sigmas, for the run
         self._step_multiplier = 1.0  # the schedule's multiplier at the step being run
+        self.uncond_multiplier = 1.0  # the unconditional rows' share (0: the cond-only path)
+        self._step_chunks: Sequence[int] = ()  # cond_or_uncond of the step being run
 
     # set up by the apply nodes
 
@@ -207,6 +209,13 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.mask = None if options.mask is None else fit_mask(options.mask, hint.shape[-2:])
         self.strength_schedule = options.strength_schedule
         self.latent_strengths = options.latent_strengths
+        self.uncond_multiplier = options.uncond_multiplier
+        if 0.0 < self.uncond_multiplier < 1.0 and self._pools_globally():
+            raise ControlNetError(
+                f"uncond_multiplier {self.uncond_multiplier} has nothing to scale: this is a global-pooling ControlNet "
+                "(such as v1.1 shuffle), which gives the unconditional branch no control in every mode. Set "
+                "uncond_multiplier to 1"
+            )
         return self
 
     def set_cond_hint(self, cond_hint: torch.Tensor, *args: Any, **kwargs: Any) -> ModedControl:
@@ -224,6 +233,7 @@ class ModedControl(comfy.controlnet.ControlBase):
         self.copy_to(c)
         c.control_mode, c.block_weights, c.mask = self.control_mode, self.block_weights, self.mask
         c.strength_schedule, c.latent_strengths = self.strength_schedule, self.latent_strengths
+        c.uncond_multiplier = self.uncond_multiplier
         c._hint_set = self._hint_set
         return c
 
@@ -251,6 +261,7 @@ class ModedControl(comfy.controlnet.ControlBase):
 
         batch = x_noisy.shape[0]
         chunks = transformer_options.get("cond_or_uncond") or [control_modes.COND] * batched_number
+        self._step_chunks = chunks
         rows = None  # None: every row of the batch
         if self._cond_only():
             rows = control_modes.cond_rows(batch, chunks)
@@ -342,6 +353,13 @@ class ModedControl(comfy.controlnet.ControlBase):
                 "and Tiled Diffusion batches the rows of several tiles together in an order that does not tell them "
                 "apart: sample it without Tiled Diffusion (Ultimate SD Upscale, which samples tile by tile, takes it)"
             )
+        if tile_hint is not None and self.uncond_multiplier != 1.0:
+            raise ControlNetError(
+                f"this control has uncond_multiplier {self.uncond_multiplier}, and Tiled Diffusion batches the rows of "
+                "several tiles together in an order that does not tell the conditional rows from the unconditional "
+                "ones: set uncond_multiplier to 1 with Tiled Diffusion (Ultimate SD Upscale, which samples tile by "
+                "tile, takes it)"
+            )
         if tile_hint is not None and control_modes.is_cond_only(self.control_mode):
             raise ControlNetError(
                 f"control mode '{self.control_mode}' runs the control on the conditional rows only, and Tiled "
@@ -354,8 +372,8 @@ class ModedControl(comfy.controlnet.ControlBase):
         """Whether the control goes to the conditional rows of CFG's batch only: in the cond-only
         modes, and in every mode for a global-pooling ControlNet (v1.1 shuffle), which "must be put
         only on the conditional side of cfg scale" (ControlNet 1.1's README; A1111 and diffusers
-        do so; ComfyUI's built-in apply node does not)."""
-        return control_modes.is_cond_only(self.control_mode) or self._pools_globally()
+        do so; ComfyUI's built-in apply node does not); and with an uncond multiplier of 0."""
+        return control_modes.is_cond_only(self.control_mode) or self._pools_globally() or self.uncond_multiplier == 0.0
 
     def _pools_globally(self) -> bool:
         """Whether every residual is its spatial mean (global average pooling)."""
@@ -388,11 +406,23 @@ class ModedControl(comfy.controlnet.ControlBase):
         self, residuals: list[torch.Tensor], x_noisy: torch.Tensor, dtype: torch.dtype, per_chunk: int, num_chunks: int
     ) -> list[torch.Tensor]:
         """`residuals` (for `num_chunks` chunks of `per_chunk` rows) times the mask, when there is
-        one: resized to the latent once per run, kept in `dtype`, then to each residual."""
+        one (`_row_mask`), resized to each residual."""
+        mask = self._row_mask(x_noisy, dtype, per_chunk, num_chunks)
+        return residuals if mask is None else control_modes.mask_residuals(residuals, mask)
+
+    def _row_mask(
+        self, x_noisy: torch.Tensor, dtype: torch.dtype, per_chunk: int, num_chunks: int
+    ) -> torch.Tensor | None:
+        """The mask and latent strengths at the latent's size (`_latent_mask`) for `num_chunks`
+        chunks of `per_chunk` rows, times the uncond multiplier on the unconditional rows (when all
+        of the step's chunks run: not on the cond-only path); None when every factor is 1."""
+        factors = None
+        if self.uncond_multiplier != 1.0 and not self._cond_only():
+            factors = control_modes.uncond_row_factors(self._step_chunks, per_chunk, self.uncond_multiplier)
         if not self._has_mask():
-            return residuals
-        mask = self._latent_mask(x_noisy, dtype, per_chunk)
-        return control_modes.mask_residuals(residuals, repeat_per_chunk(mask, per_chunk, num_chunks))
+            return None if factors is None else factors.to(device=x_noisy.device, dtype=dtype)
+        mask = repeat_per_chunk(self._latent_mask(x_noisy, dtype, per_chunk), per_chunk, num_chunks)
+        return mask if factors is None else mask * factors.to(device=mask.device, dtype=dtype)
 
     def _has_mask(self) -> bool:
         """Whether the control has a mask or latent strengths (which go with the mask)."""

@@ -13,7 +13,10 @@ conditional rows of the classifier-free-guidance batch only.
 | cfg_resolution_weighting  | s · 64 / h_i                     | cond only       |
 
 s is the strength, i = 0 the shallowest residual, i = N−1 the middle block (weight s), h_i the
-side of residual i's feature map for a 512 px image (64, 32, 16, 8).
+side of residual i's feature map for a 512 px image (64, 32, 16, 8). In the two modes that control
+both branches, an uncond multiplier u (Advanced-ControlNet's `uncond_multiplier`) further weights
+the unconditional rows by u: u = 0 gives them no control (prompt_more_important with u = 0 is
+controlnet_more_important).
 
 A T2I-Adapter gives 4 features, finest first, that take the place of the residuals: the same
 table holds, with A1111's adapter soft weights (0.25, 0.62, 0.825, 1.0) in place of 0.825^(N−1−i).
@@ -124,6 +127,14 @@ def cond_rows(batch_size: int, cond_or_uncond: Sequence[int]) -> torch.Tensor:
     chunk = batch_size // len(cond_or_uncond)
     rows = [torch.arange(k * chunk, (k + 1) * chunk) for k, kind in enumerate(cond_or_uncond) if kind == COND]
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+
+
+def uncond_row_factors(cond_or_uncond: Sequence[int], per_chunk: int, uncond_multiplier: float) -> torch.Tensor:
+    """One factor per row of a batch of len(cond_or_uncond) chunks of `per_chunk` rows, as B×1×1×1:
+    1 on the conditional rows, `uncond_multiplier` on the others (as the rows the cond-only modes
+    leave without control)."""
+    factors = [1.0 if kind == COND else uncond_multiplier for kind in cond_or_uncond]
+    return torch.tensor(factors).repeat_interleave(per_chunk).view(-1, 1, 1, 1)
 
 
 def zero_uncond_rows(residuals: Sequence[torch.Tensor], cond_or_uncond: Sequence[int]) -> list[torch.Tensor]:

@@ -49,7 +49,10 @@ from .config import SD1, SD2, SDXL
 from .errors import ControlNetError
 
 
-OPTIONS = "control modes other than balanced, masks, block weights, strength schedules and latent strengths"
+OPTIONS = (
+    "control modes other than balanced, masks, block weights, strength schedules, latent strengths and uncond "
+    "multipliers"
+)
 
 
 def can_wrap(control_net: Any) -> bool:

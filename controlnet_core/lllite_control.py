@@ -151,16 +151,17 @@ class LLLiteControl(LoadedModelControl):
         return self._once_per_hint(self._tokens, x_noisy, embed)
 
     def _step_masks(self, x_noisy: torch.Tensor, rows: torch.Tensor | None, num_chunks: int) -> dict[int, torch.Tensor]:
-        """The mask at each level's token grid, as B×T×1 for this step's rows; {} without a mask."""
-        if not self._has_mask():
-            return {}
+        """The mask (and uncond multiplier) at each level's token grid, as B×T×1 for this step's
+        rows; {} without either."""
         per_chunk = x_noisy.shape[0] // num_chunks
-        latent_mask = self._latent_mask(x_noisy, self._compute_dtype(), per_chunk)
+        row_mask = self._row_mask(x_noisy, self._compute_dtype(), per_chunk, num_chunks)
+        if row_mask is None:
+            return {}
         masks = {}
         for level in self.model.levels():
             grid = lllite.token_grid(tuple(x_noisy.shape[-2:]), level)
-            mask = control_modes.resized_mask(latent_mask, grid)  # as for a ControlNet's residuals
-            mask = repeat_per_chunk(mask, per_chunk, num_chunks).flatten(2).transpose(1, 2)
+            mask = control_modes.resized_mask(row_mask, grid)  # as for a ControlNet's residuals
+            mask = mask.flatten(2).transpose(1, 2)
             if rows is not None and mask.shape[0] > 1:
                 mask = mask[rows]
             masks[level] = mask

@@ -49,6 +49,12 @@ OPTIONAL_CONTROL_INPUTS = {
         "Optional: a strength per latent of the batch, from a 'ControlNet Latent Strengths' node (latent keyframes): "
         "for batches of variations or animation frames. Multiplies the strength (and the mask) latent by latent."
     )}),
+    "uncond_multiplier": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+        "The unconditional (negative) branch's share of the control: 1 = the same control on both CFG branches, "
+        "0 = none there (runs the control on the conditional rows only; prompt_more_important with 0 is "
+        "controlnet_more_important), in between a blend (Advanced-ControlNet's uncond_multiplier). For balanced and "
+        "prompt_more_important; the other modes already give the unconditional branch nothing."
+    )}),
 }
 
 
@@ -85,13 +91,14 @@ class CNS_ApplyControlNet(_ApplyNode):
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent, control_mode,
-              mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
+              mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
+            uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(
             control_net, image, ApplyOptions(
                 strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-                latent_strengths,
+                latent_strengths, uncond_multiplier,
             ),
         ))
 

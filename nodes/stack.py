@@ -36,7 +36,8 @@ class _StackEntry:
 class CNS_ControlStackEntry(_StackEntry):
     DESCRIPTION = (
         "Adds one control (ControlNet, image, strength, range, mode, optional mask, block weights, strength "
-        "schedule and latent strengths) to a stack. Chain entries, then apply the stack with 'Apply Control Stack'."
+        "schedule, latent strengths and uncond multiplier) to a stack. Chain entries, then apply the stack with "
+        "'Apply Control Stack'."
     )
 
     @classmethod
@@ -44,13 +45,14 @@ class CNS_ControlStackEntry(_StackEntry):
         return {"required": CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_CONTROL_INPUTS}}
 
     def add(self, control_net, image, strength, start_percent, end_percent, control_mode,
-            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
+            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
+            uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         return self.extended(control_stack, strength, lambda: comfy_control.configured_control(
             control_net, image, ApplyOptions(
                 strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-                latent_strengths,
+                latent_strengths, uncond_multiplier,
             ),
         ))
 
@@ -58,8 +60,8 @@ class CNS_ControlStackEntry(_StackEntry):
 class CNS_UnionStackEntry(_StackEntry):
     DESCRIPTION = (
         "Adds one ControlNet Union/ProMax with its Union conditions (fused in one pass, as 'Apply ControlNet Union' "
-        "does) to a stack, with strength, range, mode, optional mask, block weights, strength schedule and latent "
-        "strengths."
+        "does) to a stack, with strength, range, mode, optional mask, block weights, strength schedule, latent "
+        "strengths and uncond multiplier."
     )
 
     @classmethod
@@ -67,14 +69,15 @@ class CNS_UnionStackEntry(_StackEntry):
         return {"required": UNION_CONTROL_INPUTS, "optional": {**cls.STACK_INPUT, **OPTIONAL_UNION_CONTROL_INPUTS}}
 
     def add(self, control_net, union_conditions, strength, start_percent, end_percent, control_mode,
-            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
+            control_stack=None, mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
+            uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
         return self.extended(control_stack, strength_applied, lambda: comfy_control.configured_union_control(
             control_net, union_conditions, ApplyOptions(
                 strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-                latent_strengths,
+                latent_strengths, uncond_multiplier,
             ),
         ))
 

@@ -75,14 +75,15 @@ class CNS_ApplyControlNetUnion(_ApplyNode):
         }
 
     def apply(self, positive, negative, control_net, union_conditions, strength, start_percent, end_percent,
-              control_mode, mask=None, block_weights="", strength_schedule=None, latent_strengths=None):
+              control_mode, mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
+            uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
         return self.attached(positive, negative, strength_applied, lambda: comfy_control.configured_union_control(
             control_net, union_conditions, ApplyOptions(
                 strength, start_percent, end_percent, control_mode, mask, block_weights, strength_schedule,
-                latent_strengths,
+                latent_strengths, uncond_multiplier,
             ),
         ))
 

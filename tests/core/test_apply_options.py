@@ -38,3 +38,30 @@ def test_plain_means_balanced_with_no_other_option():
         ApplyOptions(latent_strengths=parse_latent_strengths("0=0.5")),
     ]
     assert [options.is_plain() for options in not_plain] == [False] * len(not_plain)
+
+
+@pytest.mark.parametrize("uncond_multiplier", [-0.1, 1.5])
+def test_an_uncond_multiplier_outside_0_1_is_refused(uncond_multiplier):
+    with pytest.raises(ControlNetError) as error:
+        ApplyOptions(uncond_multiplier=uncond_multiplier)
+    assert str(error.value) == (
+        f"uncond_multiplier ({uncond_multiplier}) lies in 0..1 (1: the same control on both branches)"
+    )
+
+
+@pytest.mark.parametrize("mode", ["controlnet_more_important", "cfg_resolution_weighting"])
+def test_an_uncond_multiplier_between_0_and_1_in_a_cond_only_mode_is_refused(mode):
+    with pytest.raises(ControlNetError) as error:
+        ApplyOptions(control_mode=mode, uncond_multiplier=0.25)
+    assert str(error.value) == (
+        f"uncond_multiplier 0.25 has nothing to scale: control mode '{mode}' gives the unconditional branch no "
+        "control. Set uncond_multiplier to 1, or choose balanced or prompt_more_important"
+    )
+    # 0 and 1 say what the mode does already
+    assert ApplyOptions(control_mode=mode, uncond_multiplier=0.0).uncond_multiplier == 0.0
+    assert ApplyOptions(control_mode=mode, uncond_multiplier=1.0).uncond_multiplier == 1.0
+
+
+@pytest.mark.parametrize("uncond_multiplier", [0.0, 0.5])
+def test_an_uncond_multiplier_below_1_is_not_plain(uncond_multiplier):
+    assert not ApplyOptions(uncond_multiplier=uncond_multiplier).is_plain()

@@ -22,6 +22,7 @@ from controlnet_core.control_modes import (
     mode_weights,
     parse_block_weights,
     scatter_rows,
+    uncond_row_factors,
     zero_uncond_rows,
 )
 from controlnet_core.errors import ControlNetError
@@ -123,6 +124,13 @@ def test_zero_uncond_rows_zeroes_exactly_the_uncond_chunks():
     for r, o in zip(residuals, out):
         assert torch.count_nonzero(o[:2]) == 0
         assert torch.equal(o[2:], r[2:])
+
+
+def test_uncond_row_factors_give_each_uncond_chunks_rows_the_multiplier():
+    # chunks uncond, cond, uncond of 2 rows each (ComfyUI: 0 = cond, 1 = uncond)
+    assert uncond_row_factors([1, 0, 1], 2, 0.25).flatten().tolist() == [0.25, 0.25, 1.0, 1.0, 0.25, 0.25]
+    assert uncond_row_factors([0], 3, 0.5).shape == (3, 1, 1, 1)
+    assert uncond_row_factors([0], 3, 0.5).flatten().tolist() == [1.0, 1.0, 1.0]
 
 
 def test_cond_rows_and_scatter_rows():

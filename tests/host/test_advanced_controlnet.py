@@ -296,3 +296,32 @@ def test_a_controlnet_gives_the_same_residuals_through_either_packs_apply_node(h
         for i, (o, a) in enumerate(zip(through_ours[key], through_acn[key])):
             assert a.abs().max() > MIN_PART, f"{key}[{i}] is trivially small"
             assert (o - a).abs().max().item() <= RELATIVE_TO_EFFECT * a.abs().max().item(), f"{key}[{i}]"
+
+
+# --- Advanced-ControlNet's uncond_multiplier ---------------------------------------------------------
+
+ACN_SOFT_WEIGHTS = "ACN_ScaledSoftControlNetWeights"
+# (ACN's base_multiplier, our mode with the same weights): base^(12−i) per residual
+SOFT_WEIGHT_MODES = [(1.0, "balanced"), (0.825, "prompt_more_important")]
+
+
+@pytest.mark.parametrize("base_multiplier, mode", SOFT_WEIGHT_MODES)
+@pytest.mark.parametrize("uncond_multiplier", [0.0, 0.4])
+def test_uncond_multiplier_gives_the_residuals_of_acns_soft_weights(host, files, acn, base_multiplier, mode, uncond_multiplier):
+    """ACN's Scaled Soft Weights node (its uncond_multiplier) into its apply node's
+    weights_override, against our apply node's mode and uncond_multiplier, on one ControlNet."""
+    control_net = acn[ACN_LOADER]().load_controlnet(files.original)[0]
+    hint = (host.wide_image, 0.7, 0.0, 1.0)  # image, strength, start, end
+    weights, _ = acn[ACN_SOFT_WEIGHTS]().load_weights(base_multiplier, uncond_multiplier=uncond_multiplier)
+    through_acn = step_residuals(
+        host, acn[ACN_APPLY]().apply_controlnet(host.positive, host.negative, control_net, *hint, weights_override=weights)[0]
+    )
+    through_ours = step_residuals(host, host.node("CNS_ApplyControlNet").apply(
+        host.positive, host.negative, host.suite_controlnet(files.original), *hint, mode, uncond_multiplier=uncond_multiplier
+    )[0])
+    for key in KEYS:
+        assert len(through_ours[key]) == len(through_acn[key]), key
+        for i, (o, a) in enumerate(zip(through_ours[key], through_acn[key])):
+            scale = a[:1].abs().max().item()  # the cond row (step_residuals: cond, then uncond)
+            assert scale > MIN_PART, f"{key}[{i}] is trivially small"
+            assert (o - a).abs().max().item() <= RELATIVE_TO_EFFECT * scale, f"{key}[{i}]"

@@ -38,13 +38,14 @@ def step_inputs(host, seed=3):
 
 def control_on(
     host, control_net, mode="balanced", previous_conditioning=None, start=0.0, end=1.0, strength=STRENGTH,
-    mask=None, block_weights="", model=None,
+    mask=None, block_weights="", model=None, uncond_multiplier=1.0,
 ):
     """The control the apply node puts on the positive conditioning, set up for sampling `model`
     (a ModelPatcher; default: the tiny SD1.5 model) as the sampler would."""
     positive, negative = previous_conditioning or (host.positive, host.negative)
     positive, _ = host.node("CNS_ApplyControlNet").apply(
-        positive, negative, control_net, host.image, strength, start, end, mode, mask=mask, block_weights=block_weights
+        positive, negative, control_net, host.image, strength, start, end, mode, mask=mask, block_weights=block_weights,
+        uncond_multiplier=uncond_multiplier,
     )
     return prepared(host, positive[0][1]["control"], model)
 

@@ -31,7 +31,10 @@ from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 # ComfyUI's forward against ours on the same weights, per residual: float rounding of two
 # attention kernels (measured: at most 1.4e-6 of each residual's largest magnitude).
 ACROSS_IMPLEMENTATIONS = 1e-5
-OPTIONS = "control modes other than balanced, masks, block weights, strength schedules and latent strengths"
+OPTIONS = (
+    "control modes other than balanced, masks, block weights, strength schedules, latent strengths and uncond "
+    "multipliers"
+)
 
 
 def close(got, expected, scale):

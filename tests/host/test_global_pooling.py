@@ -95,3 +95,24 @@ def test_a_shuffle_controlnet_under_tiled_diffusion_is_refused(host, shuffle_fil
         "Tiled Diffusion batches the rows of several tiles together in an order that does not tell them apart: "
         "sample it without Tiled Diffusion (Ultimate SD Upscale, which samples tile by tile, takes it)"
     )
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_shuffle_controlnet_takes_0_and_refuses_a_value_between(host, shuffle_file, loader):
+    """A global-pooling ControlNet controls the cond rows only in every mode: 0 says the same (and
+    changes nothing), a value between 0 and 1 would scale nothing."""
+    control_net = LOADERS[loader][0](host, shuffle_file)
+    x, sigma, cond = step_inputs(host)
+
+    def residuals(**options):
+        control = control_on(host, control_net, "balanced", **options)
+        with torch.no_grad():
+            return flat(control.get_control(x, sigma, cond, 2, {"cond_or_uncond": COND_OR_UNCOND}))
+
+    assert all(torch.equal(a, b) for a, b in zip(residuals(uncond_multiplier=0.0), residuals()))
+    with pytest.raises(host.errors.ControlNetError) as error:
+        control_on(host, control_net, "balanced", uncond_multiplier=0.5)
+    assert str(error.value) == (
+        "uncond_multiplier 0.5 has nothing to scale: this is a global-pooling ControlNet (such as v1.1 shuffle), "
+        "which gives the unconditional branch no control in every mode. Set uncond_multiplier to 1"
+    )

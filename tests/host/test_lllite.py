@@ -175,12 +175,13 @@ def assert_matches(step):
 
 def configured(
     host, lllite, mode="balanced", strength=1.0, start=0.0, end=1.0, mask=None, block_weights="", image=None,
-    strength_schedule=None,
+    strength_schedule=None, uncond_multiplier=1.0,
 ):
     control_net = host.suite_controlnet(lllite.file)
     positive, _ = host.node("CNS_ApplyControlNet").apply(
         lllite.positive, lllite.negative, control_net, host.image if image is None else image, strength, start, end,
         mode, mask=mask, block_weights=block_weights, strength_schedule=strength_schedule,
+        uncond_multiplier=uncond_multiplier,
     )
     return prepared(host, positive[0][1]["control"], lllite.model)
 
@@ -224,6 +225,13 @@ def test_mask_scales_each_blocks_correction_at_its_token_grid(host, lllite):
 
     step = one_step(host, lllite, control, token_masks={depth: token_mask(depth) for depth in (1, 2, 3)})
     assert_matches(step)
+
+
+def test_an_lllite_corrects_the_uncond_row_times_the_multiplier(host, lllite):
+    """Against kohya's wrapped projections with a per-row factor (COND_OR_UNCOND: uncond row first)."""
+    uncond_multiplier = 0.3
+    control = configured(host, lllite, uncond_multiplier=uncond_multiplier)
+    assert_matches(one_step(host, lllite, control, row_factors=torch.tensor([uncond_multiplier, 1.0])))
 
 
 def test_block_weights_pick_modules_by_the_residual_at_their_depth(host, lllite):

@@ -208,8 +208,8 @@ def test_a_control_comfyui_cannot_weight_is_refused_a_schedule(host):
     with pytest.raises(host.errors.ControlNetError) as error:
         apply(host, OtherPacksControl(), strength_schedule=schedule(host, FROM_HALF))
     assert str(error.value).startswith(
-        "control modes other than balanced, masks, block weights, strength schedules and latent strengths need an "
-        "SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter"
+        "control modes other than balanced, masks, block weights, strength schedules, latent strengths and uncond "
+        "multipliers need an SD1.x/SD2.x/SDXL ControlNet or T2I-Adapter"
     )
 
 

@@ -134,6 +134,20 @@ def test_mask_and_block_weights(host):
         assert_close(g[..., :half], STRENGTH * u * r[..., :half], STRENGTH * u * r.abs().max().item(), f"{key}[{i}]")
 
 
+@pytest.mark.parametrize("uncond_multiplier", [0.0, 0.4])
+def test_uncond_multiplier_scales_the_uncond_rows_features(host, uncond_multiplier):
+    """prompt_more_important's soft weights on both rows, the uncond row's times u (0: exactly zero)."""
+    _, got, reference = step(host, comfy_adapter(host), "prompt_more_important", uncond_multiplier=uncond_multiplier)
+    for (key, i, g), (_, _, r), w in zip(entries(got), entries(reference), [STRENGTH * w for w in A1111_ADAPTER_SOFT[::-1]]):
+        g, r = g.expand(BATCH, *g.shape[1:]), r.expand(BATCH, *r.shape[1:])
+        scale = r.abs().max().item()
+        assert scale > 1e-3, f"{key}[{i}] is trivially small; the test would prove nothing"
+        assert_close(g[COND_ROWS], w * r[COND_ROWS], w * scale, f"{key}[{i}] cond row")
+        assert_close(g[UNCOND_ROWS], uncond_multiplier * w * r[UNCOND_ROWS], w * scale, f"{key}[{i}] uncond row")
+        if uncond_multiplier == 0.0:
+            assert torch.count_nonzero(g[UNCOND_ROWS]) == 0, f"{key}[{i}]: uncond row not zero"
+
+
 @pytest.fixture(scope="module")
 def sdxl_model(host):
     """The tiny SDXL U-Net of test_sdxl (levels 64, 128, 128 wide, as the tiny adapters)."""
