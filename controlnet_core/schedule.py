@@ -18,7 +18,8 @@ Guaranteed steps (Advanced-ControlNet's `guarantee_steps`, hold schedules only):
 reached, stays in effect for at least that many steps even when later keyframes have started, so a
 keyframe that falls between two steps is not skipped. That depends on the steps already run, so
 such a schedule walks its keyframes step by step (`step_keyframe`) as Advanced-ControlNet's
-`prepare_current_timestep` does.
+`prepare_current_timestep` does. One number can apply to every keyframe (the node's input), and an
+entry can give its own: `0.3=0.2 (2 steps)`, as ACN sets it per keyframe.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ MAX_GUARANTEE_STEPS = 10000  # the node's bound: more steps than any sampling ru
 BISECTION_STEPS = 40  # halvings of a keyframe interval: the percent to within 2^-40 of it
 EXAMPLE = "0=1, 0.5=0.5, 1=0"
 _ENTRY_SEPARATORS = re.compile(r"[,\n;]")
+# an entry's own guaranteed steps, after its multiplier: "(2 steps)", "(1 step)"
+_ENTRY_STEPS = re.compile(r"^(?P<keyframe>.*?)\s*\(\s*(?P<steps>\S+)\s+steps?\s*\)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ class StrengthSchedule:
 def parse_schedule(text: str, interpolation: str = LINEAR, guarantee_steps: int = 0) -> StrengthSchedule:
     """A schedule from `percent=multiplier` entries separated by commas, semicolons or new lines
     (for example '0=1, 0.5=0.5, 1=0'), refused with a message naming the entry that is wrong.
-    Every written keyframe guarantees `guarantee_steps` steps (hold schedules only)."""
+    Every written keyframe guarantees `guarantee_steps` steps, or its own count when the entry
+    ends in one ('0.3=0.2 (2 steps)'); guaranteed steps need hold interpolation."""
     if interpolation not in EASING:
         raise ControlNetError(f"unknown interpolation '{interpolation}': use one of {', '.join(INTERPOLATIONS)}")
     if isinstance(guarantee_steps, bool) or not isinstance(guarantee_steps, int) or guarantee_steps < 0:
@@ -123,6 +127,12 @@ def parse_schedule(text: str, interpolation: str = LINEAR, guarantee_steps: int 
             f"the strength schedule has no keyframes: write percent=multiplier entries separated by commas, for example {EXAMPLE}"
         )
     keyframes = [_keyframe(entry, guarantee_steps) for entry in entries]
+    own_steps = next((entry for entry, frame in zip(entries, keyframes) if frame.guarantee_steps > 0), None)
+    if own_steps is not None and interpolation != HOLD:
+        raise ControlNetError(
+            f"strength schedule entry '{own_steps}' guarantees steps, which count the steps a keyframe's value is "
+            f"held, so it needs hold interpolation, not {interpolation}: set interpolation to hold, or remove the steps"
+        )
     for (earlier, before), (later, after) in zip(zip(entries, keyframes), zip(entries[1:], keyframes[1:])):
         if after.percent <= before.percent:
             raise ControlNetError(
@@ -150,8 +160,19 @@ def _is_multiplier(value: float) -> bool:
 
 
 def _keyframe(entry: str, guarantee_steps: int) -> Keyframe:
+    """One entry's keyframe; `guarantee_steps` unless the entry ends in its own '(N steps)'."""
+    own = _ENTRY_STEPS.match(entry)
+    if own is not None:
+        if not own.group("steps").isdigit():  # whole numbers only: no sign, no point
+            raise ControlNetError(
+                f"strength schedule entry '{entry}': the guaranteed steps must be a whole number of at least 0, "
+                "for example 0.5=0.8 (2 steps)"
+            )
+        guarantee_steps = int(own.group("steps"))
+        if guarantee_steps > MAX_GUARANTEE_STEPS:
+            raise ControlNetError(f"strength schedule entry '{entry}': at most {MAX_GUARANTEE_STEPS} guaranteed steps")
     try:
-        where, multiplier = _sides(entry)
+        where, multiplier = _sides(entry if own is None else own.group("keyframe"))
         percent = float(where)
     except ValueError:
         raise ControlNetError(

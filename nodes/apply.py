@@ -122,7 +122,8 @@ class CNS_StrengthSchedule:
                     "percent=multiplier entries, separated by commas or new lines, in increasing percent order. "
                     "percent: of the sampling, 0 = first step, 1 = end (as start_percent/end_percent). multiplier: "
                     "times the apply node's strength, from that percent on. Before the first keyframe the multiplier "
-                    "is 1; after the last it stays at the last value."
+                    "is 1; after the last it stays at the last value. With hold, an entry may end in its own "
+                    "guaranteed steps, for example 0.3=0.2 (2 steps), in place of guarantee_steps."
                 )}),
                 "interpolation": (list(schedule.INTERPOLATIONS), {"default": schedule.LINEAR, "tooltip": (
                     "From one keyframe to the next: hold keeps each value until the next keyframe; linear, ease-in "
@@ -134,7 +135,8 @@ class CNS_StrengthSchedule:
                 "guarantee_steps": ("INT", {"default": 0, "min": 0, "max": schedule.MAX_GUARANTEE_STEPS, "tooltip": (
                     "hold only: once a keyframe is reached it stays in effect for at least this many steps, even when "
                     "later keyframes have started, so a keyframe between two steps is not skipped (Advanced-ControlNet's "
-                    "guarantee_steps, whose keyframes default to 1). 0: each step takes the last keyframe started."
+                    "guarantee_steps, whose keyframes default to 1). 0: each step takes the last keyframe started. "
+                    "An entry's own '(N steps)' overrides it for that keyframe."
                 )}),
             },
         }

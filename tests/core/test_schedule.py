@@ -216,6 +216,43 @@ def test_a_walk_without_guaranteed_steps_is_the_schedule_at_each_sigma():
         assert schedule.keyframes[walk.keyframe].multiplier == plain.multiplier(float(sigma)), sigma
 
 
+def test_an_entry_can_guarantee_its_own_steps():
+    """By hand, as above: only the 0.31 keyframe guarantees steps, 2 of them (its own '(2 steps)'):
+    the steps at 0.4 and 0.5 take it, the step at 0.6 goes to the last keyframe started (0.33),
+    skipping 0.32. A node-wide 1 with the 0.32 entry's own 0 gives 0.31 and 0.33 one step each."""
+    cases = {
+        ("0.31=0.2 (2 steps), 0.32=0.4, 0.33=0.6", 0): [1.0] * 4 + [0.2, 0.2, 0.6, 0.6, 0.6, 0.6],
+        ("0.31=0.2, 0.32=0.4 (0 steps), 0.33=0.6", 1): [1.0] * 4 + [0.2, 0.6, 0.6, 0.6, 0.6, 0.6],
+    }
+    for (text, guarantee_steps), multipliers in cases.items():
+        on_sigmas = SigmaSchedule(parse_schedule(text, "hold", guarantee_steps), edm_percent_to_sigma)
+        assert [on_sigmas.multiplier(sigma) for sigma in sampler_calls(STEP_PERCENTS, 2)] == [
+            m for m in multipliers for _ in range(2)
+        ], text
+
+
+def test_entry_steps_are_read_per_keyframe():
+    schedule = parse_schedule("0=1, 0.3=0.2 (1 step); 0.5=0.5 ( 12 Steps )\n0.8=0", "hold", 3)
+    assert [(k.percent, k.multiplier, k.guarantee_steps) for k in schedule.keyframes] == [
+        (0.0, 1.0, 3), (0.3, 0.2, 1), (0.5, 0.5, 12), (0.8, 0.0, 3)
+    ]
+    # an eased schedule takes entries that guarantee nothing
+    assert parse_schedule("0.5=0.5 (0 steps)", "linear").keyframes[1].guarantee_steps == 0
+
+
+@pytest.mark.parametrize("text, interpolation, message", [
+    ("0=1, 0.5=0 (2 steps)", "linear", "strength schedule entry '0.5=0 (2 steps)' guarantees steps, which count the steps a keyframe's value is held, so it needs hold interpolation, not linear: set interpolation to hold, or remove the steps"),
+    ("0=1, 0.5=0 (-1 steps)", "hold", "strength schedule entry '0.5=0 (-1 steps)': the guaranteed steps must be a whole number of at least 0, for example 0.5=0.8 (2 steps)"),
+    ("0=1, 0.5=0 (1.5 steps)", "hold", "strength schedule entry '0.5=0 (1.5 steps)': the guaranteed steps must be a whole number of at least 0, for example 0.5=0.8 (2 steps)"),
+    ("0.5=0 (10001 steps)", "hold", "strength schedule entry '0.5=0 (10001 steps)': at most 10000 guaranteed steps"),
+    ("0.5=0 (2)", "hold", "strength schedule entry '0.5=0 (2)' is not percent=multiplier (two numbers, for example 0.5=0.8)"),
+])
+def test_bad_entry_steps_are_refused_by_name(text, interpolation, message):
+    with pytest.raises(ControlNetError) as error:
+        parse_schedule(text, interpolation)
+    assert str(error.value) == message
+
+
 @pytest.mark.parametrize("interpolation, guarantee_steps, message", [
     ("linear", 1, "guarantee_steps counts the steps each keyframe's value is held, so it needs hold interpolation, not linear: set interpolation to hold, or guarantee_steps to 0"),
     ("ease-in", 3, "guarantee_steps counts the steps each keyframe's value is held, so it needs hold interpolation, not ease-in: set interpolation to hold, or guarantee_steps to 0"),

@@ -163,8 +163,12 @@ def test_guaranteed_steps_give_a_keyframe_between_two_steps_its_steps(host, file
         del control_net.loaded.model.forward
     unguaranteed = host.sample(*apply(host, control_net, strength_schedule=schedule(host, skipped)), steps=STEPS)
     unscheduled = host.sample(*apply(host, control_net), steps=STEPS)
+    # the 0 keyframe's own steps: the 1 after it is the last keyframe, so its guarantee changes nothing
+    zero_first, one_then = skipped.split(", ")
+    per_entry = schedule(host, f"{zero_first} ({guarantee_steps} steps), {one_then}", "hold")
     assert torch.equal(unguaranteed, unscheduled)
     assert torch.equal(guaranteed, reference)
+    assert torch.equal(host.sample(*apply(host, control_net, strength_schedule=per_entry), steps=STEPS), reference)
     assert (guaranteed - unscheduled).abs().max().item() > MIN_EFFECT
     assert runs_guaranteed == STEPS - guarantee_steps
 
