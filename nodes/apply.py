@@ -92,7 +92,7 @@ class CNS_ApplyControlNet(_ApplyNode):
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent, control_mode,
               mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
-            uncond_multiplier=1.0):
+              uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         return self.attached(positive, negative, strength, lambda: comfy_control.configured_control(

@@ -76,7 +76,7 @@ class CNS_ApplyControlNetUnion(_ApplyNode):
 
     def apply(self, positive, negative, control_net, union_conditions, strength, start_percent, end_percent,
               control_mode, mask=None, block_weights="", strength_schedule=None, latent_strengths=None,
-            uncond_multiplier=1.0):
+              uncond_multiplier=1.0):
         from ..controlnet_core import comfy_control
 
         strength_applied = comfy_control.union_strength(union_conditions, strength)
