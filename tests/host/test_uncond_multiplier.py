@@ -2,10 +2,11 @@
 times u, the conditional rows the whole control; u = 0 takes the conditional-rows-only path.
 
 Expected residuals are the raw network's outputs times the mode weights test_control_object
-writes out from the sources, times u on the uncond row; the same for ComfyUI's ControlNet object, and for
-a Union against its own control at u = 1. T2I-Adapters' is in test_t2i_adapter_options, LLLite's
-in test_lllite (against kohya's wrapping), global-pooling ControlNets' in test_global_pooling, and
-Advanced-ControlNet's own Soft Weights node is compared with ours in test_advanced_controlnet.
+writes out from the sources, times u on the uncond row, for our ControlNet and ComfyUI's object;
+a Union's are its own at u = 1 with the uncond row times u. T2I-Adapters are checked in
+test_t2i_adapter_options, LLLites in test_lllite (against kohya's wrapping), global-pooling
+ControlNets in test_global_pooling, and Advanced-ControlNet's own Soft Weights node against ours
+in test_advanced_controlnet.
 """
 
 import pytest
@@ -28,6 +29,7 @@ from .test_control_object import (
 from .test_foreign_control import ACROSS_IMPLEMENTATIONS
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 from .test_tiling_nodes import applied, canvas_images, canvas_inputs, tiled_diffusion_step
+from .test_union_control import CANNY, DEPTH, union_conditions
 
 SOFT_BASE = 0.825  # original gradio_*2image.py guess mode
 RESIDUALS = 13  # SD1.x: 12 input blocks and the middle block
@@ -81,8 +83,8 @@ def test_one_latents_cond_and_uncond_rows_with_a_mask(host, files):
     mask = torch.ones(1, host.image.shape[1], host.image.shape[2])
     mask[..., mask.shape[-1] // 2 :] = 0.0
     x, _, _ = step_inputs(host)
-    got, calls, inputs = one_step(host, host.suite_controlnet(files.original), "balanced", uncond_multiplier,
-                                  x=x[:1].repeat(2, 1, 1, 1), mask=mask)
+    got, _, inputs = one_step(host, host.suite_controlnet(files.original), "balanced", uncond_multiplier,
+                              x=x[:1].repeat(2, 1, 1, 1), mask=mask)
     raw = raw_residuals(host, host.suite_controlnet(files.original), *inputs)
     for i, (g, r) in enumerate(zip(got, raw)):
         half = r.shape[-1] // 2
@@ -144,8 +146,6 @@ def test_1_is_the_control_without_the_option(host, files):
 def test_a_union_scales_its_uncond_row(host, union_sdxl):
     """Two fused conditions on one latent's rows: the uncond row is u times the one u = 1 gives,
     the cond row the same."""
-    from .test_union_control import CANNY, DEPTH, union_conditions
-
     uncond_multiplier = 0.45
     x, sigma, cond = union_sdxl.step
     conditions = union_conditions(host, (union_sdxl.images[:1], DEPTH, 0.6), (union_sdxl.images[1:], CANNY, 1.3))
