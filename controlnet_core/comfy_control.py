@@ -419,10 +419,11 @@ class ModedControl(comfy.controlnet.ControlBase):
         factors = None
         if self.uncond_multiplier != 1.0 and not self._cond_only():
             factors = control_modes.uncond_row_factors(self._step_chunks, per_chunk, self.uncond_multiplier)
+            factors = factors.to(device=x_noisy.device, dtype=dtype)
         if not self._has_mask():
-            return None if factors is None else factors.to(device=x_noisy.device, dtype=dtype)
+            return factors
         mask = repeat_per_chunk(self._latent_mask(x_noisy, dtype, per_chunk), per_chunk, num_chunks)
-        return mask if factors is None else mask * factors.to(device=mask.device, dtype=dtype)
+        return mask if factors is None else mask * factors
 
     def _has_mask(self) -> bool:
         """Whether the control has a mask or latent strengths (which go with the mask)."""

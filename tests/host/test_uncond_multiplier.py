@@ -15,6 +15,7 @@ import torch
 from .test_control_object import (
     COND_OR_UNCOND,
     COND_ROWS,
+    SOFT_BASE,
     STRENGTH,
     TOLERANCE,
     UNCOND_ROWS,
@@ -26,18 +27,13 @@ from .test_control_object import (
     raw_residuals,
     step_inputs,
 )
-from .test_foreign_control import ACROSS_IMPLEMENTATIONS
+from .test_global_pooling import LOADERS
 from .test_sampling import MIN_EFFECT, RELATIVE_TO_EFFECT
 from .test_tiling_nodes import applied, canvas_images, canvas_inputs, tiled_diffusion_step
 from .test_union_control import CANNY, DEPTH, union_conditions
 
-SOFT_BASE = 0.825  # original gradio_*2image.py guess mode
 RESIDUALS = 13  # SD1.x: 12 input blocks and the middle block
 BOTH_BRANCH_MODES = ["balanced", "prompt_more_important"]
-LOADERS = {
-    "ours": (lambda host, name: host.suite_controlnet(name), TOLERANCE),
-    "ComfyUI's": (lambda host, name: host.builtin_controlnet(name), ACROSS_IMPLEMENTATIONS),
-}
 
 
 def one_step(host, control_net, mode, uncond_multiplier, x=None, mask=None):
